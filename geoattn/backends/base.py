@@ -1,0 +1,29 @@
+"""The backend seam: each backend runs ``softmax(score) · V`` for a geometry, or says why it cannot."""
+from __future__ import annotations
+
+from typing import ClassVar
+
+from torch import Tensor
+
+from ..geometry import Geometry
+from .masks import Mask
+
+
+class Backend:
+    """Subclasses set ``name`` and implement :meth:`unsupported` and :meth:`run`."""
+
+    name: ClassVar[str]
+
+    def unsupported(self, geometry: Geometry, q: Tensor, need_weights: bool, dropout_p: float) -> str | None:
+        """None if this backend can run the call, else the reason (shown to the user)."""
+        return None
+
+    def run(self, geometry: Geometry, q: Tensor, k: Tensor, v: Tensor, mask: Mask, dropout_p: float,
+            scale: float | None, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+        """``q`` (B, H, L, E), ``k`` (B, H, S, E), ``v`` (B, H, S, Ev) → output (B, H, L, Ev) and weights or None."""
+        raise NotImplementedError
+
+
+def broadcast_heads(head: tuple[Tensor, ...], dims: int) -> tuple[Tensor, ...]:
+    """Per-head ``(H,)`` constants reshaped to ``(H, 1, …)`` for broadcasting against (B, H, …) of ``dims`` dims."""
+    return tuple(h.view(-1, *([1] * (dims - 2))) for h in head)

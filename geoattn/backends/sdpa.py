@@ -1,0 +1,43 @@
+"""Exact reduction to ``F.scaled_dot_product_attention`` for affine geometries.
+
+If ``score = ⟨q̃, k̃⟩·scale + a_q + b_k`` then, because ``a_q`` is constant along a softmax row,
+``softmax(score) = softmax([q̃, 1]·[k̃·scale, b_k])`` — plain scaled dot-product attention on
+augmented vectors, so PyTorch's flash / memory-efficient kernels run it (the x-transformers trick).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import Backend
+from .masks import Mask
+
+
+class SDPABackend(Backend):
+    name = "sdpa"
+
+    def unsupported(self, geometry, q, need_weights, dropout_p):
+        if not geometry.affine:
+            return (
+                f"geometry {geometry.name!r} has a score that is not affine in a dot product, so it has no "
+                "exact SDPA reduction; use backend='auto' or 'dense'"
+            )
+        if need_weights:
+            return "the sdpa backend does not return attention weights; use backend='dense' (or 'auto')"
+        return None
+
+    def run(self, geometry, q, k, v, mask: Mask, dropout_p, scale, need_weights):
+        lifted = geometry.lift(q, k, scale)
+        qa, ka, s = lifted.q, lifted.k, lifted.scale
+        if lifted.k_terms:  # [q̃, 1, …] · [k̃·s, b_k, …]: the per-key terms ride along as extra columns
+            ones = torch.ones(*qa.shape[:-1], len(lifted.k_terms), dtype=qa.dtype, device=qa.device)
+            qa = torch.cat([qa, ones], dim=-1)
+            ka = torch.cat([ka * s, torch.stack(lifted.k_terms, dim=-1)], dim=-1)
+            s = 1.0
+        attn_mask = mask.tensor
+        if attn_mask is not None and attn_mask.is_floating_point():
+            attn_mask = attn_mask.to(qa.dtype)
+        out = F.scaled_dot_product_attention(
+            qa, ka, v.to(qa.dtype), attn_mask=attn_mask, dropout_p=dropout_p, is_causal=mask.is_causal, scale=s
+        )
+        return out, None

@@ -1,0 +1,22 @@
+"""Geometries: one small module each, registered by name."""
+from .base import (
+    CurvedGeometry,
+    Geometry,
+    Lifted,
+    TemperedGeometry,
+    available_geometries,
+    make_geometry,
+    register,
+    resolve_geometry,
+)
+from .euclidean import Euclidean
+from .lorentz import Lorentz
+from .metric import Metric
+from .sphere import Sphere
+from .stereographic import Poincare, Stereographic
+
+__all__ = [
+    "CurvedGeometry", "Euclidean", "Geometry", "Lifted", "Lorentz", "Metric", "Poincare", "Sphere",
+    "Stereographic", "TemperedGeometry", "available_geometries", "make_geometry", "register",
+    "resolve_geometry",
+]

@@ -1,0 +1,230 @@
+"""The one abstraction: a :class:`Geometry` turns queries and keys into attention scores.
+
+Every score in geoattn has the form ``score = f(⟨q̃, k̃⟩, a_q, b_k, θ_h)``: a pointwise function of
+the Gram entry of *lifted* queries and keys, a few per-query terms ``a_q``, a few per-key terms
+``b_k`` and a few per-head constants ``θ_h`` (curvature, temperature). A geometry provides
+
+* :meth:`Geometry.lift` – ``(q, k) → Lifted`` (the vectors and the terms), and
+* :meth:`Geometry.score_from_dot` – the pointwise ``f``, written with broadcasting torch ops so the
+  very same function serves the dense reference (on ``(B, H, L, S)`` tensors) and a fused
+  kernel's ``score_mod`` (on scalars).
+
+Where ``f`` is *affine* – ``score = ⟨q̃, k̃⟩ + a_q + b_k`` – the geometry sets ``affine = True`` and
+attention reduces exactly to :func:`torch.nn.functional.scaled_dot_product_attention` on
+augmented vectors ``[q̃, 1]·[k̃, b_k]`` (``a_q`` cancels in the softmax).
+
+Aggregation is ``post(attend(pre(v)))``: :meth:`pre_values` maps values before the weighted sum,
+:meth:`post_values` finishes after it (midpoints, centroids, normalised means).
+
+Curvature convention, everywhere: signed sectional curvature κ (κ < 0 hyperbolic, κ > 0
+spherical, κ = 0 flat). Temperatures τ > 0 divide the score.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..math import eps
+
+Number = float | int
+
+
+@dataclass
+class Lifted:
+    """Lifted queries/keys and the terms the pointwise score needs. Shapes for (B, H, L|S, D) input."""
+
+    q: Tensor                              # (B, H, L, Dl)
+    k: Tensor                              # (B, H, S, Dl)
+    q_terms: tuple[Tensor, ...] = ()       # each (B, H, L)
+    k_terms: tuple[Tensor, ...] = ()       # each (B, H, S)
+    head: tuple[Tensor, ...] = ()          # each (H,): per-head constants of the score formula
+    scale: float = 1.0                     # multiplies ⟨q̃, k̃⟩ before ``score_from_dot``
+
+
+def per_head(name: str, value: Number | Sequence[Number] | Tensor, num_heads: int) -> Tensor:
+    """A float64 tensor of shape ``(num_heads,)`` (or ``(1,)``, shared by all heads) from a user value."""
+    if not isinstance(num_heads, int) or num_heads < 1:
+        raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
+    t = torch.as_tensor(value, dtype=torch.float64).detach().clone().reshape(-1)
+    if t.numel() not in (1, num_heads):
+        raise ValueError(
+            f"{name} has {t.numel()} values but the geometry has num_heads={num_heads}; "
+            f"pass one value (shared by all heads) or exactly {num_heads}"
+        )
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} must be finite, got {t.tolist()}")
+    return t if t.numel() == num_heads else t.expand(num_heads).clone()
+
+
+def check_temperature(temperature: Tensor) -> None:
+    if (temperature <= 0).any():
+        raise ValueError(
+            f"temperature must be > 0 (it divides the score), got {temperature.tolist()}; "
+            "use a small positive value such as 0.1 for sharper attention"
+        )
+
+
+class Geometry(nn.Module):
+    """Base class: subclasses set ``name``, implement :meth:`lift` and, unless affine, :meth:`score_from_dot`."""
+
+    name: ClassVar[str] = "geometry"
+    affine: bool = False  # a class default; a geometry whose form depends on its options sets it per instance
+    needs_head_dim: ClassVar[bool] = False
+
+    def __init__(self, num_heads: int = 1, learnable: bool = False) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.learnable = learnable
+
+    # -- parameters --------------------------------------------------------------------------
+    def _parameter(self, raw: Tensor) -> nn.Parameter:
+        return nn.Parameter(raw.to(torch.get_default_dtype()), requires_grad=self.learnable)
+
+    def _head(self, p: Tensor, ref: Tensor) -> Tensor:
+        """A per-head tensor as ``(H,)`` in the compute dtype of ``ref`` (H taken from ``ref``)."""
+        return p.to(device=ref.device, dtype=eps.compute_dtype(ref.dtype)).expand(ref.shape[1])
+
+    def check_heads(self, num_heads: int) -> None:
+        if self.num_heads not in (1, num_heads):
+            raise ValueError(
+                f"geometry {self.name!r} has parameters for {self.num_heads} heads but the input has "
+                f"{num_heads} heads (dim -3 of query); make it with num_heads={num_heads} or num_heads=1"
+            )
+
+    # -- the score ---------------------------------------------------------------------------
+    def lift(self, q: Tensor, k: Tensor, scale: float | None) -> Lifted:
+        """Map ``q`` (B, H, L, E) and ``k`` (B, H, S, E) to the score's inputs. ``scale`` multiplies the score."""
+        raise NotImplementedError
+
+    def score_from_dot(
+        self, dot: Tensor, q_terms: tuple[Tensor, ...], k_terms: tuple[Tensor, ...], head: tuple[Tensor, ...]
+    ) -> Tensor:
+        """Pointwise score from the Gram entry; the default is the affine ``dot + Σ a_q + Σ b_k``."""
+        for t in (*q_terms, *k_terms):
+            dot = dot + t
+        return dot
+
+    # -- aggregation -------------------------------------------------------------------------
+    def pre_values(self, v: Tensor) -> Tensor:
+        """Values (B, H, S, Ev) before the weighted sum (identity for linear aggregation)."""
+        return v
+
+    def post_values(self, out: Tensor) -> Tensor:
+        """Output of the weighted sum → (B, H, L, Ev) (identity for linear aggregation)."""
+        return out
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}, learnable={self.learnable}"
+
+
+_REGISTRY: dict[str, type[Geometry]] = {}
+
+
+def register(cls: type[Geometry]) -> type[Geometry]:
+    """Class decorator: make a geometry available under ``cls.name`` to :func:`make_geometry`."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available_geometries() -> list[str]:
+    """Names accepted by :func:`make_geometry` and by ``geoattn.attention(geometry=...)``."""
+    return sorted(_REGISTRY)
+
+
+def geometry_class(name: str) -> type[Geometry]:
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(
+            f"unknown geometry {name!r}; available geometries: {', '.join(available_geometries())} "
+            "(or pass a geoattn.Geometry instance)"
+        )
+    return _REGISTRY[name]
+
+
+def make_geometry(name: str, **params) -> Geometry:
+    """Build the geometry registered as ``name`` with its parameters, e.g. ``make_geometry("poincare", curvature=-0.5)``."""
+    return geometry_class(name)(**params)
+
+
+def resolve_geometry(geometry: str | Geometry, head_dim: int) -> Geometry:
+    """A name becomes a geometry with default parameters; an instance is used as is."""
+    if isinstance(geometry, Geometry):
+        return geometry
+    if isinstance(geometry, str):
+        cls = geometry_class(geometry)
+        return cls(head_dim=head_dim) if cls.needs_head_dim else cls()
+    raise TypeError(
+        f"geometry must be a name (one of {', '.join(available_geometries())}) or a geoattn.Geometry, "
+        f"got {type(geometry).__name__}"
+    )
+
+
+def check_choice(what: str, value: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(map(repr, choices))}")
+    return value
+
+
+def log_param(name: str, value, num_heads: int, check: Callable[[Tensor], None] | None = None) -> Tensor:
+    """``log`` of a positive per-head value (the raw parameter of temperatures and |κ|)."""
+    t = per_head(name, value, num_heads)
+    if check is not None:
+        check(t)
+    return t.log()
+
+
+def inverse_sqrt(x: int) -> float:
+    return 1.0 / math.sqrt(x)
+
+
+class TemperedGeometry(Geometry):
+    """A geometry whose score is divided by a positive per-head temperature τ (stored as ``log τ``)."""
+
+    def __init__(self, temperature=1.0, num_heads: int = 1, learnable: bool = False) -> None:
+        super().__init__(num_heads=num_heads, learnable=learnable)
+        self.log_temperature = self._parameter(log_param("temperature", temperature, num_heads, check_temperature))
+
+    @property
+    def temperature(self) -> Tensor:
+        """τ per head, shape ``(num_heads,)``."""
+        return self.log_temperature.exp()
+
+    def inverse_temperature(self, ref: Tensor, scale: float | None) -> Tensor:
+        """``scale / τ`` per head as ``(H,)`` in ``ref``'s compute dtype (``scale`` defaults to 1)."""
+        inv = self._head((-self.log_temperature).exp(), ref)
+        return inv if scale is None else inv * scale
+
+
+class CurvedGeometry(TemperedGeometry):
+    """A tempered geometry with a per-head signed curvature κ.
+
+    ``curvature_sign`` fixes the sign (-1 hyperbolic, +1 spherical; stored as ``log|κ|``) or leaves it
+    free (0; stored as κ itself, so a learnable κ can cross zero).
+    """
+
+    curvature_sign: ClassVar[int] = 0
+
+    def __init__(self, curvature, temperature=1.0, num_heads: int = 1, learnable: bool = False) -> None:
+        super().__init__(temperature=temperature, num_heads=num_heads, learnable=learnable)
+        kappa = per_head("curvature", curvature, num_heads)
+        sign = self.curvature_sign
+        if sign and not (kappa * sign > 0).all():
+            want = "negative (κ < 0, hyperbolic)" if sign < 0 else "positive (κ > 0, spherical)"
+            other = "'sphere' or 'stereographic'" if sign < 0 else "'poincare', 'lorentz' or 'stereographic'"
+            raise ValueError(
+                f"{self.name} needs a {want} curvature, got {kappa.tolist()}; geoattn uses signed "
+                f"sectional curvature everywhere, so pass e.g. curvature={sign * 1.0}, or use {other}"
+            )
+        self.raw_curvature = self._parameter((kappa * sign).log() if sign else kappa)
+
+    @property
+    def curvature(self) -> Tensor:
+        """Signed κ per head, shape ``(num_heads,)``."""
+        return self.curvature_sign * self.raw_curvature.exp() if self.curvature_sign else self.raw_curvature
+
+    def kappa(self, ref: Tensor) -> Tensor:
+        """κ per head as ``(H,)`` in ``ref``'s compute dtype."""
+        return self._head(self.curvature, ref)

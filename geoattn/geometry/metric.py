@@ -1,0 +1,73 @@
+"""A learned metric per head: Mahalanobis-distance attention with an SPD matrix by construction."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..math import eps
+from .base import Lifted, TemperedGeometry, register
+
+
+@register
+class Metric(TemperedGeometry):
+    """``score = -(q - k)ᵀ G_h (q - k) / τ_h`` with ``G_h`` symmetric positive definite by construction:
+
+    * full rank (``rank=None``): ``G = L Lᵀ + εI`` with ``L`` initialised to the identity;
+    * ``rank=r``: ``G = U Uᵀ + diag(softplus(d)) + εI`` (low rank plus diagonal; ``U`` starts at 0 and
+      the diagonal at 1), ``O(E·r)`` parameters per head.
+
+    Expanding the quadratic form makes it affine: ``q̃ = (2/τ) q``, ``k̃ = G k``, per-key term
+    ``-kᵀGk/τ``, per-query term ``-qᵀGq/τ``, so it runs on SDPA. The metric is always trainable (it is
+    what this geometry learns); ``learnable`` governs the temperature. Source: the learned-metric
+    attention of Kulis, "Metric Learning: A Survey" (2013) applied per head; cf. "Mahalanobis
+    attention" in Tay et al., "Synthesizer"/"Efficient Transformers" surveys.
+    """
+
+    name = "metric"
+    affine = True
+    needs_head_dim = True
+
+    def __init__(self, head_dim: int, rank: int | None = None, temperature=1.0, num_heads: int = 1,
+                 learnable: bool = False, epsilon: float = 1e-4) -> None:
+        super().__init__(temperature, num_heads, learnable)
+        if not isinstance(head_dim, int) or head_dim < 1:
+            raise ValueError(f"metric needs head_dim as a positive int (the size E of each head), got {head_dim!r}")
+        if rank is not None and (not isinstance(rank, int) or not 1 <= rank <= head_dim):
+            raise ValueError(f"metric rank must be None (full) or an int in [1, head_dim={head_dim}], got {rank!r}")
+        if not epsilon > 0:
+            raise ValueError(f"metric epsilon must be > 0 to keep G positive definite, got {epsilon!r}")
+        self.head_dim, self.rank, self.epsilon = head_dim, rank, float(epsilon)
+        if rank is None:
+            self.factor = nn.Parameter(torch.eye(head_dim).expand(num_heads, -1, -1).clone())
+        else:
+            self.factor = nn.Parameter(torch.zeros(num_heads, head_dim, rank))
+            self.raw_diagonal = nn.Parameter(torch.full((num_heads, head_dim), math.log(math.e - 1)))
+
+    def metric_tensor(self) -> Tensor:
+        """``G`` per head, shape ``(num_heads, E, E)``."""
+        g = self.factor @ self.factor.transpose(-1, -2)
+        if self.rank is not None:
+            g = g + torch.diag_embed(F.softplus(self.raw_diagonal))
+        return g + self.epsilon * torch.eye(self.head_dim, device=g.device, dtype=g.dtype)
+
+    def lift(self, q: Tensor, k: Tensor, scale: float | None) -> Lifted:
+        if q.shape[-1] != self.head_dim:
+            raise ValueError(
+                f"metric geometry was built for head_dim={self.head_dim} but queries have {q.shape[-1]} "
+                f"features; make it with head_dim={q.shape[-1]}"
+            )
+        cd = eps.compute_dtype(q.dtype)
+        q, k = q.to(cd), k.to(cd)
+        g = self.metric_tensor().to(cd).expand(q.shape[1], -1, -1).unsqueeze(0)  # (1, H, E, E)
+        inv_t = self.inverse_temperature(q, scale).view(-1, 1)
+        gq, gk = q @ g, k @ g
+        return Lifted(
+            (2 * inv_t.unsqueeze(-1)) * q, gk,
+            q_terms=(-inv_t * (q * gq).sum(-1),), k_terms=(-inv_t * (k * gk).sum(-1),),
+        )
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, head_dim={self.head_dim}, rank={self.rank}"

@@ -1,0 +1,44 @@
+"""Every numerical tolerance of geoattn, in one place, per dtype.
+
+Hyperbolic maths breaks near the ball's boundary and in low precision. geoattn computes all
+geometric scores in float32 or wider (``compute_dtype``) and clamps only where the maths needs it:
+
+* ``SQRT_MIN``: floor under a squared distance before its square root, so the gradient of
+  ``sqrt`` stays finite when a query coincides with a key (distance then reads ``sqrt(SQRT_MIN)``).
+* ``SERIES``: below this ``|v|`` the entire functions ``C``, ``S`` and ``H`` of
+  :mod:`geoattn.math.functions` switch to their Taylor series, which makes every κ-formula smooth
+  through κ = 0 (error of the series < 1e-17 relative).
+* ``ARC_MAX``: arguments of ``arcsin``/``arccos`` are clamped to ``±(1 - ARC_MAX)`` so their
+  derivatives stay finite at antipodal or coincident points on the sphere.
+* ``DENOM_MIN``: floor under denominators of normalisations (midpoints, centroids, unit vectors).
+* ``MAX_HYPERBOLIC_ANGLE``: tangent vectors are clipped to ``sqrt(|κ|)·‖u‖ ≤ 15`` before the
+  exponential map on negatively curved geometries (ball norm ``1 - 1.9e-13`` of the radius), so
+  ``cosh²`` stays far from overflow in float32.
+"""
+from __future__ import annotations
+
+import torch
+
+MAX_HYPERBOLIC_ANGLE = 15.0
+
+_SQRT_MIN = {torch.float64: 1e-30, torch.float32: 1e-14}
+_ARC_MAX = {torch.float64: 1e-12, torch.float32: 1e-6}
+_DENOM_MIN = {torch.float64: 1e-30, torch.float32: 1e-15}
+SERIES = 1e-4
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype geometric scores are computed in: float64 stays, everything else is float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def sqrt_min(dtype: torch.dtype) -> float:
+    return _SQRT_MIN[compute_dtype(dtype)]
+
+
+def arc_max(dtype: torch.dtype) -> float:
+    return _ARC_MAX[compute_dtype(dtype)]
+
+
+def denom_min(dtype: torch.dtype) -> float:
+    return _DENOM_MIN[compute_dtype(dtype)]

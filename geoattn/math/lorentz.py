@@ -1,0 +1,59 @@
+"""Lorentz (hyperboloid) model of curvature κ = -c < 0: ``{x ∈ R^{1,n} : ⟨x, x⟩_L = -1/c, x₀ > 0}``.
+
+``⟨x, y⟩_L = -x₀y₀ + ⟨x_s, y_s⟩``. The squared Lorentzian distance (Law et al., "Lorentzian
+Distance Learning for Hyperbolic Representations", ICML 2019)::
+
+    d²_L(x, y) = ‖x - y‖²_L = -2/c - 2⟨x, y⟩_L
+
+is affine in the Lorentz inner product, which is what lets attention run on SDPA. The geodesic
+distance is ``arcosh(-c⟨x, y⟩_L)/√c``. Points come from tangent vectors at the origin
+``o = (1/√c, 0)``: ``expmap_o(u) = (cosh(√c‖u‖)/√c, sinh(√c‖u‖) u/(√c‖u‖)) = (C(v)/√c, S(v) u)``
+with ``v = -c‖u‖²``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import eps
+from .functions import C, H, S
+from .stereographic import clip_tangent
+
+
+def expmap0(u: Tensor, kappa: Tensor) -> Tensor:
+    """Tangent vectors at the origin (..., D) → hyperboloid points (..., D+1), time coordinate first."""
+    u = clip_tangent(u, kappa)
+    v = kappa * (u * u).sum(-1, keepdim=True)
+    return torch.cat([C(v) / (-kappa).sqrt(), S(v) * u], dim=-1)
+
+
+def logmap0(x: Tensor, kappa: Tensor) -> Tensor:
+    """Inverse of :func:`expmap0`: ``u = x_s · arsinh(√c‖x_s‖)/(√c‖x_s‖) = x_s H(-c‖x_s‖²)``."""
+    xs = x[..., 1:]
+    return xs * H(kappa * (xs * xs).sum(-1, keepdim=True))
+
+
+def inner(x: Tensor, y: Tensor) -> Tensor:
+    """Lorentz inner product over the last dim (broadcasting)."""
+    return -x[..., 0] * y[..., 0] + (x[..., 1:] * y[..., 1:]).sum(-1)
+
+
+def squared_distance(x: Tensor, y: Tensor, kappa: Tensor | float) -> Tensor:
+    """``d²_L = -2/c - 2⟨x, y⟩_L`` (clamped at 0 against rounding)."""
+    kappa = torch.as_tensor(kappa, dtype=x.dtype, device=x.device)
+    return (2 / kappa - 2 * inner(x, y)).clamp(min=0)
+
+
+def distance(x: Tensor, y: Tensor, kappa: Tensor | float) -> Tensor:
+    """Geodesic distance ``arcosh(-c⟨x, y⟩_L)/√c``."""
+    kappa = torch.as_tensor(kappa, dtype=x.dtype, device=x.device)
+    c = -kappa
+    arg = (-c * inner(x, y)).clamp(min=1 + eps.sqrt_min(x.dtype))
+    return torch.acosh(arg) / c.sqrt()
+
+
+def centroid(weighted_sum: Tensor, kappa: Tensor) -> Tensor:
+    """Lorentz centroid (Law et al. 2019): ``μ = a / (√c √|⟨a, a⟩_L|)`` for ``a = Σ pᵢ xᵢ``."""
+    c = -kappa
+    norm = (-inner(weighted_sum, weighted_sum)).abs().clamp(min=eps.denom_min(weighted_sum.dtype))
+    return weighted_sum / (c.sqrt() * norm.sqrt().unsqueeze(-1))

@@ -1,0 +1,100 @@
+"""κ-stereographic model (Poincaré ball for κ < 0, projected sphere for κ > 0, R^n at κ = 0).
+
+Conventions (the library's one convention): signed sectional curvature κ; the metric is
+``λ_x² ⟨·,·⟩`` with ``λ_x = 2 / (1 + κ‖x‖²)``; ``expmap0(u) = tan_κ(‖u‖) u/‖u‖`` (geoopt's).
+
+Geodesic distance, for points x, y of the model (Bachmann et al. 2020; Ungar 2008)::
+
+    s² = ‖x - y‖² / ((1 + κ‖x‖²)(1 + κ‖y‖²))          (half the conformal chord)
+    d(x, y) = 2 s · H(κ s²)                            = (2/√-κ) arsinh(√-κ s)   for κ < 0
+                                                       = (2/√κ)  arcsin(√κ s)    for κ > 0
+                                                       = 2‖x - y‖                at κ = 0
+
+For κ = -c this is the familiar ``(1/√c) arcosh(1 + 2c‖x-y‖² / ((1-c‖x‖²)(1-c‖y‖²)))``.
+
+Attention works on *tangent* vectors u (queries and keys mapped with ``expmap0``). Writing
+``v = κ‖u‖²``, every quantity the distance needs is an entire function of v::
+
+    w = 1/(1 + κ‖x‖²) = C(v)²,    n = ‖x‖² w = ‖u‖² S(v)²,    x̃ = w x = C(v) S(v) u
+    s² = n_x w_y + n_y w_x - 2⟨x̃, ỹ⟩
+
+so the distance is a pointwise function of the Gram entry ``⟨x̃, ỹ⟩`` and four per-token terms
+(what a fused kernel needs), it never forms ``1 - c‖x‖²`` by subtraction (exact near the
+boundary), and it is smooth through κ = 0.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import eps
+from .functions import C, H, S, safe_sqrt
+
+
+def clip_tangent(u: Tensor, kappa: Tensor) -> Tensor:
+    """Clip ``√|κ|‖u‖ ≤ MAX_HYPERBOLIC_ANGLE`` where κ < 0 (κ broadcastable to ``u[..., :1]``)."""
+    norm = u.norm(dim=-1, keepdim=True)
+    limit = eps.MAX_HYPERBOLIC_ANGLE / (-kappa).clamp(min=1e-30).sqrt()
+    factor = (limit / norm.clamp(min=1e-30)).clamp(max=1.0)
+    return torch.where(kappa < 0, u * factor, u)
+
+
+def lift(u: Tensor, kappa: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Tangent vectors ``u`` (..., D) → ``(x̃, n, w)``: (..., D), (...), (...). See the module doc."""
+    u = clip_tangent(u, kappa)
+    sq = (u * u).sum(-1, keepdim=True)
+    v = kappa * sq
+    c, s = C(v), S(v)
+    return c * s * u, (sq * s * s).squeeze(-1), (c * c).squeeze(-1)
+
+
+def half_chord_sq(dot: Tensor, n_x: Tensor, w_x: Tensor, n_y: Tensor, w_y: Tensor) -> Tensor:
+    """``s² = n_x w_y + n_y w_x - 2⟨x̃, ỹ⟩`` (pointwise; may round slightly below 0)."""
+    return n_x * w_y + n_y * w_x - 2 * dot
+
+
+def distance_from_half_chord_sq(s2: Tensor, kappa: Tensor) -> Tensor:
+    """``d = 2 s H(κ s²)`` with ``s = √max(s², SQRT_MIN)``; κ s² clamped below 1 for κ > 0."""
+    s = safe_sqrt(s2, eps.sqrt_min(s2.dtype))
+    arg = (kappa * s * s).clamp(max=1 - eps.arc_max(s2.dtype))
+    return 2 * s * H(arg)
+
+
+def distance(x: Tensor, y: Tensor, kappa: Tensor | float) -> Tensor:
+    """Geodesic distance between *points* ``x`` and ``y`` of the κ-stereographic model (last dim).
+
+    Broadcasts over leading dims. Formula in the module docstring.
+    """
+    kappa = torch.as_tensor(kappa, dtype=x.dtype, device=x.device)
+    diff = ((x - y) ** 2).sum(-1)
+    den = (1 + kappa * (x * x).sum(-1)) * (1 + kappa * (y * y).sum(-1))
+    return distance_from_half_chord_sq(diff / den, kappa)
+
+
+def midpoint_values(u: Tensor, kappa: Tensor) -> Tensor:
+    """Values → ``[λ x, λ - 1]`` so that attention computes the gyromidpoint's two sums.
+
+    Ungar's gyromidpoint ``m = ½ ⊗ (Σ pᵢ λᵢ xᵢ / Σ pᵢ (λᵢ - 1))`` with ``λ = 2/(1 + κ‖x‖²)``.
+    In tangent terms ``λx = 2x̃`` and ``λ - 1 = w - κ n``.
+    """
+    xt, n, w = lift(u, kappa)
+    return torch.cat([2 * xt, (w - kappa.squeeze(-1) * n).unsqueeze(-1)], dim=-1)
+
+
+def midpoint_output(out: Tensor, kappa: Tensor) -> Tensor:
+    """Finish the gyromidpoint and map it back to the tangent space at the origin.
+
+    ``logmap0(½ ⊗ y) = ½ logmap0(y)`` with ``y = num/den``; rows whose weights are all zero
+    (fully masked) stay zero. ``logmap0`` is geoopt's.
+    """
+    from geoopt.manifolds.stereographic import math as gmath
+
+    num, den = out[..., :-1], out[..., -1:]
+    dead = den.abs() < eps.denom_min(out.dtype)
+    y = num / torch.where(dead, torch.ones_like(den), den)
+    # keep the midpoint strictly inside the ball (κ < 0) before its logarithm
+    radius = 1 / (-kappa).clamp(min=1e-30).sqrt()
+    shrink = (1 - eps.arc_max(out.dtype)) * radius / y.norm(dim=-1, keepdim=True).clamp(min=1e-30)
+    y = torch.where(kappa < 0, y * shrink.clamp(max=1.0), y)
+    tangent = 0.5 * gmath.logmap0(y, k=kappa)
+    return torch.where(dead, torch.zeros_like(tangent), tangent)

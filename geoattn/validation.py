@@ -1,0 +1,113 @@
+"""Input checks for the public API: every error names the problem and the fix."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+_ENABLED = True
+
+
+def set_validation(enabled: bool) -> None:
+    """Turn the input checks of :func:`geoattn.attention` on (default) or off (saves one pass over the inputs)."""
+    global _ENABLED
+    _ENABLED = bool(enabled)
+
+
+def validation_enabled() -> bool:
+    return _ENABLED and not torch.compiler.is_compiling()
+
+
+def check_finite(name: str, t: Tensor) -> None:
+    if validation_enabled() and not torch.isfinite(t).all():
+        bad = int((~torch.isfinite(t)).sum())
+        raise ValueError(
+            f"{name} contains {bad} non-finite value(s) (NaN or Inf); attention cannot score them. "
+            "Fix the upstream computation (e.g. a diverging loss or an overflow in fp16), or mask the "
+            "positions with attn_mask instead of filling them with inf"
+        )
+
+
+def check_attention_inputs(query, key, value, attn_mask, is_causal: bool, dropout_p: float, enable_gqa: bool) -> None:
+    """Shapes, dtypes and values in the conventions of ``F.scaled_dot_product_attention``."""
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() < 2:
+            raise ValueError(f"{name} must have shape (..., L, E) with at least 2 dims, got shape {tuple(t.shape)}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}; convert it with .float()")
+    if not (query.dtype == key.dtype == value.dtype):
+        raise TypeError(
+            f"query, key and value must share a dtype, got {query.dtype}, {key.dtype}, {value.dtype}; "
+            "cast them to one with .to(dtype)"
+        )
+    if not (query.device == key.device == value.device):
+        raise ValueError(f"query, key and value are on different devices ({query.device}, {key.device}, {value.device})")
+    if not (query.dim() == key.dim() == value.dim()):
+        raise ValueError(
+            f"query, key and value must have the same number of dims, got shapes {tuple(query.shape)}, "
+            f"{tuple(key.shape)}, {tuple(value.shape)}"
+        )
+    if query.shape[-1] != key.shape[-1]:
+        raise ValueError(
+            f"query and key feature dims differ: query (..., L, E={query.shape[-1]}) vs key "
+            f"(..., S, E={key.shape[-1]}); project them to the same size"
+        )
+    if key.shape[-2] != value.shape[-2]:
+        raise ValueError(
+            f"key and value must have the same sequence length S, got key S={key.shape[-2]} and value "
+            f"S={value.shape[-2]}"
+        )
+    if key.shape[:-2] != value.shape[:-2]:
+        raise ValueError(f"key and value batch/head dims differ: {tuple(key.shape[:-2])} vs {tuple(value.shape[:-2])}")
+    _check_leading(query, key, enable_gqa)
+    if not 0.0 <= float(dropout_p) < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    if attn_mask is not None:
+        _check_mask(attn_mask, query, key, is_causal)
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        check_finite(name, t)
+
+
+def _check_leading(query: Tensor, key: Tensor, enable_gqa: bool) -> None:
+    qd, kd = tuple(query.shape[:-2]), tuple(key.shape[:-2])
+    if qd == kd:
+        return
+    if enable_gqa and query.dim() >= 3 and qd[:-1] == kd[:-1] and qd[-1] % kd[-1] == 0:
+        return
+    if query.dim() >= 3 and qd[:-1] == kd[:-1] and qd[-1] % kd[-1] == 0:
+        raise ValueError(
+            f"query has {qd[-1]} heads but key/value have {kd[-1]}; pass enable_gqa=True for grouped-query attention"
+        )
+    raise ValueError(
+        f"query and key batch/head dims differ: query {qd} vs key {kd} (shapes (..., H, L, E)); "
+        "they must match, or with enable_gqa=True the query heads must be a multiple of the key heads"
+    )
+
+
+def _check_mask(mask, query: Tensor, key: Tensor, is_causal: bool) -> None:
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"attn_mask must be a torch.Tensor (bool or float), got {type(mask).__name__}")
+    if is_causal:
+        raise ValueError("pass either attn_mask or is_causal=True, not both; fold the causal mask into attn_mask")
+    if mask.dtype != torch.bool and not mask.is_floating_point():
+        raise TypeError(
+            f"attn_mask must be bool (True = take part) or floating (added to the scores), got {mask.dtype}"
+        )
+    target = (*query.shape[:-1], key.shape[-2])
+    try:
+        ok = torch.broadcast_shapes(mask.shape, target) == torch.Size(target)
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"attn_mask of shape {tuple(mask.shape)} does not broadcast to the scores' shape {target} "
+            "(..., L, S); give it shape (L, S), (B, 1, L, S), (B, 1, 1, S) or the like"
+        )
+    if mask.is_floating_point():
+        check_finite_or_neg_inf(mask)
+
+
+def check_finite_or_neg_inf(mask: Tensor) -> None:
+    if validation_enabled() and (torch.isnan(mask).any() or (mask == float("inf")).any()):
+        raise ValueError("a float attn_mask may hold finite values and -inf only (NaN or +inf found)")

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test command of the README: fresh machine → virtual environment → full test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup-venv.sh "dev,hf,bench,notebooks"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GEOMSTATS_BACKEND=pytorch
+exec .venv/bin/python -m pytest "$@"
