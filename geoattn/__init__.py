@@ -21,12 +21,14 @@ from .geometry import (
     make_geometry,
     register,
 )
+from .nn import MultiheadAttention, riemannian_optimizer
 from .validation import set_validation
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CurvedGeometry", "Euclidean", "Geometry", "Lifted", "Lorentz", "Metric", "Poincare", "Sphere",
-    "Stereographic", "TemperedGeometry", "attention", "available_backends", "available_geometries",
-    "default_backend", "make_geometry", "register", "set_default_backend", "set_validation",
+    "CurvedGeometry", "Euclidean", "Geometry", "Lifted", "Lorentz", "Metric", "MultiheadAttention", "Poincare",
+    "Sphere", "Stereographic", "TemperedGeometry", "attention", "available_backends", "available_geometries",
+    "default_backend", "make_geometry", "register", "riemannian_optimizer", "set_default_backend",
+    "set_validation",
 ]
