@@ -22,6 +22,7 @@ from .geometry import (
     register,
 )
 from .nn import MultiheadAttention, riemannian_optimizer
+from .integrations import swap
 from .validation import set_validation
 
 __version__ = "0.1.0"
@@ -30,5 +31,5 @@ __all__ = [
     "CurvedGeometry", "Euclidean", "Geometry", "Lifted", "Lorentz", "Metric", "MultiheadAttention", "Poincare",
     "Sphere", "Stereographic", "TemperedGeometry", "attention", "available_backends", "available_geometries",
     "default_backend", "make_geometry", "register", "riemannian_optimizer", "set_default_backend",
-    "set_validation",
+    "set_validation", "swap",
 ]
