@@ -21,7 +21,6 @@ equals sdpa; every other geometry gets ``scaling·√d``, the model's scaling re
 """
 from __future__ import annotations
 
-import copy
 import inspect
 import math
 from typing import Any
@@ -32,7 +31,7 @@ from torch import Tensor, nn
 from ..functional import attention
 from ..geometry import Geometry, available_geometries
 from ..geometry.base import geometry_class
-from ..nn import build_geometry
+from .build import geometry_for_module
 from .hf_modules import attention_modules, geometry_tensors, head_counts
 
 GEOMETRY_ATTR = "geoattn_geometry"
@@ -175,21 +174,6 @@ def _constructor_options(geom: Geometry) -> dict[str, Any]:
     return options
 
 
-def _build(geometry: str | Geometry, params: dict[str, Any], heads: int, head_dim: int) -> Geometry:
-    if isinstance(geometry, Geometry):
-        geometry = copy.deepcopy(geometry)  # one copy per attention module: parameters are per layer
-    params = dict(params)
-    num_heads = params.pop("num_heads", heads)  # 1 shares the parameters across heads
-    geom = build_geometry(geometry, num_heads, params.pop("head_dim", head_dim), **params)
-    geom.check_heads(heads)
-    if getattr(geom, "head_dim", head_dim) != head_dim:
-        raise ValueError(
-            f"geometry {geom.name!r} was built for head_dim={geom.head_dim} but the model's heads have "
-            f"{head_dim} features; build it with head_dim={head_dim}"
-        )
-    return geom
-
-
 def check_model(model: nn.Module) -> list[tuple[nn.Module, int, int]]:
     """The attention modules of a ``PreTrainedModel`` with their (query heads, head size), or a clear error."""
     _require_transformers()
@@ -227,7 +211,7 @@ def swap_hf(model: nn.Module, geometry: str | Geometry, **geometry_params) -> nn
     name = geometry.name if isinstance(geometry, Geometry) else geometry
     geometry_class(name)  # unknown names fail here, with the list of available geometries
     found = check_model(model)
-    built = [_build(geometry, geometry_params, heads, head_dim) for _, heads, head_dim in found]  # all or nothing
+    built = [geometry_for_module(geometry, geometry_params, heads, head_dim) for _, heads, head_dim in found]  # all or nothing
     for (module, _, _), geom in zip(found, built):
         device = next((p.device for p in module.parameters()), torch.device("cpu"))
         if hasattr(module, GEOMETRY_ATTR):

@@ -13,13 +13,12 @@ bypassing ``self_attn.forward``; ``swap`` switches both off for the layers it ch
 """
 from __future__ import annotations
 
-import copy
-
 from torch import nn
 
 from ..geometry import Geometry
 from ..geometry.base import geometry_class
 from ..nn import MultiheadAttention
+from .build import geometry_for_module
 
 
 def _keep_geometry(module: nn.Module, args) -> None:
@@ -31,11 +30,11 @@ def _keep_geometry(module: nn.Module, args) -> None:
 def _from_torch(old: nn.MultiheadAttention, geometry: str | Geometry, params: dict) -> MultiheadAttention:
     """A :class:`geoattn.MultiheadAttention` with ``old``'s configuration, weights and train/eval mode."""
     weight = old.in_proj_weight if old.in_proj_weight is not None else old.q_proj_weight
-    geom = copy.deepcopy(geometry) if isinstance(geometry, Geometry) else geometry  # parameters per layer
+    geom = geometry_for_module(geometry, params, old.num_heads, old.head_dim)
     new = MultiheadAttention(
         old.embed_dim, old.num_heads, geometry=geom, dropout=old.dropout, bias=old.in_proj_bias is not None,
         add_bias_kv=old.bias_k is not None, add_zero_attn=old.add_zero_attn, kdim=old.kdim, vdim=old.vdim,
-        batch_first=old.batch_first, device=weight.device, dtype=weight.dtype, **params,
+        batch_first=old.batch_first, device=weight.device, dtype=weight.dtype,
     )
     new.load_state_dict(old.state_dict())  # the geometry keeps its own parameters (absent from old's state)
     new.geometry.to(weight.device)
@@ -46,17 +45,19 @@ def _from_torch(old: nn.MultiheadAttention, geometry: str | Geometry, params: di
 
 def _swap_torch(model: nn.Module, geometry: str | Geometry, params: dict) -> int:
     """Replace every nn.MultiheadAttention of ``model``; return how many were replaced."""
-    replaced: dict[int, MultiheadAttention] = {}  # a module shared by several parents is replaced once
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.MultiheadAttention):
-                if id(child) not in replaced:
-                    replaced[id(child)] = _from_torch(child, geometry, params)
-                setattr(parent, name, replaced[id(child)])
+    slots = [(parent, name, child) for parent in model.modules()
+             for name, child in parent._modules.items()  # (named_children skips repeats of a shared module)
+             if isinstance(child, nn.MultiheadAttention)]
+    new: dict[int, MultiheadAttention] = {}  # built before any change, so a failure leaves the model as it was
+    for _, _, child in slots:
+        if id(child) not in new:  # a module shared by several parents is replaced once
+            new[id(child)] = _from_torch(child, geometry, params)
+    for parent, name, child in slots:
+        setattr(parent, name, new[id(child)])
     for m in model.modules():
         if isinstance(m, nn.TransformerEncoder) and isinstance(m.layers[0].self_attn, MultiheadAttention):
             m.use_nested_tensor = False  # its nested-tensor fast path also bypasses self_attn.forward
-    return len(replaced)
+    return len(new)
 
 
 def _pretrained_models(model: nn.Module) -> list[nn.Module]:
