@@ -177,3 +177,25 @@ def test_failed_swap_changes_nothing():
     with pytest.raises(ValueError, match="num_heads"):
         geoattn.swap(model, geoattn.Poincare(num_heads=H))
     assert all(type(m) is nn.MultiheadAttention for m in model)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_transformer_swap_keeps_device_and_equals_original():
+    torch.manual_seed(0)
+    ref = nn.Transformer(E, H, 1, 1, 32, dropout=0.0, batch_first=True).cuda().eval()
+    model = geoattn.swap(copy.deepcopy(ref), "euclidean")
+    src, tgt = torch.randn(2, 6, E, device="cuda"), torch.randn(2, 5, E, device="cuda")
+    with torch.no_grad():
+        torch.testing.assert_close(model(src, tgt), ref(src, tgt), atol=1e-4, rtol=1e-4)
+    geoattn.swap(model, "poincare", learnable=True)
+    assert model.encoder.layers[0].self_attn.geometry.raw_curvature.device.type == "cuda"
+    model(src, tgt).square().mean().backward()
+
+
+def test_swapping_again_replaces_the_geometry():
+    model = geoattn.swap(encoder(), "poincare")
+    layer = model.layers[0].self_attn
+    geoattn.swap(model, "sphere", temperature=0.5)
+    assert model.layers[0].self_attn is layer and layer.geometry.name == "sphere"
+    torch.testing.assert_close(layer.geometry.temperature, torch.full((H,), 0.5))

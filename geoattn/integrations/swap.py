@@ -44,7 +44,9 @@ def _from_torch(old: nn.MultiheadAttention, geometry: str | Geometry, params: di
 
 
 def _swap_torch(model: nn.Module, geometry: str | Geometry, params: dict) -> int:
-    """Replace every nn.MultiheadAttention of ``model``; return how many were replaced."""
+    """Replace every nn.MultiheadAttention of ``model`` and re-geometrise every geoattn.MultiheadAttention.
+
+    Returns how many attention modules changed."""
     slots = [(parent, name, child) for parent in model.modules()
              for name, child in parent._modules.items()  # (named_children skips repeats of a shared module)
              if isinstance(child, nn.MultiheadAttention)]
@@ -52,12 +54,19 @@ def _swap_torch(model: nn.Module, geometry: str | Geometry, params: dict) -> int
     for _, _, child in slots:
         if id(child) not in new:  # a module shared by several parents is replaced once
             new[id(child)] = _from_torch(child, geometry, params)
+    ours = {id(m): m for m in model.modules() if isinstance(m, MultiheadAttention)}  # swapped before: new geometry
+    device = {key: next(m.parameters()).device for key, m in ours.items()}
+    geoms = {key: geometry_for_module(geometry, params, m.num_heads, m.head_dim) for key, m in ours.items()}
     for parent, name, child in slots:
         setattr(parent, name, new[id(child)])
+    for key, m in ours.items():
+        m.geometry = geoms[key].to(device[key])
+        if _keep_geometry not in m._forward_pre_hooks.values():
+            m.register_forward_pre_hook(_keep_geometry)
     for m in model.modules():
         if isinstance(m, nn.TransformerEncoder) and isinstance(m.layers[0].self_attn, MultiheadAttention):
             m.use_nested_tensor = False  # its nested-tensor fast path also bypasses self_attn.forward
-    return len(new)
+    return len(new) + len(ours)
 
 
 def _pretrained_models(model: nn.Module) -> list[nn.Module]:
