@@ -8,6 +8,8 @@ import copy
 import math
 import os
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # MiniLM ships inside its package: no network needed
+
 import pytest
 import torch
 from torch import nn
@@ -22,7 +24,6 @@ from transformers.masking_utils import AttentionMaskInterface  # noqa: E402
 
 from geoattn.integrations import hf  # noqa: E402
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 hf.register()
 OTHER = ["poincare", "lorentz", "sphere", "metric", "stereographic"]  # every geometry but euclidean
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -254,7 +255,7 @@ def test_attention_function_contract():
 
 
 def test_dropout_only_in_training():
-    ids, mask = lm_batch()
+    ids, _ = lm_batch()
     model = geoattn.swap(gpt2(), "lorentz")
     for block in model.transformer.h:
         block.attn.attn_dropout.p = 0.5
@@ -279,7 +280,7 @@ def test_from_config_without_swap_uses_default_geometry():
 
 
 def test_set_attn_implementation_switches_geometry_and_back():
-    ids, mask = lm_batch()
+    ids, _ = lm_batch()
     model = gpt2()
     with torch.no_grad():
         sdpa = model(ids).logits

@@ -13,6 +13,8 @@ bypassing ``self_attn.forward``; ``swap`` switches both off for the layers it ch
 """
 from __future__ import annotations
 
+import sys
+
 from torch import nn
 
 from ..geometry import Geometry
@@ -71,10 +73,10 @@ def _swap_torch(model: nn.Module, geometry: str | Geometry, params: dict) -> int
 
 def _pretrained_models(model: nn.Module) -> list[nn.Module]:
     """The outermost Hugging Face ``PreTrainedModel`` s in ``model`` (``model`` itself if it is one)."""
-    try:
-        from transformers import PreTrainedModel
-    except ImportError:
+    if "transformers" not in sys.modules:  # never imported: the model cannot hold a PreTrainedModel
         return []
+    from transformers import PreTrainedModel
+
     found: list[nn.Module] = []
     inside: set[int] = set()
     for m in model.modules():
