@@ -52,6 +52,7 @@ def test_swap_replaces_every_multihead_attention_and_keeps_weights():
     assert not model.layers[0].training
 
 
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")  # the reference's fast path
 def test_encoder_euclidean_equals_original_through_its_fast_paths():
     """In eval under no_grad PyTorch takes its nested-tensor and fused-layer fast paths; outputs agree
     at real tokens (PyTorch's nested path writes zeros at padded positions, geoattn computes them)."""
@@ -63,6 +64,7 @@ def test_encoder_euclidean_equals_original_through_its_fast_paths():
         torch.testing.assert_close(model(x), ref(x), **TOL)  # no padding: the fused layer path
 
 
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")
 def test_fast_paths_do_not_bypass_the_geometry():
     x, pad = padded_batch()
     ref, model = encoder(), geoattn.swap(encoder(), "poincare")
