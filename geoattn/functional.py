@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from .backends import Mask, select_backend
-from .geometry import Geometry, resolve_geometry
+from .geometry import Euclidean, Geometry, resolve_geometry
 from .validation import check_attention_inputs
 
 
@@ -24,6 +24,10 @@ def _mask_to_4d(mask: Tensor | None, lead: torch.Size, L: int, S: int) -> Tensor
     if len(lead) <= 2:  # keep broadcast dims: (…, L, S) → (1|B, 1|H, L|1, S|1)
         return mask.reshape(*([1] * (4 - mask.dim())), *mask.shape)
     return mask.expand(*lead, L, S).reshape(-1, lead[-1], L, S)
+
+
+def _curved(geometry: Geometry) -> bool:
+    return not isinstance(geometry, Euclidean)
 
 
 def attention(
@@ -65,8 +69,11 @@ def attention(
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     mask = Mask(_mask_to_4d(attn_mask, lead, L, S), bool(is_causal), L, S)
     runner = select_backend(backend, geom, q, return_weights, dropout_p)
-    out, weights = runner.run(geom, q, k, geom.pre_values(v), mask, float(dropout_p), scale, return_weights)
-    out = geom.post_values(out).to(value.dtype).reshape(*lead, L, -1)
+    # geometric scores are computed in float32 or wider, also under bf16/fp16 autocast
+    with torch.autocast(q.device.type, enabled=torch.is_autocast_enabled(q.device.type) and not _curved(geom)):
+        out, weights = runner.run(geom, q, k, geom.pre_values(v), mask, float(dropout_p), scale, return_weights)
+        out = geom.post_values(out)
+    out = out.to(value.dtype).reshape(*lead, L, -1)
     if return_weights:
         return out, weights.reshape(*lead, L, S)
     return out
