@@ -23,6 +23,7 @@ from .geometry import (
 )
 from .nn import MultiheadAttention, riemannian_optimizer
 from .validation import set_validation
+from . import models  # noqa: E402  (the backbone: geoattn.models.DecoderLM, ...)
 
 __version__ = "0.1.0"
 
