@@ -5,6 +5,7 @@ of a chosen manifold (Poincaré ball, Lorentz hyperboloid, sphere, learned metri
 instead of the flat dot product, on the fastest backend that computes it exactly.
 """
 from .backends import available_backends, default_backend, set_default_backend
+from .energy import Trace, energy, trace
 from .functional import attention
 from .geometry import (
     CurvedGeometry,
@@ -29,7 +30,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CurvedGeometry", "Euclidean", "Geometry", "Lifted", "Lorentz", "Metric", "MultiheadAttention", "Poincare",
-    "Sphere", "Stereographic", "TemperedGeometry", "attention", "available_backends", "available_geometries",
-    "default_backend", "make_geometry", "register", "riemannian_optimizer", "set_default_backend",
-    "set_validation",
+    "Sphere", "Stereographic", "TemperedGeometry", "Trace", "attention", "available_backends", "available_geometries",
+    "default_backend", "energy", "make_geometry", "register", "riemannian_optimizer", "set_default_backend",
+    "set_validation", "trace",
 ]
