@@ -76,6 +76,10 @@ class Trace:
     weights: list[Tensor] = field(default_factory=list)
     geometries: list[str] = field(default_factory=list)
 
+    def mean_energy(self) -> Tensor:
+        """Mean energy of each layer over batch, heads and queries (queries with no key left out), (n_layers,)."""
+        return torch.stack([e[torch.isfinite(e)].mean() for e in self.energies])
+
 
 def _stack(model: nn.Module, tokens: Tensor, padding_mask: Tensor | None):
     """The traced blocks and a call that runs them: the encoder of encoder models, the decoder of an LM."""

@@ -143,6 +143,7 @@ def test_trace_euclidean_layer0_by_hand():
     tr = geoattn.trace(clf, x, pad)
     assert clf.training  # mode restored
     assert len(tr.hidden) == 4 and len(tr.energies) == len(tr.weights) == 3
+    torch.testing.assert_close(tr.mean_energy(), torch.stack([e.mean() for e in tr.energies]))
     clf.eval()
     torch.testing.assert_close(clf.encoder.ln_f(tr.hidden[-1]), clf.encoder(x, pad))
     blk = clf.encoder.blocks[0]

@@ -216,6 +216,8 @@ def test_bad_inputs():
         lm(tokens(), cache=other.new_cache(2))
     with pytest.raises(ValueError, match="batch size 3"):
         lm(tokens(), cache=lm.new_cache(3))
+    with pytest.raises(TypeError, match="KVCache"):
+        lm(tokens(), cache={})
     cache = lm.new_cache(2)
     lm(tokens(T=10), cache=cache)
     with pytest.raises(ValueError, match="max_len is 16"):
@@ -232,3 +234,15 @@ def test_bad_inputs():
     s2s = EncoderDecoder(cfg())
     with pytest.raises(ValueError, match="another model"):
         s2s.decode(tokens(T=2), torch.randn(2, 3, 16), cache=lm.new_cache(2))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_cache_equals_full_forward_cuda(geometry):
+    torch.manual_seed(0)
+    model = EncoderDecoder(cfg(geometry=geometry, positional="rotary")).cuda().eval()
+    src, tgt = tokens(T=6).cuda(), tokens(T=7, seed=2).cuda()
+    memory, cache = model.encode(src), model.new_cache(2)
+    inc = chunked(lambda t: model.decode(t, memory, cache=cache), tgt, [3, 1, 1, 2])
+    torch.testing.assert_close(inc, model(src, tgt), atol=1e-5, rtol=0)
+    assert model.generate(src, 4, bos_id=1).shape == (2, 5)

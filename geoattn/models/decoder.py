@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from .cache import KVCache
 from .config import TransformerConfig
 from .encoder import make_rotary
-from .layers import Block, Embedder, check_tokens, self_mask
+from .layers import Block, Embedder, check_tokens, init_weights, self_mask
 
 
 def check_generate_args(max_new_tokens: int, temperature: float, top_k: int | None) -> None:
@@ -52,6 +52,7 @@ class DecoderLM(nn.Module):
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
             self.lm_head.weight = self.embed.tok.weight
+        init_weights(self, cfg.n_layers)
 
     def new_cache(self, batch_size: int) -> KVCache:
         """An empty KV cache for incremental decoding of ``batch_size`` sequences with this model."""
@@ -59,7 +60,8 @@ class DecoderLM(nn.Module):
 
     def forward(self, idx: Tensor, targets: Tensor | None = None,
                 cache: KVCache | None = None) -> tuple[Tensor, Tensor | None]:
-        """``idx`` (B, T) → ``(logits (B, T, V), mean cross-entropy against targets (B, T) or None)``.
+        """``idx`` (B, T) → ``(logits (B, T, V), mean cross-entropy against targets (B, T) or None)``;
+        targets equal to -100 are ignored (padding).
 
         With ``cache``, ``idx`` continues the cached sequence (positions ``cache.length ..``) and the
         cache is extended; the logits equal those of a full forward over the whole sequence.

@@ -4,7 +4,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .config import TransformerConfig
-from .layers import Block, Embedder, Rotary, check_tokens, padding_to_allowed
+from .layers import Block, Embedder, Rotary, check_tokens, init_weights, padding_to_allowed
 
 
 def make_rotary(cfg: TransformerConfig) -> Rotary | None:
@@ -22,6 +22,7 @@ class Encoder(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, cfg.make_geometry(name), rotary=rotary)
                                     for name in cfg.layer_geometries(stack))
         self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias) if cfg.pre_norm else nn.Identity()
+        init_weights(self, cfg.n_layers)
 
     def forward(self, tokens: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         """``tokens`` (B, T) long, ``padding_mask`` (B, T) bool with True = padding → hidden (B, T, d_model)."""
@@ -45,6 +46,7 @@ class EncoderClassifier(nn.Module):
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         self.head = nn.Linear(cfg.d_model, cfg.num_classes, bias=cfg.bias)
+        init_weights(self.head, cfg.n_layers)
 
     def forward(self, tokens: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         h = self.encoder(tokens, padding_mask)                              # (B, T, d)

@@ -27,8 +27,10 @@ class Rotary(nn.Module):
     """Rotary position embedding (Su et al., "RoFormer", 2021), GPT-NeoX half-split layout.
 
     ``rope(x)_p = x ⊙ cos(pθ) + rotate_half(x) ⊙ sin(pθ)``, θ_i = 10000^(-2i/D); applied to queries and
-    keys of self-attention before the geometry lifts them (a rotation keeps norms, so every geometry
-    sees vectors of the same size; only the Euclidean score is then exactly relative).
+    keys of self-attention before the geometry lifts them. Rotations keep norms and make ``⟨q, k⟩``
+    depend on the offset only, so every score that is a function of ``⟨q, k⟩``, ``‖q‖``, ``‖k‖``
+    (Euclidean, Poincaré, Lorentz, sphere, stereographic) stays relative; the learned metric's
+    ``(q-k)ᵀG(q-k)`` does not (G need not commute with the rotations).
     """
 
     def __init__(self, head_dim: int, max_len: int) -> None:
@@ -170,6 +172,18 @@ class Block(nn.Module):
         if self.cross is not None:
             x = self._sub(x, self.ln_cross, lambda h: self.cross(h, memory_mask, kv=cross_kv, memory=memory))
         return self._sub(x, self.ln2, self.ff)
+
+
+def init_weights(model: nn.Module, n_layers: int) -> None:
+    """GPT-2 initialisation (Radford et al. 2019, as in nanoGPT): Linear and Embedding weights N(0, 0.02),
+    biases 0, and the projections that write into the residual stream N(0, 0.02/√(2·n_layers)). The
+    geometries' own parameters are left at their constructors' values."""
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            std = 0.02 / math.sqrt(2 * n_layers) if name.endswith(("out_proj", "net.2")) else 0.02
+            nn.init.normal_(m.weight, mean=0.0, std=std)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
 
 
 def padding_to_allowed(padding_mask: Tensor | None, B: int, S: int, name: str = "padding_mask") -> Tensor | None:

@@ -8,7 +8,7 @@ from .cache import KVCache
 from .config import TransformerConfig
 from .decoder import check_generate_args, next_token, window_error
 from .encoder import Encoder, make_rotary
-from .layers import Block, Embedder, check_tokens, padding_to_allowed, self_mask
+from .layers import Block, Embedder, check_tokens, init_weights, padding_to_allowed, self_mask
 
 
 class EncoderDecoder(nn.Module):
@@ -29,6 +29,7 @@ class EncoderDecoder(nn.Module):
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
             self.lm_head.weight = self.embed.tok.weight
+        init_weights(self, cfg.n_layers + cfg.decoder_layers)
 
     def new_cache(self, batch_size: int) -> KVCache:
         """Empty self- and cross-attention caches for ``batch_size`` sequences."""

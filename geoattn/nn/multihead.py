@@ -46,6 +46,11 @@ class MultiheadAttention(nn.Module):
     causal mask (PyTorch raises); a query whose keys are all masked gives a zero output (PyTorch:
     NaN); returned weights are taken before dropout. Loading an ``nn.MultiheadAttention`` state_dict
     leaves the geometry's own parameters (absent from it) at their current values.
+
+    The geometries' parameters (log-temperatures, signed or log curvatures, metric factors) are
+    unconstrained Euclidean parameters, so no parameter of this layer is a ``geoopt.ManifoldParameter``;
+    :func:`geoattn.riemannian_optimizer` (RiemannianAdam) trains a model that mixes this layer with
+    manifold parameters (e.g. Poincaré-ball embeddings) correctly.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, geometry: str | Geometry = "euclidean",
@@ -88,7 +93,7 @@ class MultiheadAttention(nn.Module):
             self.bias_v = nn.Parameter(torch.empty(1, 1, embed_dim, **fk))
         else:
             self.bias_k = self.bias_v = None
-        self.geometry = build_geometry(geometry, num_heads, self.head_dim, **geometry_params)
+        self.geometry = build_geometry(geometry, num_heads, self.head_dim, **geometry_params).to(device=device)
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
