@@ -81,8 +81,11 @@ class Geometry(nn.Module):
         self.learnable = learnable
 
     # -- parameters --------------------------------------------------------------------------
-    def _parameter(self, raw: Tensor) -> nn.Parameter:
-        return nn.Parameter(raw.to(torch.get_default_dtype()), requires_grad=self.learnable)
+    def _parameter(self, raw: Tensor, given=None) -> nn.Parameter:
+        """A (possibly frozen) parameter in the default dtype, or in the dtype of a ``given`` float tensor
+        (so ``curvature=torch.tensor(-1., dtype=torch.float64)`` keeps full float64 precision)."""
+        dtype = given.dtype if isinstance(given, Tensor) and given.is_floating_point() else torch.get_default_dtype()
+        return nn.Parameter(raw.to(dtype), requires_grad=self.learnable)
 
     def _head(self, p: Tensor, ref: Tensor) -> Tensor:
         """A per-head tensor as ``(H,)`` in the compute dtype of ``ref`` (H taken from ``ref``)."""
@@ -185,7 +188,9 @@ class TemperedGeometry(Geometry):
 
     def __init__(self, temperature=1.0, num_heads: int = 1, learnable: bool = False) -> None:
         super().__init__(num_heads=num_heads, learnable=learnable)
-        self.log_temperature = self._parameter(log_param("temperature", temperature, num_heads, check_temperature))
+        self.log_temperature = self._parameter(
+            log_param("temperature", temperature, num_heads, check_temperature), given=temperature
+        )
 
     @property
     def temperature(self) -> Tensor:
@@ -218,7 +223,7 @@ class CurvedGeometry(TemperedGeometry):
                 f"{self.name} needs a {want} curvature, got {kappa.tolist()}; geoattn uses signed "
                 f"sectional curvature everywhere, so pass e.g. curvature={sign * 1.0}, or use {other}"
             )
-        self.raw_curvature = self._parameter((kappa * sign).log() if sign else kappa)
+        self.raw_curvature = self._parameter((kappa * sign).log() if sign else kappa, given=curvature)
 
     @property
     def curvature(self) -> Tensor:

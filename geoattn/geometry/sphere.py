@@ -14,7 +14,7 @@ class Sphere(CurvedGeometry):
     * ``score="cosine"`` (default): ``⟨x̂, ŷ⟩ / τ`` with a per-head learnable scale ``1/τ`` (cosine
       attention: Henry et al., "Query-Key Normalization for Transformers", 2020; Loshchilov et al.,
       "nGPT", 2024). On the sphere the ambient dot product *is* consistent with the manifold, so this is
-      affine and runs on SDPA.
+      affine and runs on SDPA. The cosine does not depend on the radius, so κ is unused here.
     * ``score="geodesic"``: ``-arccos(⟨x̂, ŷ⟩) / (√κ τ)``, the great-circle distance.
 
     Aggregation ``"linear"`` or ``"mean"`` (normalised spherical mean of unit values,

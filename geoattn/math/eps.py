@@ -14,6 +14,12 @@ geometric scores in float32 or wider (``compute_dtype``) and clamps only where t
 * ``MAX_HYPERBOLIC_ANGLE``: tangent vectors are clipped to ``sqrt(|κ|)·‖u‖ ≤ 15`` before the
   exponential map on negatively curved geometries (ball norm ``1 - 1.9e-13`` of the radius), so
   ``cosh²`` stays far from overflow in float32.
+
+Known limit of the fused (Gram) form ``s² = n_x w_y + n_y w_x - 2⟨x̃, ỹ⟩``: for nearly coincident
+points at hyperbolic radius θ = √|κ|‖u‖ it loses ``√ε·cosh²θ`` in absolute terms (the same trade-off
+``torch.cdist`` makes for Euclidean distances). Points at distinct directions keep full relative
+precision. Float64 reaches θ ≈ 8 with d(x, x) < 1e-4; in float32 keep θ ≲ 3 where near neighbours
+must be resolved to 1e-3 (tested in ``tests/test_properties.py``).
 """
 from __future__ import annotations
 
