@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import geoattn
+from conftest import GEOMETRY_CASES
 from geoattn.models import DecoderLM, EncoderClassifier, EncoderDecoder, TransformerConfig
 
 
@@ -19,15 +20,13 @@ def one_thread():
 
 
 def geometries():
+    """Every contract case of conftest (each geometry, score and aggregation) plus a random metric."""
     torch.manual_seed(0)
-    out = {name: geoattn.make_geometry(name, head_dim=3) if name == "metric" else geoattn.make_geometry(name)
-           for name in geoattn.available_geometries()}
-    out["sphere-geodesic"] = geoattn.Sphere(score="geodesic", temperature=0.5)
-    out["poincare-k0.7"] = geoattn.Poincare(curvature=-0.7, temperature=0.5)
+    out = {name: make(3, 1) for name, make in GEOMETRY_CASES.items()}
     metric = geoattn.Metric(head_dim=3, rank=2)
     with torch.no_grad():
         metric.factor.normal_()
-    out["metric-lowrank"] = metric
+    out["metric-random"] = metric
     return {k: g.double() for k, g in out.items()}
 
 
@@ -95,7 +94,8 @@ def test_euclidean_identity_m_grad_energy():
 
 
 @pytest.mark.parametrize("backend,name", [("sdpa", "euclidean"), ("sdpa", "lorentz"), ("dense", "poincare"),
-                                          ("dense", "euclidean"), ("auto", "sphere-geodesic")])
+                                          ("dense", "euclidean"), ("auto", "sphere-geodesic"),
+                                          ("sdpa", "metric-lowrank")])
 @pytest.mark.parametrize("extra", [{}, {"is_causal": True}, {"attn_mask": "bool"}, {"attn_mask": "float"}])
 def test_exclude_self_equals_explicit_mask(backend, name, extra):
     geom = GEOMS[name]

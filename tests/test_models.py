@@ -50,6 +50,25 @@ def test_decoder_cache_equals_full_forward(geometry, positional):
     torch.testing.assert_close(inc, full, atol=1e-5, rtol=0)
 
 
+VARIANTS = [("poincare", {"aggregation": "midpoint"}), ("lorentz", {"aggregation": "centroid"}),
+            ("sphere", {"score": "geodesic", "aggregation": "mean"}),
+            ("stereographic", {"curvature": 0.8, "aggregation": "midpoint"}), ("stereographic", {"curvature": 0.0}),
+            ("metric", {"rank": 2})]
+
+
+@pytest.mark.parametrize("geometry,params", VARIANTS, ids=[f"{g}-{'-'.join(map(str, p.values()))}" for g, p in VARIANTS])
+def test_cache_equals_full_forward_for_score_and_aggregation_variants(geometry, params):
+    torch.manual_seed(0)
+    c = cfg(geometry=geometry, positional="learned", geometry_params={**params, "learnable": True})
+    lm, s2s = DecoderLM(c).eval(), EncoderDecoder(c).eval()
+    idx, src = tokens(), tokens(T=5, seed=1)
+    cache = lm.new_cache(2)
+    torch.testing.assert_close(chunked(lambda t: lm(t, cache=cache)[0], idx, [4, 1, 4]), lm(idx)[0], atol=1e-5, rtol=0)
+    memory, cache = s2s.encode(src), s2s.new_cache(2)
+    torch.testing.assert_close(chunked(lambda t: s2s.decode(t, memory, cache=cache), idx, [2, 1, 6]), s2s(src, idx),
+                               atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 def test_decoder_cache_equals_full_forward_float64_post_norm(geometry):
     torch.manual_seed(1)
