@@ -23,6 +23,7 @@ from .geometry import (
     register,
 )
 from .nn import MultiheadAttention, riemannian_optimizer
+from .integrations import swap
 from .validation import set_validation
 from . import models  # noqa: E402  (the backbone: geoattn.models.DecoderLM, ...)
 
@@ -32,5 +33,5 @@ __all__ = [
     "CurvedGeometry", "Euclidean", "Geometry", "Lifted", "Lorentz", "Metric", "MultiheadAttention", "Poincare",
     "Sphere", "Stereographic", "TemperedGeometry", "Trace", "attention", "available_backends", "available_geometries",
     "default_backend", "energy", "make_geometry", "register", "riemannian_optimizer", "set_default_backend",
-    "set_validation", "trace",
+    "set_validation", "swap", "trace",
 ]

@@ -1,0 +1,109 @@
+"""``geoattn.swap``: change the attention geometry of an existing model in place.
+
+* plain PyTorch: every :class:`torch.nn.MultiheadAttention` (also inside ``nn.TransformerEncoder``,
+  ``nn.TransformerDecoder`` and ``nn.Transformer``) becomes a :class:`geoattn.MultiheadAttention` with the
+  same constructor arguments and the weights carried over (``load_state_dict``);
+* Hugging Face transformers: every ``PreTrainedModel`` inside the model goes on
+  ``attn_implementation="geoattn_<geometry>"`` with a geometry module per attention module
+  (:func:`geoattn.integrations.hf.swap_hf`).
+
+PyTorch's encoder layers have fused inference fast paths (``torch._transformer_encoder_layer_fwd``
+and nested tensors) that read ``in_proj_weight`` and compute dot-product attention themselves,
+bypassing ``self_attn.forward``; ``swap`` switches both off for the layers it changes.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from ..geometry import Geometry
+from ..geometry.base import geometry_class
+from ..nn import MultiheadAttention
+from .build import geometry_for_module
+
+
+def _keep_geometry(module: nn.Module, args) -> None:
+    """A forward pre-hook that does nothing: ``nn.TransformerEncoderLayer`` leaves its fused fast path
+    (which would compute dot-product attention from ``in_proj_weight``) whenever a submodule has a hook."""
+    return None
+
+
+def _from_torch(old: nn.MultiheadAttention, geometry: str | Geometry, params: dict) -> MultiheadAttention:
+    """A :class:`geoattn.MultiheadAttention` with ``old``'s configuration, weights and train/eval mode."""
+    weight = old.in_proj_weight if old.in_proj_weight is not None else old.q_proj_weight
+    geom = geometry_for_module(geometry, params, old.num_heads, old.head_dim)
+    new = MultiheadAttention(
+        old.embed_dim, old.num_heads, geometry=geom, dropout=old.dropout, bias=old.in_proj_bias is not None,
+        add_bias_kv=old.bias_k is not None, add_zero_attn=old.add_zero_attn, kdim=old.kdim, vdim=old.vdim,
+        batch_first=old.batch_first, device=weight.device, dtype=weight.dtype,
+    )
+    new.load_state_dict(old.state_dict())  # the geometry keeps its own parameters (absent from old's state)
+    new.geometry.to(weight.device)
+    new.train(old.training)
+    new.register_forward_pre_hook(_keep_geometry)
+    return new
+
+
+def _swap_torch(model: nn.Module, geometry: str | Geometry, params: dict) -> int:
+    """Replace every nn.MultiheadAttention of ``model``; return how many were replaced."""
+    slots = [(parent, name, child) for parent in model.modules()
+             for name, child in parent._modules.items()  # (named_children skips repeats of a shared module)
+             if isinstance(child, nn.MultiheadAttention)]
+    new: dict[int, MultiheadAttention] = {}  # built before any change, so a failure leaves the model as it was
+    for _, _, child in slots:
+        if id(child) not in new:  # a module shared by several parents is replaced once
+            new[id(child)] = _from_torch(child, geometry, params)
+    for parent, name, child in slots:
+        setattr(parent, name, new[id(child)])
+    for m in model.modules():
+        if isinstance(m, nn.TransformerEncoder) and isinstance(m.layers[0].self_attn, MultiheadAttention):
+            m.use_nested_tensor = False  # its nested-tensor fast path also bypasses self_attn.forward
+    return len(new)
+
+
+def _pretrained_models(model: nn.Module) -> list[nn.Module]:
+    """The outermost Hugging Face ``PreTrainedModel`` s in ``model`` (``model`` itself if it is one)."""
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:
+        return []
+    found: list[nn.Module] = []
+    inside: set[int] = set()
+    for m in model.modules():
+        if isinstance(m, PreTrainedModel) and id(m) not in inside:
+            found.append(m)
+            inside.update(id(sub) for sub in m.modules())
+    return found
+
+
+def swap(model: nn.Module, geometry: str | Geometry, **geometry_params) -> nn.Module:
+    """Change the attention geometry of ``model`` in place and return it.
+
+    ``geometry`` is a name from :func:`geoattn.available_geometries` (built per attention module with
+    ``num_heads`` = its heads and ``**geometry_params``, e.g. ``curvature=-1.0, learnable=True``) or a
+    :class:`geoattn.Geometry` (deep-copied per module, so every layer trains its own parameters).
+    ``geometry="euclidean"`` reproduces the original model's outputs.
+
+    Raises ``TypeError`` for a non-module, ``ValueError`` for an unknown geometry, a model with no
+    attention that swap recognises, or a geometry the model cannot host (see the messages).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"geoattn.swap expects a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(geometry, Geometry):
+        geometry_class(geometry)  # unknown names fail before anything changes
+    pretrained = _pretrained_models(model)
+    if pretrained:
+        from .hf import check_model, swap_hf
+
+        for hf_model in pretrained:
+            check_model(hf_model)  # all checks first, so a failing model is left untouched
+    swapped = _swap_torch(model, geometry, geometry_params)
+    for hf_model in pretrained:
+        swap_hf(hf_model, geometry, **geometry_params)
+    if not swapped and not pretrained:
+        raise ValueError(
+            f"geoattn.swap found no attention to swap in {type(model).__name__}: it looks for "
+            "torch.nn.MultiheadAttention modules (also inside nn.Transformer*) and Hugging Face transformers "
+            "PreTrainedModels whose attention goes through transformers' AttentionInterface; a custom attention "
+            "module can call geoattn.attention(q, k, v, geometry=...) directly"
+        )
+    return model
