@@ -5,6 +5,7 @@ of a chosen manifold (Poincaré ball, Lorentz hyperboloid, sphere, learned metri
 instead of the flat dot product, on the fastest backend that computes it exactly.
 """
 from .backends import available_backends, default_backend, set_default_backend
+from .energy import Trace, energy, trace
 from .functional import attention
 from .geometry import (
     CurvedGeometry,
@@ -24,12 +25,13 @@ from .geometry import (
 from .nn import MultiheadAttention, riemannian_optimizer
 from .integrations import swap
 from .validation import set_validation
+from . import models  # noqa: E402  (the backbone: geoattn.models.DecoderLM, ...)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CurvedGeometry", "Euclidean", "Geometry", "Lifted", "Lorentz", "Metric", "MultiheadAttention", "Poincare",
-    "Sphere", "Stereographic", "TemperedGeometry", "attention", "available_backends", "available_geometries",
-    "default_backend", "make_geometry", "register", "riemannian_optimizer", "set_default_backend",
-    "set_validation", "swap",
+    "Sphere", "Stereographic", "TemperedGeometry", "Trace", "attention", "available_backends", "available_geometries",
+    "default_backend", "energy", "make_geometry", "register", "riemannian_optimizer", "set_default_backend",
+    "set_validation", "swap", "trace",
 ]

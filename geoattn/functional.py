@@ -5,7 +5,8 @@ import torch
 from torch import Tensor
 
 from .backends import Mask, select_backend
-from .geometry import Geometry, resolve_geometry
+from .backends.masks import exclude_self_mask
+from .geometry import Euclidean, Geometry, resolve_geometry
 from .validation import check_attention_inputs
 
 
@@ -26,6 +27,10 @@ def _mask_to_4d(mask: Tensor | None, lead: torch.Size, L: int, S: int) -> Tensor
     return mask.expand(*lead, L, S).reshape(-1, lead[-1], L, S)
 
 
+def _curved(geometry: Geometry) -> bool:
+    return not isinstance(geometry, Euclidean)
+
+
 def attention(
     query: Tensor,
     key: Tensor,
@@ -38,6 +43,7 @@ def attention(
     enable_gqa: bool = False,
     backend: str = "auto",
     return_weights: bool = False,
+    exclude_self: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Attention under a geometry: ``softmax(score(q, k) + mask) · V``.
 
@@ -53,11 +59,15 @@ def attention(
     :class:`geoattn.Geometry`. ``backend`` is ``"auto"`` (the fastest backend that supports the call),
     ``"sdpa"``, ``"dense"`` or another registered backend. Returns the output (..., L, Ev), or
     ``(output, weights)`` with ``return_weights=True`` (weights (..., L, S), dense backend).
+    ``exclude_self=True`` drops key i for query i (needs L == S; folded into the mask, so every backend
+    honours it; with ``is_causal`` the first query then has no key and gives zeros).
     """
     check_attention_inputs(query, key, value, attn_mask, is_causal, dropout_p, enable_gqa)
     geom = resolve_geometry(geometry, query.shape[-1])
     L, S = query.shape[-2], key.shape[-2]
     lead = query.shape[:-2]
+    if exclude_self:
+        attn_mask, is_causal = exclude_self_mask(attn_mask, is_causal, L, S, query.device)
     q, k, v = _to_4d(query), _to_4d(key), _to_4d(value)
     geom.check_heads(q.shape[1])
     if k.shape[1] != q.shape[1]:  # grouped-query attention: share each key/value head across its group
@@ -65,8 +75,11 @@ def attention(
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     mask = Mask(_mask_to_4d(attn_mask, lead, L, S), bool(is_causal), L, S)
     runner = select_backend(backend, geom, q, return_weights, dropout_p)
-    out, weights = runner.run(geom, q, k, geom.pre_values(v), mask, float(dropout_p), scale, return_weights)
-    out = geom.post_values(out).to(value.dtype).reshape(*lead, L, -1)
+    # geometric scores are computed in float32 or wider, also under bf16/fp16 autocast
+    with torch.autocast(q.device.type, enabled=torch.is_autocast_enabled(q.device.type) and not _curved(geom)):
+        out, weights = runner.run(geom, q, k, geom.pre_values(v), mask, float(dropout_p), scale, return_weights)
+        out = geom.post_values(out)
+    out = out.to(value.dtype).reshape(*lead, L, -1)
     if return_weights:
         return out, weights.reshape(*lead, L, S)
     return out

@@ -6,6 +6,15 @@ from torch import nn
 
 import geoattn
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread avoids oversubscribing the shared 2-core CI machine (20x faster)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 E, H = 16, 4
 
 
@@ -70,7 +79,8 @@ def test_euclidean_equals_torch(batch_first, masks, average):
                                 dict(bias=False), dict(add_bias_kv=True, add_zero_attn=True, kdim=5, vdim=9)])
 def test_euclidean_options_equal_torch(kw):
     ref, ours = pair(True, **kw)
-    assert set(ref.state_dict()) == set(ours.state_dict())
+    # the same keys as torch, plus the geometry tag that makes checkpoints of other geometries fail clearly
+    assert set(ref.state_dict()) == set(ours.state_dict()) - {"geometry.geometry_tag"}
     q, k, v = inputs(kdim=kw.get("kdim", E), vdim=kw.get("vdim", E), batch_first=True)
     for m in ({}, {"key_padding_mask": _kpm_bool}, {"attn_mask": _fmask}):
         o1, w1 = ref(q, k, v, **m)
@@ -191,3 +201,24 @@ def test_riemannian_optimizer_trains_geometry_and_keeps_manifold_params_on_manif
     assert not torch.allclose(model.attn.geometry.curvature, kappa0)  # the curvature was learned
     assert (model.points.norm(dim=-1) < 1).all()                     # the points stayed in the ball
     torch.testing.assert_close(ball.projx(model.points.detach()), model.points.detach())
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
+def test_inside_torch_transformer_encoder_layer_in_eval():
+    """PyTorch's fused encoder fast path (eval, no grad) must not bypass the geometry."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(E, H, dim_feedforward=32, dropout=0.0, batch_first=True)
+    layer.self_attn = geoattn.MultiheadAttention(E, H, geometry="poincare", batch_first=True)
+    x = torch.randn(2, 5, E)
+    pad = torch.zeros(2, 5, dtype=torch.bool)
+    pad[1, 3:] = True
+    train_out = layer(x, src_key_padding_mask=pad)
+    layer.eval()
+    with torch.no_grad():
+        eval_out = layer(x, src_key_padding_mask=pad)
+    close(eval_out[~pad], train_out[~pad])
+    h = layer.norm1(x + layer.self_attn(x, x, x, key_padding_mask=pad, need_weights=False)[0])
+    close(eval_out[~pad], layer.norm2(h + layer.linear2(torch.relu(layer.linear1(h))))[~pad])
+    enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=True).eval()
+    with torch.no_grad(), pytest.raises(ValueError, match="enable_nested_tensor=False"):
+        enc(x, src_key_padding_mask=pad)

@@ -16,8 +16,8 @@ class Metric(TemperedGeometry):
     """``score = -(q - k)ᵀ G_h (q - k) / τ_h`` with ``G_h`` symmetric positive definite by construction:
 
     * full rank (``rank=None``): ``G = L Lᵀ + εI`` with ``L`` initialised to the identity;
-    * ``rank=r``: ``G = U Uᵀ + diag(softplus(d)) + εI`` (low rank plus diagonal; ``U`` starts at 0 and
-      the diagonal at 1), ``O(E·r)`` parameters per head.
+    * ``rank=r``: ``G = U Uᵀ + diag(softplus(d)) + εI`` (low rank plus diagonal; ``U`` starts near 0
+      (N(0, 0.01²)) and the diagonal at 1), ``O(E·r)`` parameters per head.
 
     Expanding the quadratic form makes it affine: ``q̃ = (2/τ) q``, ``k̃ = G k``, per-key term
     ``-kᵀGk/τ``, per-query term ``-qᵀGq/τ``, so it runs on SDPA. The metric is always trainable (it is
@@ -43,7 +43,7 @@ class Metric(TemperedGeometry):
         if rank is None:
             self.factor = nn.Parameter(torch.eye(head_dim).expand(num_heads, -1, -1).clone())
         else:
-            self.factor = nn.Parameter(torch.zeros(num_heads, head_dim, rank))
+            self.factor = nn.Parameter(0.01 * torch.randn(num_heads, head_dim, rank))  # not 0: UUᵀ has no gradient at U = 0
             self.raw_diagonal = nn.Parameter(torch.full((num_heads, head_dim), math.log(math.e - 1)))
 
     def metric_tensor(self) -> Tensor:

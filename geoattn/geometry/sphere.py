@@ -14,7 +14,7 @@ class Sphere(CurvedGeometry):
     * ``score="cosine"`` (default): ``⟨x̂, ŷ⟩ / τ`` with a per-head learnable scale ``1/τ`` (cosine
       attention: Henry et al., "Query-Key Normalization for Transformers", 2020; Loshchilov et al.,
       "nGPT", 2024). On the sphere the ambient dot product *is* consistent with the manifold, so this is
-      affine and runs on SDPA.
+      affine and runs on SDPA. The cosine does not depend on the radius, so κ is unused here.
     * ``score="geodesic"``: ``-arccos(⟨x̂, ŷ⟩) / (√κ τ)``, the great-circle distance.
 
     Aggregation ``"linear"`` or ``"mean"`` (normalised spherical mean of unit values,
@@ -33,7 +33,7 @@ class Sphere(CurvedGeometry):
 
     def lift(self, q: Tensor, k: Tensor, scale: float | None) -> Lifted:
         cd = eps.compute_dtype(q.dtype)
-        x, y = sphere.normalize(q.to(cd)), sphere.normalize(k.to(cd))
+        x, y = sphere.normalize(q.to(cd), q.dtype), sphere.normalize(k.to(cd), k.dtype)
         inv_t = self.inverse_temperature(q, scale)
         if self.affine:
             return Lifted(inv_t.view(-1, 1, 1) * x, y)
@@ -45,7 +45,7 @@ class Sphere(CurvedGeometry):
         return -head[0] * sphere.angle_from_cosine(dot)
 
     def pre_values(self, v: Tensor) -> Tensor:
-        return v if self.aggregation == "linear" else sphere.normalize(v.to(eps.compute_dtype(v.dtype)))
+        return v if self.aggregation == "linear" else sphere.normalize(v.to(eps.compute_dtype(v.dtype)), v.dtype)
 
     def post_values(self, out: Tensor) -> Tensor:
         return out if self.aggregation == "linear" else sphere.normalize(out)

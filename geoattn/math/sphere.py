@@ -12,9 +12,9 @@ from torch import Tensor
 from . import eps
 
 
-def normalize(x: Tensor) -> Tensor:
-    """``x / ‖x‖`` with the norm floored (a zero vector stays zero)."""
-    return x / x.norm(dim=-1, keepdim=True).clamp(min=eps.denom_min(x.dtype) ** 0.5)
+def normalize(x: Tensor, input_dtype: torch.dtype | None = None) -> Tensor:
+    """``x / max(‖x‖, NORM_MIN)``: a zero vector stays zero; the floor follows the dtype the values came in."""
+    return x / x.norm(dim=-1, keepdim=True).clamp(min=eps.norm_min(input_dtype or x.dtype))
 
 
 def angle_from_cosine(cos: Tensor) -> Tensor:

@@ -34,6 +34,12 @@ def build_geometry(geometry: str | Geometry, num_heads: int, head_dim: int, **pa
     return cls(**params)
 
 
+def _keep_off_fused_fast_path(module: nn.Module, args) -> None:
+    """A no-op forward pre-hook. ``nn.TransformerEncoderLayer`` skips its fused C++ fast path (which reads
+    ``in_proj_weight`` directly and would compute Euclidean attention) when a submodule has hooks."""
+    return None
+
+
 class MultiheadAttention(nn.Module):
     """``nn.MultiheadAttention`` with ``softmax(score_geometry(q_h, k_h) + mask) · v_h`` in each head.
 
@@ -46,6 +52,11 @@ class MultiheadAttention(nn.Module):
     causal mask (PyTorch raises); a query whose keys are all masked gives a zero output (PyTorch:
     NaN); returned weights are taken before dropout. Loading an ``nn.MultiheadAttention`` state_dict
     leaves the geometry's own parameters (absent from it) at their current values.
+
+    The geometries' parameters (log-temperatures, signed or log curvatures, metric factors) are
+    unconstrained Euclidean parameters, so no parameter of this layer is a ``geoopt.ManifoldParameter``;
+    :func:`geoattn.riemannian_optimizer` (RiemannianAdam) trains a model that mixes this layer with
+    manifold parameters (e.g. Poincaré-ball embeddings) correctly.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, geometry: str | Geometry = "euclidean",
@@ -88,8 +99,9 @@ class MultiheadAttention(nn.Module):
             self.bias_v = nn.Parameter(torch.empty(1, 1, embed_dim, **fk))
         else:
             self.bias_k = self.bias_v = None
-        self.geometry = build_geometry(geometry, num_heads, self.head_dim, **geometry_params)
+        self.geometry = build_geometry(geometry, num_heads, self.head_dim, **geometry_params).to(device=device)
         self._reset_parameters()
+        self.register_forward_pre_hook(_keep_off_fused_fast_path)
 
     def _reset_parameters(self) -> None:
         """PyTorch's initialisation (xavier-uniform projections, zero biases, normal bias_k/v)."""
@@ -130,6 +142,10 @@ class MultiheadAttention(nn.Module):
         for name, t, want in (("query", query, self.embed_dim), ("key", key, self.kdim), ("value", value, self.vdim)):
             if not isinstance(t, Tensor):
                 raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            if t.is_nested:
+                raise ValueError(f"{name} is a nested tensor (nn.TransformerEncoder makes them from a padding "
+                                 "mask in eval mode); build the encoder with enable_nested_tensor=False so the "
+                                 "padding mask reaches this layer")
             if t.dim() not in (2, 3):
                 raise ValueError(f"{name} must be 3-D ({'(B, L, E)' if self.batch_first else '(L, B, E)'}) "
                                  f"or 2-D unbatched (L, E), got shape {tuple(t.shape)}")

@@ -1,0 +1,78 @@
+"""Shared fixtures. geomstats is the distance oracle; importing it switches torch's default dtype to
+float64 globally, so it is imported lazily and every call runs inside a float64-default block that
+restores the previous default afterwards."""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import pytest
+import torch
+
+import geoattn
+
+os.environ.setdefault("GEOMSTATS_BACKEND", "pytorch")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@contextlib.contextmanager
+def float64_default():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+class Geomstats:
+    """Thin wrapper: geomstats manifolds, each call made with float64 as the default dtype."""
+
+    def __init__(self) -> None:
+        with float64_default():
+            from geomstats.geometry.hyperboloid import Hyperboloid
+            from geomstats.geometry.hypersphere import Hypersphere
+            from geomstats.geometry.poincare_ball import PoincareBall
+        self._classes = {"ball": PoincareBall, "hyperboloid": Hyperboloid, "sphere": Hypersphere}
+
+    def dist(self, kind: str, dim: int, x, y):
+        with float64_default():
+            return self._classes[kind](dim).metric.dist(x, y)
+
+    def exp(self, kind: str, dim: int, tangent, base):
+        with float64_default():
+            return self._classes[kind](dim).metric.exp(tangent, base)
+
+
+@pytest.fixture(scope="session")
+def geomstats():
+    g = Geomstats()
+    yield g
+    torch.set_default_dtype(torch.float32)
+
+
+@pytest.fixture(autouse=True)
+def _default_dtype_guard():
+    """Every test starts and ends with float32 as torch's default dtype."""
+    torch.set_default_dtype(torch.float32)
+    yield
+    torch.set_default_dtype(torch.float32)
+
+
+# Geometry configurations every contract test runs over: each registered geometry, each score and aggregation.
+GEOMETRY_CASES = {
+    "euclidean": lambda d, h: geoattn.Euclidean(num_heads=h),
+    "poincare": lambda d, h: geoattn.Poincare(curvature=-0.7, temperature=0.8, num_heads=h),
+    "poincare-midpoint": lambda d, h: geoattn.Poincare(curvature=-1.3, num_heads=h, aggregation="midpoint"),
+    "lorentz": lambda d, h: geoattn.Lorentz(curvature=-0.6, temperature=1.5, num_heads=h),
+    "lorentz-centroid": lambda d, h: geoattn.Lorentz(num_heads=h, aggregation="centroid"),
+    "sphere-cosine": lambda d, h: geoattn.Sphere(temperature=0.3, num_heads=h),
+    "sphere-geodesic": lambda d, h: geoattn.Sphere(score="geodesic", curvature=2.0, num_heads=h, aggregation="mean"),
+    "metric": lambda d, h: geoattn.Metric(head_dim=d, num_heads=h, temperature=2.0),
+    "metric-lowrank": lambda d, h: geoattn.Metric(head_dim=d, rank=2, num_heads=h),
+    "stereographic-neg": lambda d, h: geoattn.Stereographic(curvature=-0.5, num_heads=h),
+    "stereographic-pos": lambda d, h: geoattn.Stereographic(curvature=0.8, num_heads=h, aggregation="midpoint"),
+    "stereographic-zero": lambda d, h: geoattn.Stereographic(curvature=0.0, num_heads=h),
+}
+

@@ -1,0 +1,106 @@
+"""Bad input gets a clear error naming the problem and the fix."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import geoattn
+
+
+def qkv(*shapes):
+    return tuple(torch.randn(*s) for s in shapes)
+
+
+OK = ((2, 4, 5, 8), (2, 4, 6, 8), (2, 4, 6, 8))
+
+
+@pytest.mark.parametrize(
+    "call, error, pattern",
+    [
+        (lambda: geoattn.attention(*qkv(*OK), geometry="hyperbolic"), ValueError,
+         r"unknown geometry 'hyperbolic'; available geometries: euclidean, lorentz, metric, poincare, sphere, stereographic"),
+        (lambda: geoattn.make_geometry("klein"), ValueError, r"unknown geometry 'klein'.*available"),
+        (lambda: geoattn.attention(*qkv(*OK), geometry=3), TypeError, r"geometry must be a name .* or a geoattn.Geometry"),
+        (lambda: geoattn.attention(*qkv((2, 4, 5, 8), (3, 4, 6, 8), (3, 4, 6, 8))), ValueError,
+         r"batch/head dims differ.*must match"),
+        (lambda: geoattn.attention(*qkv((2, 4, 5, 8), (2, 2, 6, 8), (2, 2, 6, 8))), ValueError,
+         r"4 heads but key/value have 2; pass enable_gqa=True"),
+        (lambda: geoattn.attention(*qkv((2, 4, 5, 8), (2, 4, 6, 7), (2, 4, 6, 8))), ValueError,
+         r"query and key feature dims differ.*E=8.*E=7.*project them to the same size"),
+        (lambda: geoattn.attention(*qkv((2, 4, 5, 8), (2, 4, 6, 8), (2, 4, 7, 8))), ValueError,
+         r"same sequence length S, got key S=6 and value S=7"),
+        (lambda: geoattn.attention(*qkv(*OK), attn_mask=torch.ones(5, 7, dtype=torch.bool)), ValueError,
+         r"attn_mask of shape \(5, 7\) does not broadcast to the scores' shape \(2, 4, 5, 6\)"),
+        (lambda: geoattn.attention(*qkv(*OK), attn_mask=torch.ones(5, 6, dtype=torch.int64)), TypeError,
+         r"attn_mask must be bool \(True = take part\) or floating"),
+        (lambda: geoattn.attention(*qkv(*OK), attn_mask=torch.ones(5, 6, dtype=torch.bool), is_causal=True), ValueError,
+         r"either attn_mask or is_causal=True, not both"),
+        (lambda: geoattn.attention(torch.full((2, 4, 5, 8), float("nan")), *qkv(*OK[1:])), ValueError,
+         r"query contains 320 non-finite value\(s\).*mask the positions"),
+        (lambda: geoattn.attention(*qkv(*OK[:2]), torch.full((2, 4, 6, 8), float("inf"))), ValueError,
+         r"value contains .* non-finite"),
+        (lambda: geoattn.attention(*qkv(*OK), attn_mask=torch.full((5, 6), float("nan"))), ValueError,
+         r"float attn_mask may hold finite values and -inf only"),
+        (lambda: geoattn.Poincare(curvature=1.0), ValueError,
+         r"poincare needs a negative \(κ < 0, hyperbolic\) curvature, got \[1.0\].*curvature=-1.0.*'sphere' or 'stereographic'"),
+        (lambda: geoattn.Lorentz(curvature=0.0), ValueError, r"lorentz needs a negative .* curvature"),
+        (lambda: geoattn.Sphere(curvature=-1.0), ValueError,
+         r"sphere needs a positive \(κ > 0, spherical\) curvature.*curvature=1.0"),
+        (lambda: geoattn.Poincare(temperature=0.0), ValueError, r"temperature must be > 0 .*got \[0.0\]"),
+        (lambda: geoattn.Sphere(temperature=[-1.0, 1.0], num_heads=2), ValueError, r"temperature must be > 0"),
+        (lambda: geoattn.Poincare(curvature=[-1.0, -2.0], num_heads=3), ValueError,
+         r"curvature has 2 values but the geometry has num_heads=3"),
+        (lambda: geoattn.Stereographic(curvature=float("nan")), ValueError, r"curvature must be finite"),
+        (lambda: geoattn.attention(*qkv(*OK), geometry="poincare", backend="sdpa"), ValueError,
+         r"backend 'sdpa' cannot run this call: geometry 'poincare' has a score that is not affine.*use backend='auto' or 'dense'"),
+        (lambda: geoattn.attention(*qkv(*OK), backend="triton"), ValueError, r"unknown backend 'triton'; available backends: auto"),
+        (lambda: geoattn.attention(*qkv(*OK), backend="sdpa", return_weights=True), ValueError,
+         r"does not return attention weights; use backend='dense'"),
+        (lambda: geoattn.attention(*qkv(*OK), geometry=geoattn.Poincare(num_heads=3)), ValueError,
+         r"parameters for 3 heads but the input has 4 heads.*num_heads=4 or num_heads=1"),
+        (lambda: geoattn.attention(*qkv(*OK), geometry=geoattn.Metric(head_dim=4)), ValueError,
+         r"built for head_dim=4 but queries have 8 features; make it with head_dim=8"),
+        (lambda: geoattn.attention(*qkv(*OK), dropout_p=1.0), ValueError, r"dropout_p must be in \[0, 1\)"),
+        (lambda: geoattn.attention(torch.randn(5), *qkv(*OK[1:])), ValueError, r"query must have shape \(..., L, E\)"),
+        (lambda: geoattn.attention(torch.ones(2, 4, 5, 8, dtype=torch.long), *qkv(*OK[1:])), TypeError,
+         r"query must be a floating-point tensor"),
+        (lambda: geoattn.attention(*qkv(*OK[:2]), torch.randn(2, 4, 6, 8, dtype=torch.float64)), TypeError,
+         r"must share a dtype.*cast them"),
+        (lambda: geoattn.attention([1.0], *qkv(*OK[1:])), TypeError, r"query must be a torch.Tensor"),
+        (lambda: geoattn.Poincare(aggregation="centroid"), ValueError,
+         r"unknown aggregation 'centroid'; choose one of 'linear', 'midpoint'"),
+        (lambda: geoattn.Sphere(score="dot"), ValueError, r"unknown sphere score 'dot'; choose one of 'cosine', 'geodesic'"),
+        (lambda: geoattn.Metric(head_dim=4, rank=9), ValueError, r"rank must be None \(full\) or an int in \[1, head_dim=4\]"),
+        (lambda: geoattn.set_default_backend("fast"), ValueError, r"unknown backend 'fast'"),
+    ],
+)
+def test_bad_input_is_named_with_its_fix(call, error, pattern):
+    with pytest.raises(error, match=pattern):
+        call()
+
+
+def test_validation_can_be_switched_off_and_back_on():
+    q, k, v = qkv(*OK)
+    q[0, 0, 0, 0] = float("nan")
+    clean = geoattn.attention(torch.nan_to_num(q), k, v, geometry="poincare")
+    geoattn.set_validation(False)
+    try:
+        out = geoattn.attention(q, k, v, geometry="poincare")  # no check: garbage in, garbage out
+        assert not torch.equal(out[0, 0, 0], clean[0, 0, 0])
+        torch.testing.assert_close(out[1], clean[1])
+    finally:
+        geoattn.set_validation(True)
+    with pytest.raises(ValueError, match="non-finite"):
+        geoattn.attention(q, k, v)
+
+
+def test_default_backend_context_and_global_setting():
+    q, k, v = qkv(*OK)
+    with geoattn.default_backend("dense"):
+        out, w = geoattn.attention(q, k, v, geometry="lorentz", return_weights=True)
+    assert w.shape == (2, 4, 5, 6)
+    geoattn.set_default_backend("dense")
+    try:
+        torch.testing.assert_close(geoattn.attention(q, k, v, geometry="lorentz"), out)
+    finally:
+        geoattn.set_default_backend("auto")
