@@ -270,7 +270,5 @@ def from_pretrained(model_class, pretrained_model_name_or_path, **kwargs) -> nn.
     swap_hf(model, name, **spec.get("options", {}))
     expected = {k: v for k, v in model.state_dict().items() if f".{GEOMETRY_ATTR}." in f".{k}"}
     stored = geometry_tensors(pretrained_model_name_or_path, expected, getattr(model, "base_model_prefix", ""))
-    with torch.no_grad():
-        for key, tensor in expected.items():
-            tensor.copy_(stored[key])
+    model.load_state_dict(stored, strict=False)  # only geometry keys; each geometry checks its tag (name, options)
     return model

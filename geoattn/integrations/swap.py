@@ -7,9 +7,10 @@
   ``attn_implementation="geoattn_<geometry>"`` with a geometry module per attention module
   (:func:`geoattn.integrations.hf.swap_hf`).
 
-PyTorch's encoder layers have fused inference fast paths (``torch._transformer_encoder_layer_fwd``
-and nested tensors) that read ``in_proj_weight`` and compute dot-product attention themselves,
-bypassing ``self_attn.forward``; ``swap`` switches both off for the layers it changes.
+PyTorch's encoders have fused inference fast paths that read ``in_proj_weight`` and compute
+dot-product attention themselves, bypassing ``self_attn.forward``: ``geoattn.MultiheadAttention`` keeps
+``nn.TransformerEncoderLayer`` off ``torch._transformer_encoder_layer_fwd`` (a no-op forward pre-hook),
+and ``swap`` sets ``use_nested_tensor = False`` on every ``nn.TransformerEncoder`` it changes.
 """
 from __future__ import annotations
 
@@ -21,12 +22,6 @@ from ..geometry import Geometry
 from ..geometry.base import geometry_class
 from ..nn import MultiheadAttention
 from .build import geometry_for_module
-
-
-def _keep_geometry(module: nn.Module, args) -> None:
-    """A forward pre-hook that does nothing: ``nn.TransformerEncoderLayer`` leaves its fused fast path
-    (which would compute dot-product attention from ``in_proj_weight``) whenever a submodule has a hook."""
-    return None
 
 
 def _from_torch(old: nn.MultiheadAttention, geometry: str | Geometry, params: dict) -> MultiheadAttention:
@@ -41,7 +36,6 @@ def _from_torch(old: nn.MultiheadAttention, geometry: str | Geometry, params: di
     new.load_state_dict(old.state_dict())  # the geometry keeps its own parameters (absent from old's state)
     new.geometry.to(weight.device)
     new.train(old.training)
-    new.register_forward_pre_hook(_keep_geometry)
     return new
 
 
@@ -63,8 +57,6 @@ def _swap_torch(model: nn.Module, geometry: str | Geometry, params: dict) -> int
         setattr(parent, name, new[id(child)])
     for key, m in ours.items():
         m.geometry = geoms[key].to(device[key])
-        if _keep_geometry not in m._forward_pre_hooks.values():
-            m.register_forward_pre_hook(_keep_geometry)
     for m in model.modules():
         if isinstance(m, nn.TransformerEncoder) and isinstance(m.layers[0].self_attn, MultiheadAttention):
             m.use_nested_tensor = False  # its nested-tensor fast path also bypasses self_attn.forward
