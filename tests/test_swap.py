@@ -201,3 +201,20 @@ def test_swapping_again_replaces_the_geometry():
     geoattn.swap(model, "sphere", temperature=0.5)
     assert model.layers[0].self_attn is layer and layer.geometry.name == "sphere"
     torch.testing.assert_close(layer.geometry.temperature, torch.full((H,), 0.5))
+
+
+def test_geoattn_backbone_gets_the_new_geometry():
+    """A backbone built euclidean and swapped = the same backbone built on the geometry (same weights)."""
+    from geoattn.models import DecoderLM, TransformerConfig
+
+    sizes = dict(vocab_size=31, d_model=E, n_heads=H, n_layers=2, max_len=16)
+    model = geoattn.swap(DecoderLM(TransformerConfig(**sizes)), "lorentz", curvature=-0.5, temperature=0.1)
+    ref = DecoderLM(TransformerConfig(**sizes, geometry="lorentz",
+                                      geometry_params={"curvature": -0.5, "temperature": 0.1}))
+    weights = {k: v for k, v in ref.state_dict().items() if ".geometry." not in k}
+    model.load_state_dict(weights, strict=False)
+    geoms = [block.attn.geometry for block in model.blocks]
+    assert all(isinstance(g, geoattn.Lorentz) for g in geoms) and geoms[0] is not geoms[1]
+    idx = torch.randint(0, 31, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx)[0], ref(idx)[0], **TOL)

@@ -3,6 +3,8 @@
 * plain PyTorch: every :class:`torch.nn.MultiheadAttention` (also inside ``nn.TransformerEncoder``,
   ``nn.TransformerDecoder`` and ``nn.Transformer``) becomes a :class:`geoattn.MultiheadAttention` with the
   same constructor arguments and the weights carried over (``load_state_dict``);
+* geoattn's own modules (``geoattn.MultiheadAttention``, the attention of :mod:`geoattn.models`) get a
+  new geometry module (their ``config`` is not rewritten);
 * Hugging Face transformers: every ``PreTrainedModel`` inside the model goes on
   ``attn_implementation="geoattn_<geometry>"`` with a geometry module per attention module
   (:func:`geoattn.integrations.hf.swap_hf`).
@@ -40,7 +42,7 @@ def _from_torch(old: nn.MultiheadAttention, geometry: str | Geometry, params: di
 
 
 def _swap_torch(model: nn.Module, geometry: str | Geometry, params: dict) -> int:
-    """Replace every nn.MultiheadAttention of ``model`` and re-geometrise every geoattn.MultiheadAttention.
+    """Replace every nn.MultiheadAttention of ``model``; give geoattn's own attention modules a new geometry.
 
     Returns how many attention modules changed."""
     slots = [(parent, name, child) for parent in model.modules()
@@ -50,9 +52,13 @@ def _swap_torch(model: nn.Module, geometry: str | Geometry, params: dict) -> int
     for _, _, child in slots:
         if id(child) not in new:  # a module shared by several parents is replaced once
             new[id(child)] = _from_torch(child, geometry, params)
-    ours = {id(m): m for m in model.modules() if isinstance(m, MultiheadAttention)}  # swapped before: new geometry
+    from ..models.layers import Attention  # geoattn's backbone (imported here: geoattn.models loads after us)
+
+    # geoattn's own attention modules (swapped before, or the backbone's) get a new geometry
+    ours = {id(m): m for m in model.modules() if isinstance(m, (MultiheadAttention, Attention))}
     device = {key: next(m.parameters()).device for key, m in ours.items()}
-    geoms = {key: geometry_for_module(geometry, params, m.num_heads, m.head_dim) for key, m in ours.items()}
+    geoms = {key: geometry_for_module(geometry, params, getattr(m, "num_heads", None) or m.n_heads, m.head_dim)
+             for key, m in ours.items()}
     for parent, name, child in slots:
         setattr(parent, name, new[id(child)])
     for key, m in ours.items():
@@ -105,7 +111,8 @@ def swap(model: nn.Module, geometry: str | Geometry, **geometry_params) -> nn.Mo
     if not swapped and not pretrained:
         raise ValueError(
             f"geoattn.swap found no attention to swap in {type(model).__name__}: it looks for "
-            "torch.nn.MultiheadAttention modules (also inside nn.Transformer*) and Hugging Face transformers "
+            "torch.nn.MultiheadAttention modules (also inside nn.Transformer*), geoattn's own attention modules "
+            "and Hugging Face transformers "
             "PreTrainedModels whose attention goes through transformers' AttentionInterface; a custom attention "
             "module can call geoattn.attention(q, k, v, geometry=...) directly"
         )
