@@ -86,3 +86,13 @@ def test_the_matrix_is_large():
 
     functional_cases = len(functional.pytestmark[0].args[1])
     assert len(CASES) + functional_cases >= 50
+
+
+def test_swap_of_a_bare_multihead_attention_returns_the_converted_layer():
+    torch.manual_seed(0)
+    old = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+    new = geoattn.swap(old, "euclidean")
+    assert isinstance(new, geoattn.MultiheadAttention)
+    torch.testing.assert_close(new(X, X, X)[0], old(X, X, X)[0], atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"built for head_dim=3 but the model's heads have 4 features.*head_dim=4"):
+        geoattn.swap(old, "metric", head_dim=3)

@@ -90,7 +90,9 @@ def swap(model: nn.Module, geometry: str | Geometry, **geometry_params) -> nn.Mo
     ``geometry`` is a name from :func:`geoattn.available_geometries` (built per attention module with
     ``num_heads`` = its heads and ``**geometry_params``, e.g. ``curvature=-1.0, learnable=True``) or a
     :class:`geoattn.Geometry` (deep-copied per module, so every layer trains its own parameters).
-    ``geometry="euclidean"`` reproduces the original model's outputs.
+    ``geometry="euclidean"`` reproduces the original model's outputs. A bare ``nn.MultiheadAttention``
+    cannot change its class in place: it is returned as a new :class:`geoattn.MultiheadAttention`
+    (use the return value).
 
     Raises ``TypeError`` for a non-module, ``ValueError`` for an unknown geometry, a model with no
     attention that swap recognises, or a geometry the model cannot host (see the messages).
@@ -99,6 +101,8 @@ def swap(model: nn.Module, geometry: str | Geometry, **geometry_params) -> nn.Mo
         raise TypeError(f"geoattn.swap expects a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(geometry, Geometry):
         geometry_class(geometry)  # unknown names fail before anything changes
+    if type(model) is nn.MultiheadAttention:
+        return _from_torch(model, geometry, geometry_params)
     pretrained = _pretrained_models(model)
     if pretrained:
         from .hf import check_model, swap_hf
