@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results"          # committed results (benchmarks/results/SUITE)
+RUNS = Path(__file__).resolve().parent.parent / "bench-results"  # default output of `run` (git-ignored)
 LOG_NAME = "results.jsonl"
 
 
@@ -90,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--geometries", type=_csv, default=None, help="comma-separated (default: all available)")
     run.add_argument("--seeds", default=None, help="a count (3 → seeds 0,1,2) or a list (0,1,2); default: the suite's")
     run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... or auto (cuda when available)")
-    run.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results/SUITE)")
+    run.add_argument("--out", type=Path, default=None, help="results folder (default bench-results/SUITE; the committed ones are benchmarks/results/SUITE)")
     run.add_argument("--data", action="append", default=[], metavar="[TASK=]PATH",
                      help="replace a task's data file with another of the same format")
     run.add_argument("--set", action="append", default=[], metavar="[TASK:]KEY=VALUE", dest="overrides",
@@ -161,7 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if device.type == "cuda" and info.enabled:
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
-    out = args.out or RESULTS / args.suite
+    out = args.out or RUNS / args.suite
     log = out / LOG_NAME
     t0 = time.perf_counter()
     try:
