@@ -5,6 +5,7 @@ of a chosen manifold (Poincaré ball, Lorentz hyperboloid, sphere, learned metri
 instead of the flat dot product, on the fastest backend that computes it exactly.
 """
 from .backends import available_backends, default_backend, set_default_backend
+from .energy import Trace, energy, trace
 from .functional import attention
 from .geometry import (
     CurvedGeometry,
@@ -21,12 +22,15 @@ from .geometry import (
     make_geometry,
     register,
 )
+from .nn import MultiheadAttention, riemannian_optimizer
 from .validation import set_validation
+from . import models  # noqa: E402  (the backbone: geoattn.models.DecoderLM, ...)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CurvedGeometry", "Euclidean", "Geometry", "Lifted", "Lorentz", "Metric", "Poincare", "Sphere",
-    "Stereographic", "TemperedGeometry", "attention", "available_backends", "available_geometries",
-    "default_backend", "make_geometry", "register", "set_default_backend", "set_validation",
+    "CurvedGeometry", "Euclidean", "Geometry", "Lifted", "Lorentz", "Metric", "MultiheadAttention", "Poincare",
+    "Sphere", "Stereographic", "TemperedGeometry", "Trace", "attention", "available_backends", "available_geometries",
+    "default_backend", "energy", "make_geometry", "register", "riemannian_optimizer", "set_default_backend",
+    "set_validation", "trace",
 ]

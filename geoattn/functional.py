@@ -5,6 +5,7 @@ import torch
 from torch import Tensor
 
 from .backends import Mask, select_backend
+from .backends.masks import exclude_self_mask
 from .geometry import Geometry, resolve_geometry
 from .validation import check_attention_inputs
 
@@ -38,6 +39,7 @@ def attention(
     enable_gqa: bool = False,
     backend: str = "auto",
     return_weights: bool = False,
+    exclude_self: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Attention under a geometry: ``softmax(score(q, k) + mask) · V``.
 
@@ -53,11 +55,15 @@ def attention(
     :class:`geoattn.Geometry`. ``backend`` is ``"auto"`` (the fastest backend that supports the call),
     ``"sdpa"``, ``"dense"`` or another registered backend. Returns the output (..., L, Ev), or
     ``(output, weights)`` with ``return_weights=True`` (weights (..., L, S), dense backend).
+    ``exclude_self=True`` drops key i for query i (needs L == S; folded into the mask, so every backend
+    honours it; with ``is_causal`` the first query then has no key and gives zeros).
     """
     check_attention_inputs(query, key, value, attn_mask, is_causal, dropout_p, enable_gqa)
     geom = resolve_geometry(geometry, query.shape[-1])
     L, S = query.shape[-2], key.shape[-2]
     lead = query.shape[:-2]
+    if exclude_self:
+        attn_mask, is_causal = exclude_self_mask(attn_mask, is_causal, L, S, query.device)
     q, k, v = _to_4d(query), _to_4d(key), _to_4d(value)
     geom.check_heads(q.shape[1])
     if k.shape[1] != q.shape[1]:  # grouped-query attention: share each key/value head across its group

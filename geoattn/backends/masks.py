@@ -42,3 +42,23 @@ def masked_softmax(score: Tensor, allowed: Tensor | None) -> Tensor:
     p = torch.exp(score - row_max)
     total = p.sum(dim=-1, keepdim=True)
     return p / torch.where(total > 0, total, torch.ones_like(total))
+
+
+def exclude_self_mask(attn_mask: Tensor | None, is_causal: bool, L: int, S: int,
+                      device) -> tuple[Tensor, bool]:
+    """Fold "query i never attends to key i" into the user's mask, so every backend honours it.
+
+    Returns ``(mask, is_causal=False)``: a bool mask (True = take part) when the user's is bool or
+    absent (the causal mask folded in), else the float mask with -inf on the diagonal. Needs L == S.
+    """
+    if L != S:
+        raise ValueError(f"exclude_self drops key i for query i, so it needs as many queries as keys; got L={L} "
+                         f"queries and S={S} keys (use it for self-attention, or pass an explicit attn_mask)")
+    allowed = ~torch.eye(L, S, dtype=torch.bool, device=device)
+    if is_causal:
+        allowed = allowed & torch.ones(L, S, dtype=torch.bool, device=device).tril()
+    if attn_mask is None:
+        return allowed, False
+    if attn_mask.dtype == torch.bool:
+        return attn_mask & allowed, False
+    return attn_mask.masked_fill(~allowed, float("-inf")), False

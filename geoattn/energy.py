@@ -1,0 +1,123 @@
+"""Attention as dynamics: the log-sum-exp energy whose gradient is attention, and per-layer traces.
+
+For any geometry, ``E_i(q_i) = log Σ_k exp(score(q_i, k_k))`` and, because ∇ log Σ exp = softmax,
+
+    ∇_{q_i} E_i = Σ_k softmax_k(score(q_i, ·)) ∇_{q_i} score(q_i, k_k)
+
+(the attention-weighted sum of score gradients). In the Euclidean case with unscaled scores
+``score(Qt_i, Kt_k) = (Qt_i)·(Kt_k)`` and the self term excluded, ``E_i(t) = log Σ_{k≠i} exp(t_iᵀQᵀK t_k)``
+depends on ``t_i`` only through the query, so ``∇_{t_i} E_i = QᵀK Σ_{k≠i} p_ik t_k`` and
+
+    t_i + Σ_{k≠i} softmax_k(Qt_i·Kt_k) V t_k = t_i + M ∇_{t_i} E_i,     M = V (QᵀK)⁻¹
+
+(Q, K, V invertible d×d; the gradient is of the i-th energy with respect to t_i alone, not of
+``Σ_j E_j``, whose key-side terms would add ``Σ_j p_ji KᵀQ t_j``). Sources: Ramsauer et al., "Hopfield
+Networks is All You Need", ICLR 2021; Hoover et al., "Energy Transformer", NeurIPS 2023; Geshkovski
+et al., "A mathematical perspective on Transformers" (tokens as interacting particles), 2023.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .backends import Mask, dense_scores
+from .backends.masks import exclude_self_mask
+from .functional import _mask_to_4d, _to_4d
+from .geometry import Geometry, resolve_geometry
+from .validation import check_attention_inputs
+
+
+def energy(query: Tensor, key: Tensor, geometry: str | Geometry = "euclidean", attn_mask: Tensor | None = None,
+           exclude_self: bool = False, scale: float | None = None, is_causal: bool = False) -> Tensor:
+    """Per-query potential ``E_i = log Σ_k exp(score(q_i, k_k) + mask_ik)`` → (..., L).
+
+    Same conventions as :func:`geoattn.attention` (``query`` (..., L, E), ``key`` (..., S, E), bool mask
+    True = take part or float added, ``is_causal``, ``scale``, ``exclude_self``), computed on the dense
+    score path (``geometry.lift`` then :func:`geoattn.backends.dense_scores`) in float32 or wider. A
+    query with no allowed key gets ``-inf`` (and a zero gradient). ``softmax`` of the same scores is
+    what ``attention`` returns as weights, so ``∇_q E`` is the attention-weighted score gradient.
+    """
+    check_attention_inputs(query, key, key, attn_mask, is_causal, 0.0, False)
+    geom = resolve_geometry(geometry, query.shape[-1])
+    L, S = query.shape[-2], key.shape[-2]
+    lead = query.shape[:-2]
+    if exclude_self:
+        attn_mask, is_causal = exclude_self_mask(attn_mask, is_causal, L, S, query.device)
+    q, k = _to_4d(query), _to_4d(key)
+    geom.check_heads(q.shape[1])
+    mask = Mask(_mask_to_4d(attn_mask, lead, L, S), bool(is_causal), L, S)
+    score = dense_scores(geom, geom.lift(q, k, scale))                       # (B, H, L, S)
+    bias = mask.bias()
+    if bias is not None:
+        score = score + bias.to(score.dtype)
+    allowed = mask.allowed(score.device)
+    if allowed is not None:
+        score = score.masked_fill(~allowed, float("-inf"))
+    alive = torch.isfinite(score).any(dim=-1, keepdim=True)                  # (B, H, L, 1)
+    lse = torch.logsumexp(torch.where(alive, score, torch.zeros_like(score)), dim=-1)
+    out = torch.where(alive.squeeze(-1), lse, torch.full_like(lse, float("-inf")))  # (B, H, L)
+    return out.reshape(*lead, L)
+
+
+@dataclass
+class Trace:
+    """Per-layer views of one forward pass (layer ℓ = block ℓ of the traced stack).
+
+    ``hidden[0]`` is the block stack's input (embeddings), ``hidden[ℓ+1]`` block ℓ's output, each
+    (B, T, d_model), before the final LayerNorm; ``energies[ℓ]`` (B, H, T) and ``weights[ℓ]`` (B, H, T, T)
+    are block ℓ's self-attention energy and weights; ``geometries[ℓ]`` its geometry's name.
+    """
+
+    hidden: list[Tensor] = field(default_factory=list)
+    energies: list[Tensor] = field(default_factory=list)
+    weights: list[Tensor] = field(default_factory=list)
+    geometries: list[str] = field(default_factory=list)
+
+    def mean_energy(self) -> Tensor:
+        """Mean energy of each layer over batch, heads and queries (queries with no key left out), (n_layers,)."""
+        return torch.stack([e[torch.isfinite(e)].mean() for e in self.energies])
+
+
+def _stack(model: nn.Module, tokens: Tensor, padding_mask: Tensor | None):
+    """The traced blocks and a call that runs them: the encoder of encoder models, the decoder of an LM."""
+    from .models import DecoderLM, Encoder, EncoderClassifier, EncoderDecoder
+
+    if isinstance(model, DecoderLM):
+        if padding_mask is not None:
+            raise ValueError("DecoderLM takes no padding_mask; trace it with padding_mask=None")
+        return model.blocks, lambda: model(tokens)
+    if isinstance(model, (EncoderClassifier, EncoderDecoder)):
+        model = model.encoder
+    if isinstance(model, Encoder):
+        return model.blocks, lambda: model(tokens, padding_mask)
+    raise TypeError(f"trace needs a geoattn.models backbone (DecoderLM, Encoder, EncoderClassifier, "
+                    f"EncoderDecoder), got {type(model).__name__}")
+
+
+@torch.no_grad()
+def trace(model: nn.Module, tokens: Tensor, padding_mask: Tensor | None = None) -> Trace:
+    """Run ``model`` on ``tokens`` (B, T) in eval mode (mode restored) and record every layer's hidden
+    states, self-attention energies and weights, for plotting token trajectories and energy across
+    depth. Traces the decoder of a :class:`DecoderLM` and the encoder of the other models."""
+    blocks, run = _stack(model, tokens, padding_mask)
+    out = Trace()
+    was_training = model.training
+    with contextlib.ExitStack() as stack:
+        stack.callback(model.train, was_training)
+        model.eval()
+        stack.enter_context(blocks[0].register_forward_pre_hook(lambda m, args: out.hidden.append(args[0])))
+        for block in blocks:
+            stack.enter_context(block.register_forward_hook(lambda m, args, res: out.hidden.append(res)))
+            block.attn.record = True
+            stack.callback(setattr, block.attn, "record", False)
+        run()
+    for block in blocks:
+        rec, block.attn.recorded = block.attn.recorded, None
+        out.weights.append(rec["weights"])
+        out.energies.append(energy(rec["q"], rec["k"], block.attn.geometry, attn_mask=rec["mask"],
+                                   is_causal=rec["is_causal"]))
+        out.geometries.append(block.attn.geometry.name)
+    return out

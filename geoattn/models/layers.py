@@ -1,0 +1,225 @@
+"""Backbone pieces: embeddings with positions, multi-head geometric attention with a KV cache, blocks."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..functional import attention
+from ..geometry import Geometry
+from .cache import LayerKV
+from .config import TransformerConfig
+
+
+def sinusoidal_table(max_len: int, d: int) -> Tensor:
+    """``PE[p, 2i] = sin(p / 10000^(2i/d))``, ``PE[p, 2i+1] = cos(·)`` (Vaswani et al. 2017), (max_len, d)."""
+    pos = torch.arange(max_len, dtype=torch.float64).unsqueeze(1)
+    freq = torch.exp(torch.arange(0, d, 2, dtype=torch.float64) * (-math.log(10000.0) / d))
+    table = torch.zeros(max_len, d, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq)[:, : d // 2]
+    return table.to(torch.get_default_dtype())
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (Su et al., "RoFormer", 2021), GPT-NeoX half-split layout.
+
+    ``rope(x)_p = x ⊙ cos(pθ) + rotate_half(x) ⊙ sin(pθ)``, θ_i = 10000^(-2i/D); applied to queries and
+    keys of self-attention before the geometry lifts them. Rotations keep norms and make ``⟨q, k⟩``
+    depend on the offset only, so every score that is a function of ``⟨q, k⟩``, ``‖q‖``, ``‖k‖``
+    (Euclidean, Poincaré, Lorentz, sphere, stereographic) stays relative; the learned metric's
+    ``(q-k)ᵀG(q-k)`` does not (G need not commute with the rotations).
+    """
+
+    def __init__(self, head_dim: int, max_len: int) -> None:
+        super().__init__()
+        inv = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+        angles = torch.arange(max_len, dtype=torch.float64).unsqueeze(1) * inv          # (max_len, D/2)
+        angles = torch.cat([angles, angles], dim=-1)                                   # (max_len, D)
+        dt = torch.get_default_dtype()
+        self.register_buffer("cos", angles.cos().to(dt), persistent=False)
+        self.register_buffer("sin", angles.sin().to(dt), persistent=False)
+
+    def forward(self, x: Tensor, start: int) -> Tensor:
+        """``x`` (B, H, T, D) at positions ``start .. start+T-1``."""
+        T = x.shape[-2]
+        cos, sin = self.cos[start:start + T].to(x.dtype), self.sin[start:start + T].to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+class Embedder(nn.Module):
+    """Token embedding plus learned or sinusoidal positions (rotary positions live in the attention)."""
+
+    def __init__(self, cfg: TransformerConfig, token: nn.Embedding | None = None) -> None:
+        super().__init__()
+        self.max_len = cfg.max_len
+        self.tok = token if token is not None else nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos = nn.Embedding(cfg.max_len, cfg.d_model) if cfg.positional == "learned" else None
+        table = sinusoidal_table(cfg.max_len, cfg.d_model) if cfg.positional == "sinusoidal" else None
+        self.register_buffer("table", table, persistent=False)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, idx: Tensor, start: int = 0) -> Tensor:
+        """``idx`` (B, T) at positions ``start ..`` → (B, T, d_model)."""
+        T = idx.shape[1]
+        if start + T > self.max_len:
+            raise ValueError(f"sequence reaches position {start + T} but the model's max_len is {self.max_len}; "
+                             "shorten the input, raise TransformerConfig.max_len, or pass sliding_window=True "
+                             "to generate()")
+        x = self.tok(idx)
+        if self.pos is not None:
+            x = x + self.pos.weight[start:start + T]
+        elif self.table is not None:
+            x = x + self.table[start:start + T].to(x.dtype)
+        return self.drop(x)
+
+
+class Attention(nn.Module):
+    """Multi-head attention under a geometry (self- or cross-), with an optional KV cache.
+
+    With ``record = True`` it keeps the last call's queries, keys, mask and weights in ``recorded``
+    (dense backend), which :func:`geoattn.trace` reads.
+    """
+
+    def __init__(self, cfg: TransformerConfig, geometry: Geometry, cross: bool = False,
+                 rotary: Rotary | None = None) -> None:
+        super().__init__()
+        d, self.n_heads, self.head_dim = cfg.d_model, cfg.n_heads, cfg.head_dim
+        self.cross = cross
+        if cross:
+            self.q_proj = nn.Linear(d, d, bias=cfg.bias)
+            self.kv_proj = nn.Linear(d, 2 * d, bias=cfg.bias)
+        else:
+            self.qkv_proj = nn.Linear(d, 3 * d, bias=cfg.bias)
+        self.out_proj = nn.Linear(d, d, bias=cfg.bias)
+        self.geometry = geometry
+        self.rotary = rotary
+        self.dropout, self.backend = cfg.dropout, cfg.backend
+        self.record, self.recorded = False, None
+
+    def _heads(self, x: Tensor) -> Tensor:
+        B, T, _ = x.shape
+        return x.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)   # (B, H, T, D)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, is_causal: bool = False, start: int = 0,
+                kv: LayerKV | None = None, memory: Tensor | None = None) -> Tensor:
+        """``x`` (B, T, d) at positions ``start ..``; ``memory`` (B, S, d) for cross-attention (ignored once
+        ``kv`` holds its keys). ``mask`` is geoattn's (True = take part) over all keys seen."""
+        if self.cross:
+            q = self._heads(self.q_proj(x))
+            if kv is not None and kv.k is not None:
+                k, v = kv.k, kv.v
+            else:
+                k, v = (self._heads(t) for t in self.kv_proj(memory).chunk(2, dim=-1))
+                if kv is not None:
+                    kv.append(k, v)
+        else:
+            q, k, v = (self._heads(t) for t in self.qkv_proj(x).chunk(3, dim=-1))
+            if self.rotary is not None:
+                q, k = self.rotary(q, start), self.rotary(k, start)
+            if kv is not None:
+                k, v = kv.append(k, v)
+        dropout_p = self.dropout if self.training else 0.0
+        if self.record:
+            out, w = attention(q, k, v, geometry=self.geometry, attn_mask=mask, is_causal=is_causal,
+                               dropout_p=dropout_p, backend="dense", return_weights=True)
+            self.recorded = {"q": q.detach(), "k": k.detach(), "mask": mask, "is_causal": is_causal,
+                             "weights": w.detach()}
+        else:
+            out = attention(q, k, v, geometry=self.geometry, attn_mask=mask, is_causal=is_causal,
+                            dropout_p=dropout_p, backend=self.backend)
+        B, _, T, _ = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(B, T, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(cfg.d_model, cfg.ff_dim, bias=cfg.bias), nn.GELU(),
+                                 nn.Linear(cfg.ff_dim, cfg.d_model, bias=cfg.bias), nn.Dropout(cfg.dropout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class Block(nn.Module):
+    """Self-attention (+ cross-attention when ``cross_geometry`` is given) + feed-forward, with residuals
+    and LayerNorm before (``pre_norm``) or after each sublayer."""
+
+    def __init__(self, cfg: TransformerConfig, geometry: Geometry, cross_geometry: Geometry | None = None,
+                 rotary: Rotary | None = None) -> None:
+        super().__init__()
+        self.pre_norm = cfg.pre_norm
+        self.ln1, self.attn = nn.LayerNorm(cfg.d_model, bias=cfg.bias), Attention(cfg, geometry, rotary=rotary)
+        if cross_geometry is not None:
+            self.ln_cross = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+            self.cross = Attention(cfg, cross_geometry, cross=True)
+        else:
+            self.ln_cross = self.cross = None
+        self.ln2, self.ff = nn.LayerNorm(cfg.d_model, bias=cfg.bias), FeedForward(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def _sub(self, x: Tensor, ln: nn.LayerNorm, fn) -> Tensor:
+        return x + self.drop(fn(ln(x))) if self.pre_norm else ln(x + self.drop(fn(x)))
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, is_causal: bool = False, start: int = 0,
+                kv: LayerKV | None = None, memory: Tensor | None = None, memory_mask: Tensor | None = None,
+                cross_kv: LayerKV | None = None) -> Tensor:
+        x = self._sub(x, self.ln1, lambda h: self.attn(h, mask, is_causal, start, kv))
+        if self.cross is not None:
+            x = self._sub(x, self.ln_cross, lambda h: self.cross(h, memory_mask, kv=cross_kv, memory=memory))
+        return self._sub(x, self.ln2, self.ff)
+
+
+def init_weights(model: nn.Module, n_layers: int) -> None:
+    """GPT-2 initialisation (Radford et al. 2019, as in nanoGPT): Linear and Embedding weights N(0, 0.02),
+    biases 0, and the projections that write into the residual stream N(0, 0.02/√(2·n_layers)). The
+    geometries' own parameters are left at their constructors' values."""
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            std = 0.02 / math.sqrt(2 * n_layers) if name.endswith(("out_proj", "net.2")) else 0.02
+            nn.init.normal_(m.weight, mean=0.0, std=std)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
+
+def padding_to_allowed(padding_mask: Tensor | None, B: int, S: int, name: str = "padding_mask") -> Tensor | None:
+    """(B, S) with True = padding → geoattn's (B, 1, 1, S) with True = take part."""
+    if padding_mask is None:
+        return None
+    if not isinstance(padding_mask, Tensor) or padding_mask.dtype != torch.bool:
+        raise TypeError(f"{name} must be a bool tensor (True = padding), got "
+                        f"{getattr(padding_mask, 'dtype', type(padding_mask).__name__)}")
+    if tuple(padding_mask.shape) != (B, S):
+        raise ValueError(f"{name} has shape {tuple(padding_mask.shape)} but the tokens are (B, T) = ({B}, {S}); "
+                         "give one bool per token, True at padding")
+    return ~padding_mask[:, None, None, :]
+
+
+def self_mask(T: int, past: int, causal: bool, allowed_keys: Tensor | None, device) -> tuple[Tensor | None, bool]:
+    """Mask for T new queries after ``past`` cached keys: ``(mask (·, ·, T, past+T) | None, is_causal)``.
+
+    SDPA's ``is_causal`` is top-left aligned, so it is used only without a cache; with one, query i
+    (position past+i) sees keys j ≤ past+i, written out as a bool mask (nothing to mask when T = 1).
+    """
+    if not causal:
+        return allowed_keys, False
+    if allowed_keys is None and past == 0:
+        return None, True
+    if allowed_keys is None and T == 1:
+        return None, False
+    S = past + T
+    tri = torch.ones(T, S, dtype=torch.bool, device=device)
+    tri = tri.tril(diagonal=past)
+    return (tri if allowed_keys is None else allowed_keys & tri), False
+
+
+def check_tokens(name: str, idx: Tensor) -> None:
+    if not isinstance(idx, Tensor) or idx.dtype not in (torch.long, torch.int32, torch.int64):
+        raise TypeError(f"{name} must be an integer (long) tensor of token ids, got "
+                        f"{getattr(idx, 'dtype', type(idx).__name__)}")
+    if idx.dim() != 2:
+        raise ValueError(f"{name} must have shape (B, T), got {tuple(idx.shape)}; add a batch dim with [None]")
