@@ -163,9 +163,27 @@ class RunOutcome:
     wall_s: float = 0.0
 
 
+_QUEUE = None  # a worker process's progress queue (set by _init_worker)
+
+
+def _init_worker(queue, threads: int | None) -> None:
+    global _QUEUE
+    _QUEUE = queue
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _work(spec: RunSpec, device: str) -> dict[str, Any]:
+    return train_one(spec, torch.device(device), dist.DistInfo(), on_step=_QUEUE.put)
+
+
 def run_all(specs: list[RunSpec], log_path: Path, device: torch.device, info: dist.DistInfo,
-            progress: bool = True) -> RunOutcome:
-    """Run every spec not already in the log; each finished run is appended (and fsync-ed) at once."""
+            progress: bool = True, jobs: int = 1, threads: int | None = None) -> RunOutcome:
+    """Run every spec not already in the log; each finished run is appended (and fsync-ed) at once.
+
+    ``jobs > 1`` trains that many runs at once in worker processes (``threads`` torch threads each);
+    only this process writes the log, so crash safety is the same.
+    """
     from tqdm.auto import tqdm
 
     outcome, t0 = RunOutcome(), time.perf_counter()
@@ -175,14 +193,50 @@ def run_all(specs: list[RunSpec], log_path: Path, device: torch.device, info: di
     bar = tqdm(total=sum(s.config["iters"] for s in pending), unit="step",
                disable=not (progress and info.is_main), desc=f"{len(pending)} runs ({len(outcome.skipped)} done before)",
                smoothing=0.05)
+
+    def label(i: int, spec: RunSpec) -> str:
+        sweep = f" head_dim={spec.config['head_dim']}" if "head_dim" in spec.config else ""
+        return f"run {i + 1}/{len(pending)}: {spec.task} {spec.geometry}{sweep} seed={spec.seed}"
+
     with bar:
-        for i, spec in enumerate(pending):
-            sweep = f" head_dim={spec.config['head_dim']}" if "head_dim" in spec.config else ""
-            bar.set_postfix_str(f"run {i + 1}/{len(pending)}: {spec.task} {spec.geometry}{sweep} seed={spec.seed}")
-            record = train_one(spec, device, info, on_step=bar.update)
-            if info.is_main:
-                append_record(log_path, record)
-            dist.barrier(info)
-            outcome.done.append(spec.key)
+        if jobs > 1 and not info.enabled and len(pending) > 1:
+            _run_parallel(pending, log_path, device, jobs, threads, bar, label, outcome)
+        else:
+            for i, spec in enumerate(pending):
+                bar.set_postfix_str(label(i, spec))
+                record = train_one(spec, device, info, on_step=bar.update)
+                if info.is_main:
+                    append_record(log_path, record)
+                dist.barrier(info)
+                outcome.done.append(spec.key)
     outcome.wall_s = time.perf_counter() - t0
     return outcome
+
+
+def _run_parallel(pending, log_path, device, jobs, threads, bar, label, outcome) -> None:
+    import multiprocessing as mp
+    import queue as queue_mod
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(q, threads)) as pool:
+        futures = {pool.submit(_work, spec, str(device)): (i, spec) for i, spec in enumerate(pending)}
+        waiting = set(futures)
+        try:
+            while waiting:
+                finished, waiting = wait(waiting, timeout=0.5, return_when=FIRST_COMPLETED)
+                try:
+                    while True:
+                        bar.update(q.get_nowait())
+                except queue_mod.Empty:
+                    pass
+                for fut in finished:
+                    i, spec = futures[fut]
+                    append_record(log_path, fut.result())  # a failed run raises here, after the others' records
+                    outcome.done.append(spec.key)
+                    bar.set_postfix_str(f"finished {label(i, spec)}")
+        except BaseException:
+            for fut in waiting:
+                fut.cancel()
+            raise

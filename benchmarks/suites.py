@@ -18,6 +18,8 @@ HEAD_DIMS = (2, 4, 8, 16, 32)
 SUITES: dict[str, dict[str, Any]] = {
     "quick": {
         "seeds": 3,
+        "jobs": 2,     # two runs at once, one torch thread each: the 2-core budget
+        "threads": 1,
         "tasks": ["shakespeare-char", "wordnet-hierarchy"],
         "configs": {
             "shakespeare-char": dict(NANOGPT_OPT, warmup_iters=20, n_layers=2, n_heads=4, d_model=64, block_size=64,

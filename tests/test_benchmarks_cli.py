@@ -64,7 +64,7 @@ def test_cli_kernels_missing_or_present(capsys):
 @pytest.mark.parametrize("task", list(TINY))
 def test_smoke_each_task(tmp_path, capsys, task):
     argv = ["run", "--tasks", task, "--geometries", "euclidean,poincare", "--seeds", "2", "--out", str(tmp_path),
-            "--quiet", *_tiny(task)]
+            "--quiet", "--jobs", "1", *_tiny(task)]
     assert main(argv) == 0, capsys.readouterr().err
     records, bad = read_log(tmp_path / "results.jsonl")
     assert len(records) == 4 and not bad
@@ -82,7 +82,7 @@ def test_smoke_each_task(tmp_path, capsys, task):
 
 def test_resume_skips_finished_and_reruns_truncated(tmp_path, capsys):
     argv = ["run", "--tasks", "wordnet-hierarchy", "--geometries", "euclidean", "--seeds", "3", "--out", str(tmp_path),
-            "--quiet", "--no-report", *_tiny("wordnet-hierarchy")]
+            "--quiet", "--no-report", "--jobs", "1", *_tiny("wordnet-hierarchy")]
     assert main(argv) == 0
     log = tmp_path / "results.jsonl"
     lines = log.read_bytes().splitlines(keepends=True)
