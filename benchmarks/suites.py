@@ -37,6 +37,8 @@ SUITES: dict[str, dict[str, Any]] = {
     },
     "standard": {
         "seeds": 5,
+        "jobs": 2,
+        "threads": 1,
         "tasks": ["shakespeare-char", "wordnet-hierarchy", "listops", "shakespeare-seq2seq"],
         "configs": {
             # nanoGPT's CPU configuration (README "I only have a macbook"): expected val loss ≈ 1.88
