@@ -114,3 +114,15 @@ def test_ddp_two_processes_agree(tmp_path):
     assert ddp["param_checksums"][0] == ddp["param_checksums"][1] and ddp["rank_metric"][0] == ddp["rank_metric"][1]
     # each rank trains on its own batches: twice the tokens of one process
     assert record["timings"]["tokens"] == 2 * 4 * record["config"]["batch_size"] * 16
+
+
+def test_parallel_workers_match_sequential(tmp_path):
+    """--jobs 2 (spawned worker processes) logs the same metrics as one process, run for run."""
+    base = ["run", "--tasks", "wordnet-hierarchy", "--geometries", "euclidean,sphere", "--seeds", "1", "--quiet",
+            "--no-report", "--threads", "1", *_tiny("wordnet-hierarchy")]
+    assert main([*base, "--jobs", "1", "--out", str(tmp_path / "seq")]) == 0
+    assert main([*base, "--jobs", "2", "--out", str(tmp_path / "par")]) == 0
+    seq, _ = read_log(tmp_path / "seq" / "results.jsonl")
+    par, _ = read_log(tmp_path / "par" / "results.jsonl")
+    assert {r["key"]: r["metrics"] for r in seq} == {r["key"]: r["metrics"] for r in par}
+    assert len(par) == 2
