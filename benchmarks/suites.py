@@ -27,7 +27,7 @@ SUITES: dict[str, dict[str, Any]] = {
                                      max_len=64, batch_size=12, iters=200, eval_interval=50, eval_iters=10, bias=False),
             "wordnet-hierarchy": dict(NANOGPT_OPT, lr=1e-2, min_lr=1e-3, warmup_iters=15, n_layers=1, d_model=32,
                                       head_dim=QUICK_HEAD_DIMS, set_size=8, max_dist=4, test_frac=0.2, split_seed=0,
-                                      n_train=20000, n_test=1000, batch_size=128, iters=100, eval_interval=25),
+                                      n_train=20000, n_test=1000, batch_size=256, iters=150, eval_interval=50),
             "listops": dict(NANOGPT_OPT, lr=1e-3, warmup_iters=20, n_layers=2, n_heads=4, d_model=64, max_len=100,
                             min_length=20, max_length=100, n_train=2000, n_test=500, data_seed=0, batch_size=32,
                             iters=200, eval_interval=100),
