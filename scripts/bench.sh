@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The main job of the README: fresh machine → virtual environment → quick comparative run on the CPU.
+# The main job of the README: fresh machine → virtual environment → the quick comparative benchmark on the CPU
+# (every geometry vs Euclidean/SDPA, Tiny Shakespeare + WordNet, 3 seeds; results in benchmarks/results/quick).
+# Extra arguments go to `python -m benchmarks run`, e.g. scripts/bench.sh --suite standard --out /tmp/std
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-venv.sh "bench"
-exec .venv/bin/python -m geoattn.demo "$@"
+exec .venv/bin/python -m benchmarks run --suite quick "$@"

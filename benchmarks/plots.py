@@ -1,0 +1,141 @@
+"""Plots of the report: learning curves with 95% CI bands, accuracy vs head dimension, kernel speed
+vs sequence length (when kernel-benchmark results exist)."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _band(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and 95% t half-width over axis 0 (seeds)."""
+    from scipy import stats
+
+    mean = values.mean(0)
+    if len(values) < 2:
+        return mean, np.zeros_like(mean)
+    return mean, stats.sem(values, axis=0) * stats.t.ppf(0.975, len(values) - 1)
+
+
+def curves(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """One figure per task: the curve metric vs step, a line per geometry, a panel per sweep value."""
+    plt = _plt()
+    by_task: dict[str, dict] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for r in records:
+        by_task[r["task"]][r.get("sweep_value")][r["geometry"]].append(r)
+    written = []
+    for task, panels in by_task.items():
+        keys = sorted(panels, key=lambda v: v or 0)
+        fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
+        for ax, value in zip(axes[0], keys):
+            for geometry, runs in sorted(panels[value].items()):
+                metric = runs[0]["metric"]
+                steps = [p["step"] for p in runs[0]["curve"]]
+                ys = np.array([[p[metric] for p in r["curve"]] for r in runs if len(r["curve"]) == len(steps)])
+                mean, half = _band(ys)
+                ax.plot(steps, mean, label=geometry)
+                ax.fill_between(steps, mean - half, mean + half, alpha=0.2)
+            ax.set_xlabel("training step")
+            ax.set_ylabel(metric)
+            ax.set_title(f"{task}" + (f", {runs[0]['sweep']}={value}" if value is not None else ""), fontsize=9)
+            ax.grid(alpha=0.3)
+        axes[0][-1].legend(fontsize=7)
+        fig.tight_layout()
+        path = out_dir / f"curves_{task}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def sweep(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """Headline metric vs the swept config value (head dimension), mean ± 95% CI per geometry."""
+    plt = _plt()
+    written = []
+    for task in sorted({r["task"] for r in records if r.get("sweep")}):
+        runs = [r for r in records if r["task"] == task]
+        metric = runs[0]["metric"]
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        for geometry in sorted({r["geometry"] for r in runs}):
+            by_value = defaultdict(list)
+            for r in runs:
+                if r["geometry"] == geometry:
+                    by_value[r["sweep_value"]].append(r["metrics"][metric])
+            xs = sorted(by_value)
+            stats = [_band(np.array(by_value[x])[:, None]) for x in xs]
+            ax.errorbar(xs, [m[0] for m, _ in stats], yerr=[h[0] for _, h in stats], marker="o", capsize=3,
+                        label=geometry)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(runs[0]["sweep"])
+        ax.set_ylabel(f"{metric} (mean ± 95% CI)")
+        ax.set_title(task)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out_dir / f"sweep_{task}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+_LENGTH = ("length", "seq_len", "L", "seq_length")
+_RATIO = ("ratio_to_sdpa", "time_ratio", "ratio", "time_vs_sdpa", "x_sdpa")
+
+
+def _kernel_rows(path: Path) -> list[dict[str, Any]]:
+    if path.suffix == ".csv":
+        with open(path) as fh:
+            return list(csv.DictReader(fh))
+    text = path.read_text()
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    data = json.loads(text)
+    return data if isinstance(data, list) else data.get("results", [])
+
+
+def kernel_speed(kernels: Path | None, out_dir: Path) -> list[Path]:
+    """Time relative to SDPA vs sequence length, per geometry (and pass/backend when present)."""
+    if kernels is None or not kernels.exists():
+        return []
+    rows = _kernel_rows(kernels)
+    length_key = next((k for k in _LENGTH if rows and k in rows[0]), None)
+    ratio_key = next((k for k in _RATIO if rows and k in rows[0]), None)
+    if not rows or length_key is None or ratio_key is None or "geometry" not in rows[0]:
+        print(f"report: {kernels} has no geometry/length/ratio columns; skipped the speed plot")
+        return []
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    lines = defaultdict(list)
+    for r in rows:
+        label = " ".join(str(r[k]) for k in ("geometry", "backend", "pass") if k in r)
+        value = float(r[ratio_key])
+        if math.isfinite(value):
+            lines[label].append((float(r[length_key]), value))
+    for label, pts in sorted(lines.items()):
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("sequence length")
+    ax.set_ylabel("time / SDPA")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    path = out_dir / "speed_vs_length.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]

@@ -1,0 +1,242 @@
+"""Training one run (task × geometry × seed × config) and running a list of them with resume.
+
+Optimisation follows nanoGPT (``train.py``): AdamW with weight decay on ≥2-D tensors only, linear
+warm-up then cosine decay from ``lr`` to ``min_lr`` at ``lr_decay_iters``, gradient clipping. Every
+geometry gets exactly the same optimiser, schedule, batches (seeded by seed and rank) and token budget.
+"""
+from __future__ import annotations
+
+import math
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import dist
+from .log import append_record, finished_keys, run_key
+from .memory import PeakMemory
+from .tasks import TASKS
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class RunSpec:
+    task: str
+    geometry: str
+    seed: int
+    config: dict[str, Any]
+    data_path: str | None = None
+    suite: str = "custom"
+
+    @property
+    def key(self) -> str:
+        cfg = dict(self.config, data=str(self.data_path) if self.data_path else None)
+        return run_key(self.task, self.geometry, self.seed, cfg)
+
+
+def lr_at(it: int, c: dict[str, Any]) -> float:
+    """nanoGPT's ``get_lr``: linear warm-up, cosine decay to ``min_lr``, then constant."""
+    lr, min_lr, warmup = c["lr"], c.get("min_lr", c["lr"] / 10), c.get("warmup_iters", 0)
+    decay = c.get("lr_decay_iters", c["iters"])
+    if it < warmup:
+        return lr * (it + 1) / (warmup + 1)
+    if it > decay:
+        return min_lr
+    ratio = (it - warmup) / max(1, decay - warmup)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+
+
+def make_optimizer(model: torch.nn.Module, c: dict[str, Any]) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": c.get("weight_decay", 0.1)},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=c["lr"], betas=(0.9, c.get("beta2", 0.99)))
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+    import scipy
+
+    import geoattn
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "geoattn": geoattn.__version__,
+            "numpy": numpy.__version__, "scipy": scipy.__version__}
+
+
+def train_one(spec: RunSpec, device: torch.device, info: dist.DistInfo,
+              on_step: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
+    """Train and evaluate one run; returns its results record (identical metrics on every rank)."""
+    from geoattn.models import count_parameters
+
+    c = spec.config
+    task = TASKS[spec.task](c, spec.data_path, device)
+    torch.manual_seed(spec.seed)
+    model = task.build_model(spec.geometry).to(device)
+    params = count_parameters(model)
+    ddp_model = dist.wrap(model, info, device)
+    opt = make_optimizer(model, c)
+    gen = torch.Generator().manual_seed(spec.seed * 1000 + info.rank)
+    curve, train_s, eval_s, tokens, running = [], 0.0, 0.0, 0, []
+    eval_every = c.get("eval_interval", c["iters"])
+
+    def evaluate(step: int) -> dict[str, float]:
+        nonlocal eval_s
+        t0 = time.perf_counter()
+        model.eval()
+        metrics = task.evaluate(model)
+        model.train()
+        eval_s += time.perf_counter() - t0
+        train_loss = sum(running) / len(running) if running else float("nan")
+        curve.append({"step": step, "train_loss": train_loss, **metrics})
+        running.clear()
+        return metrics
+
+    with PeakMemory(device) as mem:
+        model.train()
+        for it in range(c["iters"]):
+            t0 = time.perf_counter()
+            for group in opt.param_groups:
+                group["lr"] = lr_at(it, c)
+            batch = task.train_batch(gen)
+            loss = task.loss(ddp_model, batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if c.get("grad_clip", 1.0):
+                torch.nn.utils.clip_grad_norm_(model.parameters(), c.get("grad_clip", 1.0))
+            opt.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            train_s += time.perf_counter() - t0
+            tokens += batch.tokens
+            running.append(loss.item())
+            if not math.isfinite(running[-1]):
+                raise FloatingPointError(
+                    f"{spec.task}/{spec.geometry}/seed {spec.seed}: training loss became {running[-1]} at step {it}; "
+                    "lower lr in the suite config or check the geometry's parameters"
+                )
+            on_step(1)
+            if (it + 1) % eval_every == 0 and it + 1 < c["iters"]:
+                evaluate(it + 1)
+        final = evaluate(c["iters"])
+    world_tokens = sum(dist.gather(float(tokens), info))
+    checksums = dist.gather(dist.param_checksum(model), info)
+    rank_metric = dist.gather(final[task.metric], info)
+    return {
+        "key": spec.key, "suite": spec.suite, "task": spec.task, "geometry": spec.geometry, "seed": spec.seed,
+        "config": c, "data": str(spec.data_path) if spec.data_path else None, "sweep": task.sweep,
+        "sweep_value": c.get(task.sweep) if task.sweep else None,
+        "metric": task.metric, "higher_is_better": task.higher_is_better, "metrics": final, "curve": curve,
+        "params": params,
+        "timings": {"train_s": train_s, "eval_s": eval_s, "tokens": world_tokens,
+                    "tokens_per_s": world_tokens / train_s, "ms_per_step": 1000 * train_s / c["iters"]},
+        "memory": {"peak_mb": mem.peak_mb, "kind": mem.kind},
+        "ddp": {"world_size": info.world_size, "param_checksums": checksums, "rank_metric": rank_metric,
+                "agree": max(checksums) - min(checksums) == 0.0},
+        "device": str(device), "threads": torch.get_num_threads(), "host": platform.node(),
+        "versions": _versions(), "git_commit": _git_commit(),
+        "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+@dataclass
+class RunOutcome:
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+_QUEUE = None  # a worker process's progress queue (set by _init_worker)
+
+
+def _init_worker(queue, threads: int | None) -> None:
+    global _QUEUE
+    _QUEUE = queue
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _work(spec: RunSpec, device: str) -> dict[str, Any]:
+    return train_one(spec, torch.device(device), dist.DistInfo(), on_step=_QUEUE.put)
+
+
+def run_all(specs: list[RunSpec], log_path: Path, device: torch.device, info: dist.DistInfo,
+            progress: bool = True, jobs: int = 1, threads: int | None = None) -> RunOutcome:
+    """Run every spec not already in the log; each finished run is appended (and fsync-ed) at once.
+
+    ``jobs > 1`` trains that many runs at once in worker processes (``threads`` torch threads each);
+    only this process writes the log, so crash safety is the same.
+    """
+    from tqdm.auto import tqdm
+
+    outcome, t0 = RunOutcome(), time.perf_counter()
+    done = dist.broadcast_object(finished_keys(log_path) if info.is_main else None, info)
+    pending = [s for s in specs if s.key not in done]
+    outcome.skipped = [s.key for s in specs if s.key in done]
+    bar = tqdm(total=sum(s.config["iters"] for s in pending), unit="step",
+               disable=not (progress and info.is_main), desc=f"{len(pending)} runs ({len(outcome.skipped)} done before)",
+               smoothing=0.05)
+
+    def label(i: int, spec: RunSpec) -> str:
+        sweep = f" head_dim={spec.config['head_dim']}" if "head_dim" in spec.config else ""
+        return f"run {i + 1}/{len(pending)}: {spec.task} {spec.geometry}{sweep} seed={spec.seed}"
+
+    with bar:
+        if jobs > 1 and not info.enabled and len(pending) > 1:
+            _run_parallel(pending, log_path, device, jobs, threads, bar, label, outcome)
+        else:
+            for i, spec in enumerate(pending):
+                bar.set_postfix_str(label(i, spec))
+                record = train_one(spec, device, info, on_step=bar.update)
+                if info.is_main:
+                    append_record(log_path, record)
+                dist.barrier(info)
+                outcome.done.append(spec.key)
+    outcome.wall_s = time.perf_counter() - t0
+    return outcome
+
+
+def _run_parallel(pending, log_path, device, jobs, threads, bar, label, outcome) -> None:
+    import multiprocessing as mp
+    import queue as queue_mod
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(q, threads)) as pool:
+        futures = {pool.submit(_work, spec, str(device)): (i, spec) for i, spec in enumerate(pending)}
+        waiting = set(futures)
+        try:
+            while waiting:
+                finished, waiting = wait(waiting, timeout=0.5, return_when=FIRST_COMPLETED)
+                try:
+                    while True:
+                        bar.update(q.get_nowait())
+                except queue_mod.Empty:
+                    pass
+                for fut in finished:
+                    i, spec = futures[fut]
+                    append_record(log_path, fut.result())  # a failed run raises here, after the others' records
+                    outcome.done.append(spec.key)
+                    bar.set_postfix_str(f"finished {label(i, spec)}")
+        except BaseException:
+            for fut in waiting:
+                fut.cancel()
+            raise

@@ -1,0 +1,93 @@
+"""Suite configurations: ``quick`` (CPU, minutes), ``standard`` (CPU, hours), ``full`` (GPU scale).
+
+Every geometry of a suite runs the same configuration: same backbone size, batches, steps, optimiser
+and learning-rate schedule (one setting, not tuned per geometry). The geometry's own parameters
+(curvature, temperature, metric matrix) are learnable (Euclidean has none).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .runner import RunSpec
+
+# nanoGPT's optimiser for shakespeare_char (config/train_shakespeare_char.py + train.py defaults)
+NANOGPT_OPT = dict(lr=1e-3, min_lr=1e-4, warmup_iters=100, beta2=0.99, weight_decay=0.1, grad_clip=1.0)
+GEOMETRY_PARAMS: dict[str, Any] = {"learnable": True}
+HEAD_DIMS = (2, 4, 8, 16, 32)
+
+SUITES: dict[str, dict[str, Any]] = {
+    "quick": {
+        "seeds": 3,
+        "jobs": 2,     # two runs at once, one torch thread each: the 2-core budget
+        "threads": 1,
+        "tasks": ["shakespeare-char", "wordnet-hierarchy"],
+        "configs": {
+            "shakespeare-char": dict(NANOGPT_OPT, warmup_iters=20, n_layers=2, n_heads=4, d_model=64, block_size=64,
+                                     max_len=64, batch_size=12, iters=250, eval_interval=50, eval_iters=10, bias=False),
+            "wordnet-hierarchy": dict(NANOGPT_OPT, lr=3e-3, min_lr=3e-4, warmup_iters=20, n_layers=1, n_heads=2,
+                                      head_dim=HEAD_DIMS, set_size=8, max_dist=4, test_frac=0.2, split_seed=0,
+                                      n_train=20000, n_test=1000, batch_size=64, iters=300, eval_interval=100),
+            "listops": dict(NANOGPT_OPT, lr=1e-3, warmup_iters=20, n_layers=2, n_heads=4, d_model=64, max_len=100,
+                            min_length=20, max_length=100, n_train=2000, n_test=500, data_seed=0, batch_size=32,
+                            iters=200, eval_interval=100),
+            "shakespeare-seq2seq": dict(NANOGPT_OPT, warmup_iters=20, n_layers=2, n_heads=4, d_model=64, line_len=48,
+                                        max_len=48, batch_size=32, iters=200, eval_interval=100, eval_pairs=512),
+        },
+    },
+    "standard": {
+        "seeds": 5,
+        "tasks": ["shakespeare-char", "wordnet-hierarchy", "listops", "shakespeare-seq2seq"],
+        "configs": {
+            # nanoGPT's CPU configuration (README "I only have a macbook"): expected val loss ≈ 1.88
+            "shakespeare-char": dict(NANOGPT_OPT, n_layers=4, n_heads=4, d_model=128, block_size=64, max_len=64,
+                                     batch_size=12, iters=2000, lr_decay_iters=2000, dropout=0.0, bias=False,
+                                     eval_interval=250, eval_iters=50),
+            "wordnet-hierarchy": dict(NANOGPT_OPT, lr=3e-3, min_lr=3e-4, n_layers=2, n_heads=2, head_dim=HEAD_DIMS,
+                                      set_size=8, max_dist=4, test_frac=0.2, split_seed=0, n_train=50000, n_test=2000,
+                                      batch_size=64, iters=1500, eval_interval=250),
+            "listops": dict(NANOGPT_OPT, n_layers=2, n_heads=4, d_model=64, max_len=200, min_length=50,
+                            max_length=200, n_train=10000, n_test=1000, data_seed=0, batch_size=32, iters=1500,
+                            eval_interval=250),
+            "shakespeare-seq2seq": dict(NANOGPT_OPT, n_layers=2, n_heads=4, d_model=128, line_len=64, max_len=64,
+                                        batch_size=32, iters=1500, eval_interval=250, eval_pairs=1024),
+        },
+    },
+    "full": {
+        "seeds": 5,
+        "tasks": ["shakespeare-char", "wordnet-hierarchy", "listops", "shakespeare-seq2seq"],
+        "configs": {
+            # nanoGPT's GPU configuration: best val loss 1.4697
+            "shakespeare-char": dict(NANOGPT_OPT, n_layers=6, n_heads=6, d_model=384, block_size=256, max_len=256,
+                                     batch_size=64, iters=5000, lr_decay_iters=5000, dropout=0.2, bias=False,
+                                     eval_interval=250, eval_iters=200),
+            "wordnet-hierarchy": dict(NANOGPT_OPT, lr=3e-3, min_lr=3e-4, n_layers=3, n_heads=4, head_dim=HEAD_DIMS,
+                                      set_size=16, max_dist=6, test_frac=0.2, split_seed=0, n_train=200000,
+                                      n_test=5000, batch_size=256, iters=5000, eval_interval=500),
+            # Long Range Arena lengths (500-2000) and training-set size (96k)
+            "listops": dict(NANOGPT_OPT, lr=5e-4, min_lr=5e-5, warmup_iters=1000, n_layers=4, n_heads=8,
+                            d_model=512, d_ff=1024, max_len=2000, min_length=500, max_length=2000, n_train=96000,
+                            n_test=2000, data_seed=0, batch_size=32, iters=5000, eval_interval=1000),
+            "shakespeare-seq2seq": dict(NANOGPT_OPT, n_layers=4, n_heads=8, d_model=256, line_len=96, max_len=96,
+                                        batch_size=128, iters=5000, eval_interval=500, eval_pairs=4096),
+        },
+    },
+}
+
+
+def build_specs(suite: str, tasks: list[str], geometries: list[str], seeds: list[int],
+                data_paths: dict[str, str], configs: dict[str, dict[str, Any]] | None = None) -> list[RunSpec]:
+    """All runs: task × sweep value × geometry × seed (seeds innermost, so partial runs give CIs).
+
+    ``configs`` replaces the suite's per-task configs (after ``--set`` overrides); a tuple value is the sweep.
+    """
+    specs = []
+    for task in tasks:
+        base = dict((configs or SUITES[suite]["configs"])[task])
+        sweep = next((k for k, v in base.items() if isinstance(v, tuple)), None)
+        values = base[sweep] if sweep else (None,)
+        for value in values:
+            config = dict(base, **({sweep: value} if sweep else {}))
+            for geometry in geometries:
+                cfg = dict(config, geometry_params=dict(GEOMETRY_PARAMS))
+                specs.extend(RunSpec(task, geometry, seed, cfg, data_paths.get(task), suite) for seed in seeds)
+    return specs

@@ -1,0 +1,11 @@
+"""The benchmark tasks, by name."""
+from __future__ import annotations
+
+from .base import Batch, Task
+from .listops import ListOps
+from .shakespeare import ShakespeareChar, ShakespeareSeq2Seq
+from .wordnet import WordNetHierarchy
+
+TASKS: dict[str, type[Task]] = {t.name: t for t in (ShakespeareChar, WordNetHierarchy, ListOps, ShakespeareSeq2Seq)}
+
+__all__ = ["TASKS", "Batch", "Task"]

@@ -1,0 +1,65 @@
+"""What every benchmark task provides to the runner."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class Batch:
+    tensors: tuple[Tensor, ...]
+    tokens: int  # tokens processed by one forward pass (for tokens/s)
+
+
+class Task:
+    """A task: data, a model built on the shared backbone for one geometry, a training loss and metrics.
+
+    ``metric`` names the headline metric of :meth:`evaluate` (compared across geometries), ``higher_is_better``
+    its direction, ``sweep`` the config key swept by the suite (e.g. ``head_dim``) or ``None``.
+    """
+
+    name: ClassVar[str]
+    data_kind: ClassVar[str | None] = None     # "text" | "closure" | None (generated)
+    default_data: ClassVar[Path | None] = None
+    metric: ClassVar[str]
+    higher_is_better: ClassVar[bool]
+    curve_metric: ClassVar[str]                # the metric recorded at every evaluation (curves)
+    sweep: ClassVar[str | None] = None
+
+    def __init__(self, config: dict[str, Any], data_path: Path | None, device: torch.device) -> None:
+        self.config = config
+        self.data_path = Path(data_path) if data_path is not None else self.default_data
+        self.device = device
+
+    def model_config(self, geometry: str, **overrides: Any):
+        """The backbone's ``TransformerConfig`` from the task config: identical for every geometry."""
+        from geoattn.models import TransformerConfig
+
+        c = self.config
+        fields = dict(
+            vocab_size=self.vocab_size, d_model=c.get("d_model"), n_heads=c["n_heads"], n_layers=c["n_layers"],
+            d_ff=c.get("d_ff"), dropout=c.get("dropout", 0.0), max_len=c.get("max_len"),
+            positional=c.get("positional", "learned"), bias=c.get("bias", True), geometry=geometry,
+            geometry_params=dict(c.get("geometry_params", {})), backend=c.get("backend", "auto"),
+        )
+        fields.update(overrides)
+        return TransformerConfig(**fields)
+
+    vocab_size: int
+
+    def build_model(self, geometry: str) -> nn.Module:
+        raise NotImplementedError
+
+    def train_batch(self, gen: torch.Generator) -> Batch:
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: Batch) -> Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        raise NotImplementedError

@@ -1,0 +1,116 @@
+"""The benchmark command line: clear errors, a tiny smoke run of every task, resume, DDP agreement."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.cli import main
+from benchmarks.log import read_log
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = {  # seconds-long configurations of each task
+    "shakespeare-char": ["iters=4", "eval_interval=2", "eval_iters=2", "n_layers=1", "d_model=16", "block_size=16"],
+    "wordnet-hierarchy": ["iters=4", "eval_interval=2", "n_train=256", "n_test=64", "head_dim=[2]", "n_heads=1"],
+    "listops": ["iters=3", "eval_interval=2", "n_train=32", "n_test=16", "n_layers=1", "d_model=16",
+                "min_length=5", "max_length=30", "max_len=30"],
+    "shakespeare-seq2seq": ["iters=3", "eval_interval=2", "n_layers=1", "d_model=16", "eval_pairs=16",
+                            "line_len=16", "max_len=16"],
+}
+
+
+def _tiny(task: str) -> list[str]:
+    return [arg for item in TINY[task] for arg in ("--set", f"{task}:{item}")]
+
+
+def _err(capsys, argv) -> str:
+    assert main(argv) == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["run", "--tasks", "nope"], "unknown task(s) 'nope'; available tasks: shakespeare-char"),
+    (["run", "--geometries", "euclidean,hyperbolic"], "unknown geometry 'hyperbolic'; available geometries: euclidean"),
+    (["run", "--tasks", "listops", "--data", "x.txt"], "ambiguous"),
+    (["run", "--tasks", "listops", "--data", "listops=x"], "generates its data"),
+    (["run", "--seeds", "two"], "--seeds takes a count"),
+    (["run", "--tasks", "listops", "--set", "nokey=1"], "no selected task has a config key 'nokey'"),
+    (["run", "--tasks", "listops", "--device", "banana"], "is not a torch device"),
+    (["report", "--out", "/nonexistent/folder"], "no results log"),
+])
+def test_cli_errors(capsys, argv, match):
+    assert match in _err(capsys, argv)
+
+
+def test_cli_missing_and_malformed_data(capsys, tmp_path):
+    err = _err(capsys, ["run", "--tasks", "shakespeare-char", "--data", str(tmp_path / "missing.txt")])
+    assert "does not exist" in err and "--data" in err
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("mammal.n.01 dog.n.01\n")
+    err = _err(capsys, ["run", "--tasks", "wordnet-hierarchy", "--data", f"wordnet-hierarchy={bad}"])
+    assert "line 1: expected 'child<TAB>ancestor'" in err
+
+
+def test_cli_kernels_missing_or_present(capsys):
+    if (REPO / "benchmarks" / "kernels.py").exists():
+        pytest.skip("benchmarks/kernels.py is present; its own tests cover it")
+    assert "kernel benchmark" in _err(capsys, ["kernels"])
+
+
+@pytest.mark.parametrize("task", list(TINY))
+def test_smoke_each_task(tmp_path, capsys, task):
+    argv = ["run", "--tasks", task, "--geometries", "euclidean,poincare", "--seeds", "2", "--out", str(tmp_path),
+            "--quiet", "--jobs", "1", *_tiny(task)]
+    assert main(argv) == 0, capsys.readouterr().err
+    records, bad = read_log(tmp_path / "results.jsonl")
+    assert len(records) == 4 and not bad
+    for r in records:
+        assert r["task"] == task and r["metrics"][r["metric"]] == r["curve"][-1][r["metric"]]
+        assert all(map(lambda v: v == v, r["metrics"].values()))  # no NaN
+        assert r["params"]["total"] > 0 and r["timings"]["tokens_per_s"] > 0 and r["git_commit"]
+    by_geom = {r["geometry"]: r["params"] for r in records}
+    # same backbone: the parameter counts differ only by the geometry's own parameters
+    assert by_geom["poincare"]["total"] - by_geom["poincare"]["geometry"] == by_geom["euclidean"]["total"] - by_geom["euclidean"]["geometry"]
+    table = (tmp_path / "results.md").read_text()
+    assert "| poincare |" in table and (tmp_path / "results.csv").exists()
+    assert (tmp_path / f"curves_{task}.png").stat().st_size > 1000
+
+
+def test_resume_skips_finished_and_reruns_truncated(tmp_path, capsys):
+    argv = ["run", "--tasks", "wordnet-hierarchy", "--geometries", "euclidean", "--seeds", "3", "--out", str(tmp_path),
+            "--quiet", "--no-report", "--jobs", "1", *_tiny("wordnet-hierarchy")]
+    assert main(argv) == 0
+    log = tmp_path / "results.jsonl"
+    lines = log.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 3
+    # the process was killed while writing the third record: keep half of it
+    log.write_bytes(b"".join(lines[:2]) + lines[2][: len(lines[2]) // 2])
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="unreadable"):
+        assert main(argv) == 0
+    assert "1 run(s) finished, 2 skipped" in capsys.readouterr().out
+    with pytest.warns(UserWarning):
+        records, bad = read_log(log)
+    assert sorted(r["seed"] for r in records) == [0, 1, 2] and bad == [3]
+    assert main(argv) == 0  # everything done: nothing runs
+    assert "0 run(s) finished, 3 skipped" in capsys.readouterr().out
+
+
+def test_ddp_two_processes_agree(tmp_path):
+    """torchrun with 2 CPU processes (gloo): both ranks end with identical parameters and metrics."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "benchmarks",
+           "run", "--tasks", "shakespeare-char", "--geometries", "poincare", "--seeds", "1", "--out", str(tmp_path),
+           "--quiet", "--no-report", "--threads", "1", *_tiny("shakespeare-char")]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (record,), _ = read_log(tmp_path / "results.jsonl")
+    ddp = record["ddp"]
+    assert ddp["world_size"] == 2 and ddp["agree"]
+    assert ddp["param_checksums"][0] == ddp["param_checksums"][1] and ddp["rank_metric"][0] == ddp["rank_metric"][1]
+    # each rank trains on its own batches: twice the tokens of one process
+    assert record["timings"]["tokens"] == 2 * 4 * record["config"]["batch_size"] * 16

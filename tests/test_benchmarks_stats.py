@@ -1,0 +1,84 @@
+"""Statistics against scipy, and the results log's resume and crash safety."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from benchmarks.log import append_record, finished_keys, read_log, run_key
+from benchmarks.report import markdown, rows
+from benchmarks.stats import summarize, verdict, welch
+
+A = [1.90, 1.93, 1.88, 1.91, 1.95]
+B = [1.80, 1.82, 1.79, 1.84, 1.81]
+
+
+def test_summary_matches_scipy():
+    s = summarize(A)
+    low, high = stats.t.interval(0.95, df=4, loc=np.mean(A), scale=stats.sem(A))
+    assert s.mean == pytest.approx(1.914) and (s.ci_low, s.ci_high) == pytest.approx((low, high))
+    # by hand: t_{0.975, 4} = 2.7764451
+    half = 2.7764451 * np.std(A, ddof=1) / math.sqrt(5)
+    assert s.half_width == pytest.approx(half, rel=1e-6)
+    assert math.isnan(summarize([1.0]).ci_low)
+
+
+def test_welch_matches_scipy_and_verdicts():
+    p = welch(B, A)
+    assert p == pytest.approx(stats.ttest_ind(B, A, equal_var=False).pvalue)
+    # Welch by hand: t = (mB - mA) / sqrt(vA/n + vB/n)
+    va, vb = np.var(A, ddof=1), np.var(B, ddof=1)
+    t = (np.mean(B) - np.mean(A)) / math.sqrt(va / 5 + vb / 5)
+    dof = (va / 5 + vb / 5) ** 2 / ((va / 5) ** 2 / 4 + (vb / 5) ** 2 / 4)
+    assert p == pytest.approx(2 * stats.t.sf(abs(t), dof))
+    assert verdict(B, A, higher_is_better=False) == "better"   # lower loss
+    assert verdict(B, A, higher_is_better=True) == "worse"     # lower accuracy
+    assert verdict(A, A, higher_is_better=True) == "no different"
+    assert verdict([1.0, 1.1, 0.9], [1.05, 0.95, 1.0], True) == "no different"
+
+
+def _record(key: str, task="wordnet-hierarchy", geometry="euclidean", seed=0, acc=0.5) -> dict:
+    return {"key": key, "task": task, "geometry": geometry, "seed": seed, "config": {"iters": 1},
+            "sweep": None, "sweep_value": None, "metric": "test_acc", "higher_is_better": True,
+            "metrics": {"test_acc": acc}, "curve": [{"step": 1, "test_acc": acc}],
+            "params": {"total": 10, "geometry": 0}, "timings": {"tokens_per_s": 100.0, "train_s": 1.0},
+            "memory": {"peak_mb": 1.0}}
+
+
+def test_log_append_resume_and_truncated_line(tmp_path):
+    log = tmp_path / "r.jsonl"
+    append_record(log, _record("a"))
+    append_record(log, _record("b", seed=1))
+    assert finished_keys(log) == {"a", "b"}
+    # a run killed mid-write: half a JSON line without its newline
+    with open(log, "ab") as fh:
+        fh.write(json.dumps(_record("c", seed=2)).encode()[:37])
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        records, bad = read_log(log)
+    assert [r["key"] for r in records] == ["a", "b"] and bad == [3]
+    append_record(log, _record("d", seed=3))  # starts on a fresh line: the truncated one stays isolated
+    with pytest.warns(UserWarning):
+        assert finished_keys(log) == {"a", "b", "d"}
+    lines = log.read_bytes().split(b"\n")
+    assert json.loads(lines[3])["key"] == "d" and lines[-1] == b""
+
+
+def test_run_key_is_stable_and_config_sensitive():
+    k = run_key("t", "g", 0, {"a": 1, "b": 2})
+    assert k == run_key("t", "g", 0, {"b": 2, "a": 1})
+    assert k != run_key("t", "g", 1, {"a": 1, "b": 2}) != run_key("t", "g", 0, {"a": 1, "b": 3})
+
+
+def test_report_rows_direction_and_ratios():
+    recs = [_record(f"e{s}", seed=s, acc=a) for s, a in enumerate([0.50, 0.52, 0.51])]
+    recs += [_record(f"p{s}", geometry="poincare", seed=s, acc=a) for s, a in enumerate([0.70, 0.72, 0.69])]
+    recs[-1]["timings"]["tokens_per_s"] = 40.0
+    table = {r["geometry"]: r for r in rows(recs)}
+    assert table["poincare"]["vs_euclidean"] == "better"
+    assert table["poincare"]["p_vs_euclidean"] == pytest.approx(
+        stats.ttest_ind([0.70, 0.72, 0.69], [0.50, 0.52, 0.51], equal_var=False).pvalue)
+    assert table["poincare"]["speed_vs_euclidean"] == pytest.approx(80 / 100)
+    assert "| poincare |" in markdown(list(table.values()))
