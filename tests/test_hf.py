@@ -8,6 +8,8 @@ import copy
 import math
 import os
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # MiniLM ships inside its package: no network needed
+
 import pytest
 import torch
 from torch import nn
@@ -22,7 +24,6 @@ from transformers.masking_utils import AttentionMaskInterface  # noqa: E402
 
 from geoattn.integrations import hf  # noqa: E402
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 hf.register()
 OTHER = ["poincare", "lorentz", "sphere", "metric", "stereographic"]  # every geometry but euclidean
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -254,7 +255,7 @@ def test_attention_function_contract():
 
 
 def test_dropout_only_in_training():
-    ids, mask = lm_batch()
+    ids, _ = lm_batch()
     model = geoattn.swap(gpt2(), "lorentz")
     for block in model.transformer.h:
         block.attn.attn_dropout.p = 0.5
@@ -279,7 +280,7 @@ def test_from_config_without_swap_uses_default_geometry():
 
 
 def test_set_attn_implementation_switches_geometry_and_back():
-    ids, mask = lm_batch()
+    ids, _ = lm_batch()
     model = gpt2()
     with torch.no_grad():
         sdpa = model(ids).logits
@@ -297,13 +298,15 @@ def test_geometry_mismatch_with_attached_parameters_is_an_error():
         model(lm_batch()[0])
 
 
-def test_save_pretrained_round_trip(tmp_path):
+@pytest.mark.parametrize("shard", [None, "40KB"])
+def test_save_pretrained_round_trip(tmp_path, shard):
     ids, mask = lm_batch()
     model = geoattn.swap(llama(), "stereographic", curvature=0.3, learnable=True, aggregation="midpoint")
     with torch.no_grad():
         for i, layer in enumerate(model.model.layers):
             layer.self_attn.geoattn_geometry.raw_curvature.copy_(torch.tensor([-0.5, 0.2, 0.4, -1.0]) * (i + 1))
-    model.save_pretrained(tmp_path)
+    model.save_pretrained(tmp_path, **({"max_shard_size": shard} if shard else {}))
+    assert (tmp_path / "model.safetensors.index.json").exists() == bool(shard)
     loaded = hf.from_pretrained(LlamaForCausalLM, tmp_path).eval()
     assert loaded.config.geoattn["geometry"] == "stereographic"
     for a, b in zip(model.model.layers, loaded.model.layers):
@@ -340,3 +343,37 @@ def test_swap_rejects_geometry_with_wrong_heads_or_head_dim():
 def test_swap_rejects_model_without_attention_interface():
     with pytest.raises(ValueError, match="does not route its attention through"):
         geoattn.swap(LegacyModel(LegacyConfig()), "poincare")
+
+
+def test_attention_module_without_head_counts_is_an_error():
+    from geoattn.integrations.hf_modules import head_counts
+
+    with pytest.raises(ValueError, match="cannot tell the number of heads.*num_heads"):
+        head_counts(nn.Linear(4, 4))
+
+
+def test_hf_model_inside_a_plain_module_is_swapped_with_its_torch_attention():
+    holder = nn.ModuleDict({"lm": gpt2(), "pool": nn.MultiheadAttention(32, 4)})
+    geoattn.swap(holder, "lorentz")
+    assert holder["lm"].config._attn_implementation == "geoattn_lorentz"
+    assert holder["lm"].transformer.h[1].attn.geoattn_geometry.name == "lorentz"
+    assert isinstance(holder["pool"], geoattn.MultiheadAttention) and holder["pool"].geometry.name == "lorentz"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bf16_swap_generate_and_default_geometry():
+    ids, mask = (t.cuda() for t in lm_batch())
+    ref = llama().to("cuda", torch.bfloat16)
+    model = geoattn.swap(copy.deepcopy(ref), "euclidean")
+    keep = mask.bool()
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, attention_mask=mask).logits[keep],
+                                   ref(ids, attention_mask=mask).logits[keep], atol=2e-2, rtol=2e-2)
+        geoattn.swap(model, "poincare")
+        assert model.model.layers[0].self_attn.geoattn_geometry.raw_curvature.device.type == "cuda"
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0,
+                             output_scores=True, return_dict_in_generate=True)
+        assert all(torch.isfinite(s).all() for s in out.scores)
+        ref.set_attn_implementation("geoattn_metric")  # default parameters, created on the GPU
+        assert torch.isfinite(ref(ids, attention_mask=mask).logits).all()

@@ -52,6 +52,7 @@ def test_swap_replaces_every_multihead_attention_and_keeps_weights():
     assert not model.layers[0].training
 
 
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")  # the reference's fast path
 def test_encoder_euclidean_equals_original_through_its_fast_paths():
     """In eval under no_grad PyTorch takes its nested-tensor and fused-layer fast paths; outputs agree
     at real tokens (PyTorch's nested path writes zeros at padded positions, geoattn computes them)."""
@@ -63,6 +64,7 @@ def test_encoder_euclidean_equals_original_through_its_fast_paths():
         torch.testing.assert_close(model(x), ref(x), **TOL)  # no padding: the fused layer path
 
 
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")
 def test_fast_paths_do_not_bypass_the_geometry():
     x, pad = padded_batch()
     ref, model = encoder(), geoattn.swap(encoder(), "poincare")
@@ -177,3 +179,42 @@ def test_failed_swap_changes_nothing():
     with pytest.raises(ValueError, match="num_heads"):
         geoattn.swap(model, geoattn.Poincare(num_heads=H))
     assert all(type(m) is nn.MultiheadAttention for m in model)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_transformer_swap_keeps_device_and_equals_original():
+    torch.manual_seed(0)
+    ref = nn.Transformer(E, H, 1, 1, 32, dropout=0.0, batch_first=True).cuda().eval()
+    model = geoattn.swap(copy.deepcopy(ref), "euclidean")
+    src, tgt = torch.randn(2, 6, E, device="cuda"), torch.randn(2, 5, E, device="cuda")
+    with torch.no_grad():
+        torch.testing.assert_close(model(src, tgt), ref(src, tgt), atol=1e-4, rtol=1e-4)
+    geoattn.swap(model, "poincare", learnable=True)
+    assert model.encoder.layers[0].self_attn.geometry.raw_curvature.device.type == "cuda"
+    model(src, tgt).square().mean().backward()
+
+
+def test_swapping_again_replaces_the_geometry():
+    model = geoattn.swap(encoder(), "poincare")
+    layer = model.layers[0].self_attn
+    geoattn.swap(model, "sphere", temperature=0.5)
+    assert model.layers[0].self_attn is layer and layer.geometry.name == "sphere"
+    torch.testing.assert_close(layer.geometry.temperature, torch.full((H,), 0.5))
+
+
+def test_geoattn_backbone_gets_the_new_geometry():
+    """A backbone built euclidean and swapped = the same backbone built on the geometry (same weights)."""
+    from geoattn.models import DecoderLM, TransformerConfig
+
+    sizes = dict(vocab_size=31, d_model=E, n_heads=H, n_layers=2, max_len=16)
+    model = geoattn.swap(DecoderLM(TransformerConfig(**sizes)), "lorentz", curvature=-0.5, temperature=0.1)
+    ref = DecoderLM(TransformerConfig(**sizes, geometry="lorentz",
+                                      geometry_params={"curvature": -0.5, "temperature": 0.1}))
+    weights = {k: v for k, v in ref.state_dict().items() if ".geometry." not in k}
+    model.load_state_dict(weights, strict=False)
+    geoms = [block.attn.geometry for block in model.blocks]
+    assert all(isinstance(g, geoattn.Lorentz) for g in geoms) and geoms[0] is not geoms[1]
+    idx = torch.randint(0, 31, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx)[0], ref(idx)[0], **TOL)

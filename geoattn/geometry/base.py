@@ -84,6 +84,32 @@ class Geometry(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.learnable = learnable
+        # which geometry (and options) a checkpoint was made with; checked by load_state_dict
+        self.register_buffer("geometry_tag", torch.zeros(_TAG_BYTES, dtype=torch.uint8))
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def tag(self) -> str:
+        """The geometry's identity in checkpoints: its name and the options that change the maths."""
+        options = [f"{key}={getattr(self, key)}" for key in ("score", "aggregation", "rank") if hasattr(self, key)]
+        return "|".join([self.name, *options])
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        self.geometry_tag.copy_(_encode_tag(self.tag()))
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        saved = state_dict.get(prefix + "geometry_tag")
+        if saved is None:  # checkpoints without a tag (e.g. carried over from nn.MultiheadAttention)
+            state_dict[prefix + "geometry_tag"] = _encode_tag(self.tag())
+        elif _decode_tag(saved) != self.tag():
+            raise ValueError(
+                f"checkpoint at {prefix or 'the root'!r} was made with geometry {_decode_tag(saved)!r} but this "
+                f"module uses {self.tag()!r}; build the model with the checkpoint's geometry (and options), "
+                "or load only the other weights"
+            )
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
 
     # -- parameters --------------------------------------------------------------------------
     def _parameter(self, raw: Tensor, given=None) -> nn.Parameter:
@@ -127,6 +153,18 @@ class Geometry(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, learnable={self.learnable}"
+
+
+_TAG_BYTES = 64
+
+
+def _encode_tag(tag: str) -> Tensor:
+    raw = tag.encode()[:_TAG_BYTES]
+    return torch.tensor(list(raw) + [0] * (_TAG_BYTES - len(raw)), dtype=torch.uint8)
+
+
+def _decode_tag(t: Tensor) -> str:
+    return bytes(int(b) for b in t.reshape(-1).tolist() if b).decode(errors="replace")
 
 
 _REGISTRY: dict[str, type[Geometry]] = {}

@@ -14,6 +14,13 @@ calls the attention interface, so its parameters train, and ``save_pretrained`` 
 :func:`from_pretrained` loads such a checkpoint back. A module with no attached geometry (a model built
 with ``attn_implementation="geoattn_<name>"`` and never swapped) uses the geometry's default parameters.
 
+Loading: a checkpoint saved after a swap must be loaded with :func:`from_pretrained` (this module's); a
+plain ``Model.from_pretrained`` skips the geometry tensors as unexpected keys and runs the attention
+implementation it is given (sdpa by default).
+
+``output_attentions=True`` works with every geometry: the call then runs on geoattn's dense backend,
+which returns the weights (O(L²) memory); otherwise the fused backends run and the weights are None.
+
 Scaling: the model's ``scaling`` (usually ``1/√d``) is passed unchanged to the euclidean geometry, so it
 equals sdpa; every other geometry gets ``scaling·√d``, the model's scaling relative to the standard
 ``1/√d`` (1 for most models), so its temperature τ keeps the meaning it has in
@@ -164,13 +171,18 @@ def _make_forward(geometry: str):
 
 # -- swap and save/load --------------------------------------------------------------------------
 def _constructor_options(geom: Geometry) -> dict[str, Any]:
-    """The non-tensor constructor arguments of a geometry (its tensors travel in the state dict)."""
+    """The non-tensor constructor arguments of a geometry (its tensors travel in the state dict).
 
+    ``head_dim`` and ``num_heads`` are left to :func:`swap_hf`, which reads them from each module,
+    except ``num_heads=1`` (parameters shared by the heads).
+    """
     options = {}
     for name in inspect.signature(type(geom).__init__).parameters:
         value = getattr(geom, name, None)
-        if name != "self" and isinstance(value, (str, int, float, bool)):
+        if name not in ("self", "head_dim", "num_heads") and isinstance(value, (str, int, float, bool)):
             options[name] = value
+    if geom.num_heads == 1:
+        options["num_heads"] = 1
     return options
 
 
@@ -211,7 +223,8 @@ def swap_hf(model: nn.Module, geometry: str | Geometry, **geometry_params) -> nn
     name = geometry.name if isinstance(geometry, Geometry) else geometry
     geometry_class(name)  # unknown names fail here, with the list of available geometries
     found = check_model(model)
-    built = [geometry_for_module(geometry, geometry_params, heads, head_dim) for _, heads, head_dim in found]  # all or nothing
+    built = [geometry_for_module(geometry, geometry_params, heads, head_dim)  # all built before any change
+             for _, heads, head_dim in found]
     for (module, _, _), geom in zip(found, built):
         device = next((p.device for p in module.parameters()), torch.device("cpu"))
         if hasattr(module, GEOMETRY_ATTR):
@@ -257,7 +270,5 @@ def from_pretrained(model_class, pretrained_model_name_or_path, **kwargs) -> nn.
     swap_hf(model, name, **spec.get("options", {}))
     expected = {k: v for k, v in model.state_dict().items() if f".{GEOMETRY_ATTR}." in f".{k}"}
     stored = geometry_tensors(pretrained_model_name_or_path, expected, getattr(model, "base_model_prefix", ""))
-    with torch.no_grad():
-        for key, tensor in expected.items():
-            tensor.copy_(stored[key])
+    model.load_state_dict(stored, strict=False)  # only geometry keys; each geometry checks its tag (name, options)
     return model

@@ -53,7 +53,7 @@ def head_counts(module: nn.Module) -> tuple[int, int]:
         raise ValueError(
             f"geoattn.swap cannot tell the number of heads and the head size of {type(module).__name__}: it looked "
             f"for the attributes {', '.join(_HEADS + _HEAD_DIM)} and config.num_attention_heads/head_dim/"
-            "hidden_size; set them on the module (or pass num_heads=1 for parameters shared by all heads)"
+            "hidden_size; set the module's num_heads and head_dim attributes before swapping"
         )
     return heads, head_dim
 
@@ -64,9 +64,11 @@ def _checkpoint_files(path: str) -> list[str]:
 
     single, index = "model.safetensors", "model.safetensors.index.json"
     if os.path.isdir(path):
-        locate = lambda name: os.path.join(path, name) if os.path.isfile(os.path.join(path, name)) else None  # noqa: E731
+        def locate(name: str) -> str | None:
+            return os.path.join(path, name) if os.path.isfile(os.path.join(path, name)) else None
     else:
-        locate = lambda name: cached_file(path, name, _raise_exceptions_for_missing_entries=False)  # noqa: E731
+        def locate(name: str) -> str | None:
+            return cached_file(path, name, _raise_exceptions_for_missing_entries=False)
     if (found := locate(index)) is not None:
         with open(found) as f:
             shards = sorted(set(json.load(f)["weight_map"].values()))

@@ -3,15 +3,20 @@
 * plain PyTorch: every :class:`torch.nn.MultiheadAttention` (also inside ``nn.TransformerEncoder``,
   ``nn.TransformerDecoder`` and ``nn.Transformer``) becomes a :class:`geoattn.MultiheadAttention` with the
   same constructor arguments and the weights carried over (``load_state_dict``);
+* geoattn's own modules (``geoattn.MultiheadAttention``, the attention of :mod:`geoattn.models`) get a
+  new geometry module (their ``config`` is not rewritten);
 * Hugging Face transformers: every ``PreTrainedModel`` inside the model goes on
   ``attn_implementation="geoattn_<geometry>"`` with a geometry module per attention module
   (:func:`geoattn.integrations.hf.swap_hf`).
 
-PyTorch's encoder layers have fused inference fast paths (``torch._transformer_encoder_layer_fwd``
-and nested tensors) that read ``in_proj_weight`` and compute dot-product attention themselves,
-bypassing ``self_attn.forward``; ``swap`` switches both off for the layers it changes.
+PyTorch's encoders have fused inference fast paths that read ``in_proj_weight`` and compute
+dot-product attention themselves, bypassing ``self_attn.forward``: ``geoattn.MultiheadAttention`` keeps
+``nn.TransformerEncoderLayer`` off ``torch._transformer_encoder_layer_fwd`` (a no-op forward pre-hook),
+and ``swap`` sets ``use_nested_tensor = False`` on every ``nn.TransformerEncoder`` it changes.
 """
 from __future__ import annotations
+
+import sys
 
 from torch import nn
 
@@ -19,12 +24,6 @@ from ..geometry import Geometry
 from ..geometry.base import geometry_class
 from ..nn import MultiheadAttention
 from .build import geometry_for_module
-
-
-def _keep_geometry(module: nn.Module, args) -> None:
-    """A forward pre-hook that does nothing: ``nn.TransformerEncoderLayer`` leaves its fused fast path
-    (which would compute dot-product attention from ``in_proj_weight``) whenever a submodule has a hook."""
-    return None
 
 
 def _from_torch(old: nn.MultiheadAttention, geometry: str | Geometry, params: dict) -> MultiheadAttention:
@@ -39,12 +38,13 @@ def _from_torch(old: nn.MultiheadAttention, geometry: str | Geometry, params: di
     new.load_state_dict(old.state_dict())  # the geometry keeps its own parameters (absent from old's state)
     new.geometry.to(weight.device)
     new.train(old.training)
-    new.register_forward_pre_hook(_keep_geometry)
     return new
 
 
 def _swap_torch(model: nn.Module, geometry: str | Geometry, params: dict) -> int:
-    """Replace every nn.MultiheadAttention of ``model``; return how many were replaced."""
+    """Replace every nn.MultiheadAttention of ``model``; give geoattn's own attention modules a new geometry.
+
+    Returns how many attention modules changed."""
     slots = [(parent, name, child) for parent in model.modules()
              for name, child in parent._modules.items()  # (named_children skips repeats of a shared module)
              if isinstance(child, nn.MultiheadAttention)]
@@ -52,20 +52,29 @@ def _swap_torch(model: nn.Module, geometry: str | Geometry, params: dict) -> int
     for _, _, child in slots:
         if id(child) not in new:  # a module shared by several parents is replaced once
             new[id(child)] = _from_torch(child, geometry, params)
+    from ..models.layers import Attention  # geoattn's backbone (imported here: geoattn.models loads after us)
+
+    # geoattn's own attention modules (swapped before, or the backbone's) get a new geometry
+    ours = {id(m): m for m in model.modules() if isinstance(m, (MultiheadAttention, Attention))}
+    device = {key: next(m.parameters()).device for key, m in ours.items()}
+    geoms = {key: geometry_for_module(geometry, params, getattr(m, "num_heads", None) or m.n_heads, m.head_dim)
+             for key, m in ours.items()}
     for parent, name, child in slots:
         setattr(parent, name, new[id(child)])
+    for key, m in ours.items():
+        m.geometry = geoms[key].to(device[key])
     for m in model.modules():
         if isinstance(m, nn.TransformerEncoder) and isinstance(m.layers[0].self_attn, MultiheadAttention):
             m.use_nested_tensor = False  # its nested-tensor fast path also bypasses self_attn.forward
-    return len(new)
+    return len(new) + len(ours)
 
 
 def _pretrained_models(model: nn.Module) -> list[nn.Module]:
     """The outermost Hugging Face ``PreTrainedModel`` s in ``model`` (``model`` itself if it is one)."""
-    try:
-        from transformers import PreTrainedModel
-    except ImportError:
+    if "transformers" not in sys.modules:  # never imported: the model cannot hold a PreTrainedModel
         return []
+    from transformers import PreTrainedModel
+
     found: list[nn.Module] = []
     inside: set[int] = set()
     for m in model.modules():
@@ -102,7 +111,8 @@ def swap(model: nn.Module, geometry: str | Geometry, **geometry_params) -> nn.Mo
     if not swapped and not pretrained:
         raise ValueError(
             f"geoattn.swap found no attention to swap in {type(model).__name__}: it looks for "
-            "torch.nn.MultiheadAttention modules (also inside nn.Transformer*) and Hugging Face transformers "
+            "torch.nn.MultiheadAttention modules (also inside nn.Transformer*), geoattn's own attention modules "
+            "and Hugging Face transformers "
             "PreTrainedModels whose attention goes through transformers' AttentionInterface; a custom attention "
             "module can call geoattn.attention(q, k, v, geometry=...) directly"
         )
