@@ -1,5 +1,6 @@
 import sys
 
-from .cli import main
+from .cli import _exit_on_sigterm, main
 
+_exit_on_sigterm()
 sys.exit(main())

@@ -221,6 +221,15 @@ def cmd_kernels(argv: list[str]) -> int:
     return int(result) if isinstance(result, int) else 0
 
 
+def _exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit so worker processes are stopped too (finished runs are already logged)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:

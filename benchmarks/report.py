@@ -40,6 +40,14 @@ def group(records: list[dict[str, Any]]) -> dict[tuple, dict[str, list[dict[str,
     return {k: groups[k] for k in sorted(groups, key=order)}
 
 
+def _memory(record: dict[str, Any]) -> float:
+    """The CUDA allocator peak on GPU, else the activations saved for backward in one step (MB)."""
+    mem = record["memory"]
+    if mem.get("cuda_peak_mb") is not None:
+        return mem["cuda_peak_mb"]
+    return mem.get("activation_mb", mem.get("peak_mb", math.nan))  # peak_mb: logs of an older format
+
+
 def _fmt(x: float, digits: int = 4) -> str:
     return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}g}"
 
@@ -50,7 +58,7 @@ def rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         base = by_geom.get(BASELINE, [])
         base_vals = [r["metrics"][r["metric"]] for r in base]
         base_tps = np.mean([r["timings"]["tokens_per_s"] for r in base]) if base else math.nan
-        base_mem = np.mean([r["memory"]["peak_mb"] for r in base]) if base else math.nan
+        base_mem = np.mean([_memory(r) for r in base]) if base else math.nan
         for geometry in sorted(by_geom, key=lambda g: (g != BASELINE, g)):
             runs = sorted(by_geom[geometry], key=lambda r: r["seed"])
             metric, hib = runs[0]["metric"], runs[0]["higher_is_better"]
@@ -58,7 +66,7 @@ def rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             s = summarize(vals)
             extra = EXTRA_METRICS.get(task)
             tps = float(np.mean([r["timings"]["tokens_per_s"] for r in runs]))
-            mem = float(np.mean([r["memory"]["peak_mb"] for r in runs]))
+            mem = float(np.mean([_memory(r) for r in runs]))
             row = {
                 "task": task, "sweep": runs[0].get("sweep") or "", "sweep_value": sweep_value if sweep_value is not None else "",
                 "geometry": geometry, "metric": metric, "higher_is_better": hib, "seeds": s.n, "mean": s.mean,
@@ -69,7 +77,7 @@ def rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 if geometry != BASELINE else "baseline",
                 "params_total": runs[0]["params"]["total"], "params_geometry": runs[0]["params"]["geometry"],
                 "tokens_per_s": tps, "speed_vs_euclidean": tps / base_tps if base else math.nan,
-                "peak_mb": mem, "memory_vs_euclidean": mem / base_mem if base and base_mem > 0 else math.nan,
+                "memory_mb": mem, "memory_vs_euclidean": mem / base_mem if base and base_mem > 0 else math.nan,
                 "train_s_mean": float(np.mean([r["timings"]["train_s"] for r in runs])),
             }
             out.append(row)
@@ -79,7 +87,7 @@ def rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def markdown(table: list[dict[str, Any]]) -> str:
     lines = [
         "| task | head dim | geometry | metric | mean ± 95% CI | seeds | vs euclidean (Welch p) | params (geometry) "
-        "| tokens/s (× eucl.) | peak MB (× eucl.) |",
+        "| tokens/s (× eucl.) | memory MB (× eucl.) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in table:
@@ -90,7 +98,7 @@ def markdown(table: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['task']} | {r['sweep_value']} | {r['geometry']} | {metric} | {r['mean']:.4f} ± {_fmt(half, 2)}{extra} "
             f"| {r['seeds']} | {r['vs_euclidean']}{p} | {r['params_total']:,} ({r['params_geometry']}) "
-            f"| {r['tokens_per_s']:,.0f} ({r['speed_vs_euclidean']:.2f}×) | {_fmt(r['peak_mb'], 3)} ({_fmt(r['memory_vs_euclidean'], 3)}×) |"
+            f"| {r['tokens_per_s']:,.0f} ({r['speed_vs_euclidean']:.2f}×) | {_fmt(r['memory_mb'], 3)} ({_fmt(r['memory_vs_euclidean'], 3)}×) |"
         )
     return "\n".join(lines) + "\n"
 
@@ -115,7 +123,8 @@ def build_report(log_path: Path, out_dir: Path, kernels: Path | None = None) -> 
     header = (f"Results from {len(_latest_per_key(records))} runs in `{log_path.name}`"
               + (f" ({len(bad)} unreadable line(s) skipped)" if bad else "")
               + f". Mean ± 95% t-interval over seeds; Welch's t-test vs euclidean at α = {ALPHA}; ↓ lower is better, "
-              "↑ higher is better. Peak MB on CPU is the sampled RSS increase during a run (coarse).\n\n")
+              "↑ higher is better. Memory: CUDA allocator peak on GPU; on CPU the activations saved for backward in one "
+              "training step. Geometry parameters are counted in params (learnable curvature, temperature, metric).\n\n")
     md.write_text(header + markdown(table))
     write_csv(table, out_dir / "results.csv")
     written = [md, out_dir / "results.csv"]

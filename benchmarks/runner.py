@@ -19,7 +19,7 @@ import torch
 
 from . import dist
 from .log import append_record, finished_keys, run_key
-from .memory import PeakMemory
+from .memory import CudaPeak, saved_activation_mb
 from .tasks import TASKS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,8 +64,9 @@ def make_optimizer(model: torch.nn.Module, c: dict[str, Any]) -> torch.optim.Opt
 def _git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(  # code changes only: results being written don't make a run "dirty"
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results"],
+            cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -109,14 +110,18 @@ def train_one(spec: RunSpec, device: torch.device, info: dist.DistInfo,
         running.clear()
         return metrics
 
-    with PeakMemory(device) as mem:
+    activation_mb = float("nan")
+    with CudaPeak(device) as mem:
         model.train()
         for it in range(c["iters"]):
             t0 = time.perf_counter()
             for group in opt.param_groups:
                 group["lr"] = lr_at(it, c)
             batch = task.train_batch(gen)
-            loss = task.loss(ddp_model, batch)
+            if it == 0:  # count the activations saved for backward once (same batch shape every step)
+                loss, activation_mb = saved_activation_mb(lambda: task.loss(ddp_model, batch))
+            else:
+                loss = task.loss(ddp_model, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if c.get("grad_clip", 1.0):
@@ -147,7 +152,7 @@ def train_one(spec: RunSpec, device: torch.device, info: dist.DistInfo,
         "params": params,
         "timings": {"train_s": train_s, "eval_s": eval_s, "tokens": world_tokens,
                     "tokens_per_s": world_tokens / train_s, "ms_per_step": 1000 * train_s / c["iters"]},
-        "memory": {"peak_mb": mem.peak_mb, "kind": mem.kind},
+        "memory": {"activation_mb": activation_mb, "cuda_peak_mb": mem.peak_mb},
         "ddp": {"world_size": info.world_size, "param_checksums": checksums, "rank_metric": rank_metric,
                 "agree": max(checksums) - min(checksums) == 0.0},
         "device": str(device), "threads": torch.get_num_threads(), "host": platform.node(),
@@ -216,27 +221,25 @@ def run_all(specs: list[RunSpec], log_path: Path, device: torch.device, info: di
 def _run_parallel(pending, log_path, device, jobs, threads, bar, label, outcome) -> None:
     import multiprocessing as mp
     import queue as queue_mod
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(q, threads)) as pool:
-        futures = {pool.submit(_work, spec, str(device)): (i, spec) for i, spec in enumerate(pending)}
-        waiting = set(futures)
-        try:
-            while waiting:
-                finished, waiting = wait(waiting, timeout=0.5, return_when=FIRST_COMPLETED)
-                try:
-                    while True:
-                        bar.update(q.get_nowait())
-                except queue_mod.Empty:
-                    pass
-                for fut in finished:
-                    i, spec = futures[fut]
-                    append_record(log_path, fut.result())  # a failed run raises here, after the others' records
-                    outcome.done.append(spec.key)
-                    bar.set_postfix_str(f"finished {label(i, spec)}")
-        except BaseException:
-            for fut in waiting:
-                fut.cancel()
-            raise
+    pool = ctx.Pool(jobs, initializer=_init_worker, initargs=(q, threads), maxtasksperchild=None)
+    try:
+        waiting = {pool.apply_async(_work, (spec, str(device))): (i, spec) for i, spec in enumerate(pending)}
+        while waiting:
+            try:
+                bar.update(q.get(timeout=0.5))
+                while True:
+                    bar.update(q.get_nowait())
+            except queue_mod.Empty:
+                pass
+            for res in [r for r in waiting if r.ready()]:
+                i, spec = waiting.pop(res)
+                append_record(log_path, res.get())  # a failed run raises here, after the others' records
+                outcome.done.append(spec.key)
+                bar.set_postfix_str(f"finished {label(i, spec)}")
+        pool.close()
+    finally:
+        pool.terminate()  # on an error or a kill, stop the workers too (finished runs are already logged)
+        pool.join()

@@ -14,6 +14,7 @@ from .runner import RunSpec
 NANOGPT_OPT = dict(lr=1e-3, min_lr=1e-4, warmup_iters=100, beta2=0.99, weight_decay=0.1, grad_clip=1.0)
 GEOMETRY_PARAMS: dict[str, Any] = {"learnable": True}
 HEAD_DIMS = (2, 4, 8, 16, 32)
+QUICK_HEAD_DIMS = (2, 8, 32)  # the quick suite's budget; standard and full sweep all of HEAD_DIMS
 
 SUITES: dict[str, dict[str, Any]] = {
     "quick": {
@@ -23,10 +24,10 @@ SUITES: dict[str, dict[str, Any]] = {
         "tasks": ["shakespeare-char", "wordnet-hierarchy"],
         "configs": {
             "shakespeare-char": dict(NANOGPT_OPT, warmup_iters=20, n_layers=2, n_heads=4, d_model=64, block_size=64,
-                                     max_len=64, batch_size=12, iters=250, eval_interval=50, eval_iters=10, bias=False),
-            "wordnet-hierarchy": dict(NANOGPT_OPT, lr=3e-3, min_lr=3e-4, warmup_iters=20, n_layers=1, n_heads=2,
-                                      head_dim=HEAD_DIMS, set_size=8, max_dist=4, test_frac=0.2, split_seed=0,
-                                      n_train=20000, n_test=1000, batch_size=64, iters=300, eval_interval=100),
+                                     max_len=64, batch_size=12, iters=200, eval_interval=50, eval_iters=10, bias=False),
+            "wordnet-hierarchy": dict(NANOGPT_OPT, lr=1e-2, min_lr=1e-3, warmup_iters=15, n_layers=1, d_model=32,
+                                      head_dim=QUICK_HEAD_DIMS, set_size=8, max_dist=4, test_frac=0.2, split_seed=0,
+                                      n_train=20000, n_test=1000, batch_size=128, iters=100, eval_interval=25),
             "listops": dict(NANOGPT_OPT, lr=1e-3, warmup_iters=20, n_layers=2, n_heads=4, d_model=64, max_len=100,
                             min_length=20, max_length=100, n_train=2000, n_test=500, data_seed=0, batch_size=32,
                             iters=200, eval_interval=100),
@@ -36,15 +37,17 @@ SUITES: dict[str, dict[str, Any]] = {
     },
     "standard": {
         "seeds": 5,
+        "jobs": 2,
+        "threads": 1,
         "tasks": ["shakespeare-char", "wordnet-hierarchy", "listops", "shakespeare-seq2seq"],
         "configs": {
             # nanoGPT's CPU configuration (README "I only have a macbook"): expected val loss ≈ 1.88
             "shakespeare-char": dict(NANOGPT_OPT, n_layers=4, n_heads=4, d_model=128, block_size=64, max_len=64,
                                      batch_size=12, iters=2000, lr_decay_iters=2000, dropout=0.0, bias=False,
                                      eval_interval=250, eval_iters=50),
-            "wordnet-hierarchy": dict(NANOGPT_OPT, lr=3e-3, min_lr=3e-4, n_layers=2, n_heads=2, head_dim=HEAD_DIMS,
-                                      set_size=8, max_dist=4, test_frac=0.2, split_seed=0, n_train=50000, n_test=2000,
-                                      batch_size=64, iters=1500, eval_interval=250),
+            "wordnet-hierarchy": dict(NANOGPT_OPT, lr=1e-2, min_lr=1e-3, n_layers=2, d_model=32, head_dim=HEAD_DIMS,
+                                      set_size=8, max_dist=4, test_frac=0.2, split_seed=0, n_train=100000, n_test=2000,
+                                      batch_size=256, iters=1000, eval_interval=100),
             "listops": dict(NANOGPT_OPT, n_layers=2, n_heads=4, d_model=64, max_len=200, min_length=50,
                             max_length=200, n_train=10000, n_test=1000, data_seed=0, batch_size=32, iters=1500,
                             eval_interval=250),
@@ -60,7 +63,7 @@ SUITES: dict[str, dict[str, Any]] = {
             "shakespeare-char": dict(NANOGPT_OPT, n_layers=6, n_heads=6, d_model=384, block_size=256, max_len=256,
                                      batch_size=64, iters=5000, lr_decay_iters=5000, dropout=0.2, bias=False,
                                      eval_interval=250, eval_iters=200),
-            "wordnet-hierarchy": dict(NANOGPT_OPT, lr=3e-3, min_lr=3e-4, n_layers=3, n_heads=4, head_dim=HEAD_DIMS,
+            "wordnet-hierarchy": dict(NANOGPT_OPT, lr=1e-2, min_lr=1e-3, n_layers=3, d_model=64, head_dim=HEAD_DIMS,
                                       set_size=16, max_dist=6, test_frac=0.2, split_seed=0, n_train=200000,
                                       n_test=5000, batch_size=256, iters=5000, eval_interval=500),
             # Long Range Arena lengths (500-2000) and training-set size (96k)

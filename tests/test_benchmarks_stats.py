@@ -45,7 +45,7 @@ def _record(key: str, task="wordnet-hierarchy", geometry="euclidean", seed=0, ac
             "sweep": None, "sweep_value": None, "metric": "test_acc", "higher_is_better": True,
             "metrics": {"test_acc": acc}, "curve": [{"step": 1, "test_acc": acc}],
             "params": {"total": 10, "geometry": 0}, "timings": {"tokens_per_s": 100.0, "train_s": 1.0},
-            "memory": {"peak_mb": 1.0}}
+            "memory": {"activation_mb": 1.0, "cuda_peak_mb": None}}
 
 
 def test_log_append_resume_and_truncated_line(tmp_path):
@@ -82,3 +82,18 @@ def test_report_rows_direction_and_ratios():
         stats.ttest_ind([0.70, 0.72, 0.69], [0.50, 0.52, 0.51], equal_var=False).pvalue)
     assert table["poincare"]["speed_vs_euclidean"] == pytest.approx(80 / 100)
     assert "| poincare |" in markdown(list(table.values()))
+
+
+def test_saved_activation_memory_counts_distinct_storages():
+    import torch
+
+    from benchmarks.memory import saved_activation_mb
+
+    x = torch.randn(256, 1024, requires_grad=True)   # 1 MiB each in float32
+    w = torch.randn(256, 1024, requires_grad=True)
+    loss, mb = saved_activation_mb(lambda: (x * w).sum())  # mul saves x and w
+    assert mb == pytest.approx(2.0)
+    loss.backward()
+    assert torch.equal(x.grad, w.detach())
+    _, mb = saved_activation_mb(lambda: (x * x[:, :512].repeat(1, 2)).sum())  # x, its view and a new tensor
+    assert mb == pytest.approx(2.0)

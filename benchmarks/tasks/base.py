@@ -41,7 +41,7 @@ class Task:
 
         c = self.config
         fields = dict(
-            vocab_size=self.vocab_size, d_model=c.get("d_model"), n_heads=c["n_heads"], n_layers=c["n_layers"],
+            vocab_size=self.vocab_size, d_model=c.get("d_model"), n_heads=c.get("n_heads"), n_layers=c["n_layers"],
             d_ff=c.get("d_ff"), dropout=c.get("dropout", 0.0), max_len=c.get("max_len"),
             positional=c.get("positional", "learned"), bias=c.get("bias", True), geometry=geometry,
             geometry_params=dict(c.get("geometry_params", {})), backend=c.get("backend", "auto"),

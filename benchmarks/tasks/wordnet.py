@@ -4,8 +4,10 @@ Input ``[query, c₁, …, c_N]`` (synset tokens) goes through the shared ``Enco
 *attention pointer*: one extra attention head of the same geometry scores the encoded query against
 the encoded candidates, ``logits_j = score_geometry(W_q h₀, W_k h_j)``, trained with cross-entropy on
 the position of the nearest candidate. The head dimension of the pointer and of every backbone head is
-the swept ``head_dim`` (d_model = n_heads · head_dim), so the geometry has to hold the hierarchy in
-that many dimensions: the setting where hyperbolic attention is claimed to win.
+the swept ``head_dim``, so the geometry has to hold the hierarchy in
+that many dimensions: the setting where hyperbolic attention is claimed to win. The backbone width
+``d_model`` is fixed, so ``n_heads = d_model / head_dim`` and the backbone has the same parameter count at
+every head dimension (only the pointer's two ``d_model × head_dim`` projections change).
 """
 from __future__ import annotations
 
@@ -81,7 +83,10 @@ class WordNetHierarchy(Task):
 
     def build_model(self, geometry):
         c = self.config
-        cfg = self.model_config(geometry, d_model=c["n_heads"] * c["head_dim"], max_len=c["set_size"] + 1)
+        if c["d_model"] % c["head_dim"]:
+            raise ValueError(f"wordnet-hierarchy: d_model={c['d_model']} is not a multiple of head_dim={c['head_dim']}; "
+                             "pick head dims that divide d_model")
+        cfg = self.model_config(geometry, n_heads=c["d_model"] // c["head_dim"], max_len=c["set_size"] + 1)
         return PointerModel(cfg, c["head_dim"])
 
     def _batch(self, split, idx) -> Batch:
