@@ -36,6 +36,7 @@ register_backend(DenseBackend())
 
 
 def available_backends() -> list[str]:
+    """Names accepted by ``backend=``: ``"auto"`` and every registered backend (``"dense"``, ``"sdpa"``, ...)."""
     return ["auto", *sorted(_BACKENDS)]
 
 

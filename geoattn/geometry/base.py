@@ -69,7 +69,12 @@ def check_temperature(temperature: Tensor) -> None:
 
 
 class Geometry(nn.Module):
-    """Base class: subclasses set ``name``, implement :meth:`lift` and, unless affine, :meth:`score_from_dot`."""
+    """Base class: ``score(q, k) = f(scale·⟨q̃, k̃⟩, a_q, b_k, θ_h)`` with ``(q̃, k̃, a, b, θ) = lift(q, k)``.
+
+    Subclasses set ``name``, implement :meth:`lift` and, unless affine (``f = dot + a_q + b_k``, which
+    runs on SDPA as the augmented dot product ``[q̃, 1]·[k̃, b_k]``: the x-transformers trick, see
+    the module doc), :meth:`score_from_dot`. Aggregation is ``post_values(attend(pre_values(v)))``.
+    """
 
     name: ClassVar[str] = "geometry"
     affine: bool = False  # a class default; a geometry whose form depends on its options sets it per instance

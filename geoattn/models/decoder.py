@@ -39,7 +39,11 @@ def window_error(need: int, max_len: int) -> ValueError:
 
 
 class DecoderLM(nn.Module):
-    """GPT-style causal LM: embeddings → causal blocks → LayerNorm → LM head (tied to the embedding)."""
+    """GPT-style causal LM: embeddings → causal blocks → LayerNorm → LM head (tied to the embedding).
+
+    ``p(x_t | x_<t) = softmax(LN(h_t) Eᵀ)`` (Radford et al., "Language Models are Unsupervised Multitask
+    Learners" (GPT-2), 2019; layout as in Karpathy's nanoGPT).
+    """
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()

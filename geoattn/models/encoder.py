@@ -12,7 +12,11 @@ def make_rotary(cfg: TransformerConfig) -> Rotary | None:
 
 
 class Encoder(nn.Module):
-    """Bidirectional encoder: embeddings → ``n_layers`` blocks (one geometry each) → final LayerNorm."""
+    """Bidirectional encoder: embeddings → ``n_layers`` blocks (one geometry each) → final LayerNorm.
+
+    The encoder of Vaswani et al., "Attention Is All You Need" (2017): ``h = LN(Block_n(…Block_1(embed(x))))``,
+    padding keys masked out of every attention.
+    """
 
     def __init__(self, cfg: TransformerConfig, stack: str = "encoder") -> None:
         super().__init__()

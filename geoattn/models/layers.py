@@ -78,7 +78,9 @@ class Embedder(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head attention under a geometry (self- or cross-), with an optional KV cache.
+    """Multi-head attention under a geometry (self- or cross-), with an optional KV cache:
+    ``head_h = softmax(score_geometry(x W_q^h, x W_k^h) + mask) · x W_v^h``, heads concatenated, then
+    ``W_o`` (Vaswani et al., "Attention Is All You Need", 2017, with the score of :func:`geoattn.attention`).
 
     With ``record = True`` it keeps the last call's queries, keys, mask and weights in ``recorded``
     (dense backend), which :func:`geoattn.trace` reads.
@@ -147,7 +149,11 @@ class FeedForward(nn.Module):
 
 class Block(nn.Module):
     """Self-attention (+ cross-attention when ``cross_geometry`` is given) + feed-forward, with residuals
-    and LayerNorm before (``pre_norm``) or after each sublayer."""
+    and LayerNorm before (``pre_norm``) or after each sublayer.
+
+    Pre-norm: ``x ← x + Attn(LN(x))``, ``x ← x + FF(LN(x))`` (Xiong et al., "On Layer Normalization in
+    the Transformer Architecture", ICML 2020); post-norm: ``x ← LN(x + Attn(x))`` (Vaswani et al., 2017).
+    """
 
     def __init__(self, cfg: TransformerConfig, geometry: Geometry, cross_geometry: Geometry | None = None,
                  rotary: Rotary | None = None) -> None:
