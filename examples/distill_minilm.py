@@ -90,7 +90,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate of the transformer layers")
     ap.add_argument("--geometry-lr", type=float, default=2e-2, help="learning rate of curvature/temperature/metric")
     ap.add_argument("--held-out", type=int, default=256)
-    ap.add_argument("--data", type=Path, default=HERE / "data" / "tinyshakespeare.txt")
+    ap.add_argument("--data", type=Path,  # the benchmark copy, with its provenance in benchmarks/data/README.md
+                    default=HERE.parent / "benchmarks" / "data" / "tinyshakespeare" / "input.txt")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "distill_minilm")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--seed", type=int, default=0)
