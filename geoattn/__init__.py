@@ -4,7 +4,7 @@ One call, ``geoattn.attention(q, k, v, geometry=...)``, scores queries against k
 of a chosen manifold (Poincaré ball, Lorentz hyperboloid, sphere, learned metric, κ-stereographic)
 instead of the flat dot product, on the fastest backend that computes it exactly.
 """
-from .backends import available_backends, default_backend, set_default_backend
+from .backends import available_backends, default_backend, set_default_backend, set_tiled_compile
 from .functional import attention
 from .geometry import (
     CurvedGeometry,
@@ -28,5 +28,6 @@ __version__ = "0.1.0"
 __all__ = [
     "CurvedGeometry", "Euclidean", "Geometry", "Lifted", "Lorentz", "Metric", "Poincare", "Sphere",
     "Stereographic", "TemperedGeometry", "attention", "available_backends", "available_geometries",
-    "default_backend", "make_geometry", "register", "set_default_backend", "set_validation",
+    "default_backend", "make_geometry", "register", "set_default_backend", "set_tiled_compile",
+    "set_validation",
 ]
