@@ -102,7 +102,10 @@ def flex_geometric_attention(geometry: Geometry, q: Tensor, k: Tensor, v: Tensor
     block_mask = make_block_mask(mask, B, H, L, S, qa.device, S_valid=S0)
     family = (type(geometry), geometry.affine, mask.is_causal, block_mask is None, bias is None, cd, qa.device.type)
     run = compiled(_flex_call, family)
-    out = run(qa, ka, _pad(v.to(cd), S, -2).contiguous(), score_mod, block_mask)
+    vp = _pad(v.to(cd), S, -2).contiguous()
+    if not torch.is_grad_enabled():  # flex rejects any input with requires_grad on CPU, even under no_grad
+        qa, ka, vp = qa.detach(), ka.detach(), vp.detach()
+    out = run(qa, ka, vp, score_mod, block_mask)
     return out[..., :L0, :]
 
 

@@ -1,0 +1,1 @@
+"""geoattn benchmarks (kernels: ``python -m benchmarks.kernels``)."""
