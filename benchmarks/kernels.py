@@ -61,7 +61,7 @@ def _peak_mib(fn: Callable[[], object], device: str) -> float:
     return float("nan") if peak is None else peak / 2**20
 
 
-def measure(call: Callable, q, k, v, backward: bool, repeats: int, device: str) -> dict:
+def measure(call: Callable, q, k, v, backward: bool, repeats: int, device: str, memory_only: bool = False) -> dict:
     """Times and peak memory of ``call(q, k, v)`` (forward, and forward+backward if ``backward``)."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
@@ -78,8 +78,9 @@ def measure(call: Callable, q, k, v, backward: bool, repeats: int, device: str) 
     (fwdbwd if backward else fwd)()
     sync()
     first = time.perf_counter() - t0
-    row = {"first_call_s": first, "fwd_s": _median_time(fwd, repeats, sync)}
-    row["fwdbwd_s"] = _median_time(fwdbwd, repeats, sync) if backward else float("nan")
+    nan = float("nan")
+    row = {"first_call_s": first, "fwd_s": nan if memory_only else _median_time(fwd, repeats, sync)}
+    row["fwdbwd_s"] = _median_time(fwdbwd, repeats, sync) if backward and not memory_only else nan
     row["peak_mib"] = _peak_mib(fwdbwd if backward else fwd, device)
     return row
 
@@ -91,12 +92,12 @@ def backends_for(geom: geoattn.Geometry, device: str, L: int, max_dense: int) ->
     return names + (["dense"] if L * L <= max_dense else [])
 
 
-def run(lengths, geometries, B, H, D, repeats, device, dtype, max_dense, log=print) -> list[dict]:
+def run(lengths, geometries, B, H, D, repeats, device, dtype, max_dense, log=print, memory_only=False) -> list[dict]:
     rows = []
     for L in lengths:
         gen = torch.Generator().manual_seed(L)
         q, k, v = ((0.5 * torch.randn(B, H, L, D, generator=gen)).to(device, dtype).requires_grad_() for _ in range(3))
-        sdpa = measure(F.scaled_dot_product_attention, q, k, v, True, repeats, device)
+        sdpa = measure(F.scaled_dot_product_attention, q, k, v, True, repeats, device, memory_only)
         for name in geometries:
             geom = GEOMETRIES[name](D).to(device)
             for backend in backends_for(geom, device, L, max_dense):
@@ -104,7 +105,7 @@ def run(lengths, geometries, B, H, D, repeats, device, dtype, max_dense, log=pri
 
                 def call(q, k, v, geom=geom, backend=backend):
                     return geoattn.attention(q, k, v, geometry=geom, backend=backend)
-                r = measure(call, q, k, v, backward, repeats, device)
+                r = measure(call, q, k, v, backward, repeats, device, memory_only)
                 r.update(device=device, geometry=name, backend=backend, L=L, sdpa_fwd_s=sdpa["fwd_s"],
                          sdpa_fwdbwd_s=sdpa["fwdbwd_s"], sdpa_peak_mib=sdpa["peak_mib"])
                 r["fwd_ratio"] = r["fwd_s"] / sdpa["fwd_s"]
@@ -173,6 +174,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--max-dense", type=int, default=2048 * 2048, help="largest L² the dense path is run at")
+    p.add_argument("--memory-only", action="store_true", help="one call per backend: first-call time and peak memory")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/kernels"))
     a = p.parse_args(argv)
     top = 32768 if a.device == "cuda" else 8192
@@ -180,7 +182,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                                            if n <= top])
     repeats = 3 if a.quick and a.repeats == 5 else a.repeats
     rows = run(lengths, a.geometries, a.batch, a.heads, a.head_dim, repeats, a.device, getattr(torch, a.dtype),
-               a.max_dense)
+               a.max_dense, memory_only=a.memory_only)
     write(rows, a.out)
     print(f"\nwrote {a.out / 'kernels.csv'} and {a.out / 'kernels.png'}")
     return rows
