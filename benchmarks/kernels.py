@@ -153,7 +153,8 @@ def plot(rows: list[dict], path: Path) -> None:
     axes[1].plot(Ls, [sd[L]["sdpa_peak_mib"] for L in Ls], "k--", label="F.sdpa")
     for ax, title in zip(axes, ["forward+backward time (s)", "peak extra memory (MiB)"]):
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+        if any(y > 0 for line in ax.get_lines() for y in line.get_ydata() if y == y):
+            ax.set_yscale("log")  # (a --memory-only run has no times)
         ax.set_xlabel("sequence length L")
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
