@@ -1,2 +1,3 @@
-"""geoattn's comparative benchmark suite: every geometry against Euclidean (SDPA) attention on the same
-backbone, with seeds, confidence intervals and Welch's t-tests. Entry point: ``python -m benchmarks``."""
+"""geoattn's benchmarks: the comparative suite (every geometry against Euclidean/SDPA attention on the same
+backbone, with seeds, confidence intervals and Welch's t-tests; ``python -m benchmarks``) and the kernel
+benchmark (``python -m benchmarks kernels`` / ``python -m benchmarks.kernels``)."""

@@ -4,7 +4,7 @@ One call, ``geoattn.attention(q, k, v, geometry=...)``, scores queries against k
 of a chosen manifold (Poincaré ball, Lorentz hyperboloid, sphere, learned metric, κ-stereographic)
 instead of the flat dot product, on the fastest backend that computes it exactly.
 """
-from .backends import available_backends, default_backend, set_default_backend
+from .backends import available_backends, default_backend, set_default_backend, set_tiled_compile
 from .energy import Trace, energy, trace
 from .functional import attention
 from .geometry import (
@@ -33,5 +33,5 @@ __all__ = [
     "CurvedGeometry", "Euclidean", "Geometry", "Lifted", "Lorentz", "Metric", "MultiheadAttention", "Poincare",
     "Sphere", "Stereographic", "TemperedGeometry", "Trace", "attention", "available_backends", "available_geometries",
     "default_backend", "energy", "make_geometry", "register", "riemannian_optimizer", "set_default_backend",
-    "set_validation", "swap", "trace",
+    "set_tiled_compile", "set_validation", "swap", "trace",
 ]

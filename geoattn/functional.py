@@ -57,7 +57,7 @@ def attention(
 
     ``geometry`` is a name from :func:`geoattn.available_geometries` (default parameters) or a
     :class:`geoattn.Geometry`. ``backend`` is ``"auto"`` (the fastest backend that supports the call),
-    ``"sdpa"``, ``"dense"`` or another registered backend. Returns the output (..., L, Ev), or
+    ``"sdpa"``, ``"flex"``, ``"tiled"``, ``"dense"`` or another registered backend. Returns the output (..., L, Ev), or
     ``(output, weights)`` with ``return_weights=True`` (weights (..., L, S), dense backend).
     ``exclude_self=True`` drops key i for query i (needs L == S; folded into the mask, so every backend
     honours it; with ``is_causal`` the first query then has no key and gives zeros).
@@ -74,7 +74,10 @@ def attention(
         group = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     mask = Mask(_mask_to_4d(attn_mask, lead, L, S), bool(is_causal), L, S)
-    runner = select_backend(backend, geom, q, return_weights, dropout_p)
+    needs_grad = torch.is_grad_enabled() and (
+        q.requires_grad or k.requires_grad or v.requires_grad or any(p.requires_grad for p in geom.parameters())
+    )
+    runner = select_backend(backend, geom, q, return_weights, dropout_p, needs_grad, q.shape[0] * q.shape[1] * L * S)
     # geometric scores are computed in float32 or wider, also under bf16/fp16 autocast
     with torch.autocast(q.device.type, enabled=torch.is_autocast_enabled(q.device.type) and not _curved(geom)):
         out, weights = runner.run(geom, q, k, geom.pre_values(v), mask, float(dropout_p), scale, return_weights)

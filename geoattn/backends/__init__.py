@@ -2,6 +2,15 @@
 
 * ``dense``: the reference (O(L·S) memory), returns weights, float64-capable.
 * ``sdpa``: exact reduction to ``F.scaled_dot_product_attention`` for affine geometries.
+* ``flex``: any geometry's pointwise score as a FlexAttention ``score_mod`` (fused, O(L) memory;
+  no backward on CPU in torch 2.13).
+* ``tiled``: query/key-block tiling with a recomputing backward (O(L) memory, any device, float64).
+
+``auto`` (:data:`AUTO_ORDER` = sdpa, flex, tiled, dense) takes the first backend that supports the call
+and does not decline it: affine geometries → ``sdpa``; otherwise small score matrices (at most
+:data:`DENSE_MAX_SCORES` numbers, where compiling a fused kernel costs more than it saves) → ``dense``;
+on GPU → ``flex``; on CPU ``flex`` for inference in float32 and ``tiled`` when gradients are needed
+or in float64; ``return_weights`` or dropout → ``dense``.
 
 ``auto`` tries, in order, the backends in :data:`AUTO_ORDER` and takes the first that supports the
 call. Override per call (``backend=...``), or globally with :func:`set_default_backend` /
@@ -13,10 +22,12 @@ import contextlib
 from typing import Iterator
 
 from ..geometry import Geometry
-from .base import Backend
+from .base import DENSE_MAX_SCORES, Backend
 from .dense import DenseBackend, dense_scores
 from .masks import Mask, masked_softmax
+from .flex import FlexBackend
 from .sdpa import SDPABackend
+from .tiled import TiledBackend, set_tiled_compile
 
 _BACKENDS: dict[str, Backend] = {}
 AUTO_ORDER: list[str] = ["sdpa", "dense"]
@@ -33,6 +44,8 @@ def register_backend(backend: Backend, auto_rank: int | None = None) -> Backend:
 
 register_backend(SDPABackend())
 register_backend(DenseBackend())
+register_backend(FlexBackend(), auto_rank=1)
+register_backend(TiledBackend(), auto_rank=2)
 
 
 def available_backends() -> list[str]:
@@ -64,27 +77,40 @@ def _check_name(name: str) -> None:
         raise ValueError(f"unknown backend {name!r}; available backends: {', '.join(available_backends())}")
 
 
-def select_backend(name: str, geometry: Geometry, q, need_weights: bool, dropout_p: float) -> Backend:
-    """The backend for a call: the one named, or the first in ``AUTO_ORDER`` that supports it."""
+def select_backend(name: str, geometry: Geometry, q, need_weights: bool, dropout_p: float,
+                   needs_grad: bool = False, num_scores: int | None = None) -> Backend:
+    """The backend for a call: the one named, or the first in ``AUTO_ORDER`` that supports it.
+
+    ``needs_grad``: the call will be differentiated; ``num_scores``: B·H·L·S (defaults to B·H·L²).
+    """
     _check_name(name)
     if name == "auto":
         name = _DEFAULT
+    if num_scores is None:
+        num_scores = q.shape[0] * q.shape[1] * q.shape[-2] ** 2
     if name != "auto":
         backend = _BACKENDS[name]
         reason = backend.unsupported(geometry, q, need_weights, dropout_p)
+        if reason is None and needs_grad:
+            reason = backend.unsupported_grad(q)
         if reason is not None:
             raise ValueError(f"backend {name!r} cannot run this call: {reason}")
         return backend
     reasons = []
     for candidate in AUTO_ORDER:
-        reason = _BACKENDS[candidate].unsupported(geometry, q, need_weights, dropout_p)
+        backend = _BACKENDS[candidate]
+        reason = backend.unsupported(geometry, q, need_weights, dropout_p)
+        if reason is None and needs_grad:
+            reason = backend.unsupported_grad(q)
         if reason is None:
-            return _BACKENDS[candidate]
+            reason = backend.declines(geometry, q, num_scores, needs_grad)
+        if reason is None:
+            return backend
         reasons.append(f"{candidate}: {reason}")
     raise ValueError("no backend can run this call: " + "; ".join(reasons))
 
 
 __all__ = [
-    "AUTO_ORDER", "Backend", "Mask", "available_backends", "default_backend", "dense_scores",
-    "masked_softmax", "register_backend", "select_backend", "set_default_backend",
+    "AUTO_ORDER", "DENSE_MAX_SCORES", "Backend", "Mask", "available_backends", "default_backend", "dense_scores",
+    "masked_softmax", "register_backend", "select_backend", "set_default_backend", "set_tiled_compile",
 ]

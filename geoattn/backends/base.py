@@ -9,6 +9,9 @@ from ..geometry import Geometry
 from .masks import Mask
 
 
+DENSE_MAX_SCORES = 1 << 22  # B·H·L·S up to which ``auto`` prefers the dense path over compiling a fused kernel
+
+
 class Backend:
     """Subclasses set ``name`` and implement :meth:`unsupported` and :meth:`run`."""
 
@@ -16,6 +19,14 @@ class Backend:
 
     def unsupported(self, geometry: Geometry, q: Tensor, need_weights: bool, dropout_p: float) -> str | None:
         """None if this backend can run the call, else the reason (shown to the user)."""
+        return None
+
+    def unsupported_grad(self, q: Tensor) -> str | None:
+        """None if this backend can differentiate the call (device of ``q``), else the reason."""
+        return None
+
+    def declines(self, geometry: Geometry, q: Tensor, num_scores: int, needs_grad: bool) -> str | None:
+        """For ``auto`` only: why a backend that *can* run the call is not the best choice (None = take it)."""
         return None
 
     def run(self, geometry: Geometry, q: Tensor, k: Tensor, v: Tensor, mask: Mask, dropout_p: float,

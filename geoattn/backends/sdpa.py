@@ -37,7 +37,13 @@ class SDPABackend(Backend):
         attn_mask = mask.tensor
         if attn_mask is not None and attn_mask.is_floating_point():
             attn_mask = attn_mask.to(qa.dtype)
+        v = v.to(qa.dtype)
+        ev = v.shape[-1]
+        # PyTorch's fused CPU kernels need equal q/k and v head dims (else SDPA falls back to the math
+        # path, which materialises L×S); zero columns change neither q·k nor p·v.
+        width = max(qa.shape[-1], ev)
+        qa, ka, v = (F.pad(t, (0, width - t.shape[-1])) if t.shape[-1] < width else t for t in (qa, ka, v))
         out = F.scaled_dot_product_attention(
-            qa, ka, v.to(qa.dtype), attn_mask=attn_mask, dropout_p=dropout_p, is_causal=mask.is_causal, scale=s
+            qa, ka, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=mask.is_causal, scale=s
         )
-        return out, None
+        return out[..., :ev], None

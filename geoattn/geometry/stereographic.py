@@ -6,7 +6,7 @@ from torch import Tensor
 
 from ..math import eps
 from ..math import stereographic as stereo
-from ..math.functions import safe_sqrt
+from ..math.functions import asinh, safe_sqrt
 from .base import CurvedGeometry, Lifted, check_choice, register
 
 
@@ -79,4 +79,4 @@ class Poincare(Stereographic):
     def score_from_dot(self, dot, q_terms, k_terms, head):
         sqrt_c, coef = head
         s2 = stereo.half_chord_sq(dot, q_terms[0], q_terms[1], k_terms[0], k_terms[1])
-        return -coef * torch.asinh(sqrt_c * safe_sqrt(s2, eps.sqrt_min(s2.dtype)))
+        return -coef * asinh(sqrt_c * safe_sqrt(s2, eps.sqrt_min(s2.dtype)))

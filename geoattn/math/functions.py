@@ -57,7 +57,19 @@ def H(v: Tensor) -> Tensor:
     """
     p, n, s = _branches(v)
     series = 1 + s / 6 + 3 * s * s / 40 + 5 * s * s * s / 112
-    return _select(v, torch.asin(p.sqrt()) / p.sqrt(), torch.asinh(n.sqrt()) / n.sqrt(), series)
+    return _select(v, torch.asin(p.sqrt()) / p.sqrt(), asinh(n.sqrt()) / n.sqrt(), series)
+
+
+def asinh(x: Tensor) -> Tensor:
+    """``arsinh(x) = sign(x)·log1p(|x| + x²/(1 + √(1 + x²)))``: the same values as :func:`torch.asinh`
+    (≤ 1.5e-7 relative in float32), but built from ops that Inductor's CPU backend vectorises
+    (``torch.asinh`` is scalar there and dominated fused hyperbolic kernels). Above ``|x| = 1e15``,
+    where ``x²`` would overflow float32, it uses ``log(2|x|)``, exact to rounding there."""
+    t = torch.where(x < 0, -x, x)  # |x| with derivative ±1 (also at 0, unlike abs)
+    small = t.clamp(max=1e15)
+    y = torch.log1p(small + small * (small / (1 + torch.sqrt(1 + small * small))))
+    y = torch.where(t > 1e15, torch.log(2 * t.clamp(min=1e15)), y)
+    return torch.where(x < 0, -y, y)
 
 
 def safe_sqrt(x: Tensor, floor: float) -> Tensor:

@@ -1,0 +1,193 @@
+"""Kernel benchmark: every geometry × backend against ``F.scaled_dot_product_attention`` (same process).
+
+For each length L: forward and forward+backward wall time (median of ``--repeats`` runs after one
+warm-up), the first call's time (compilation included), and the peak extra memory of one
+forward+backward (:mod:`benchmarks.peak_rss`: resident-set high-water mark with glibc returning every
+large block; forward only where a backend has no backward). Each is also given as a ratio to SDPA
+on the same shape. Writes ``kernels.csv`` and ``kernels.png`` (log-log time and memory vs L, one line
+per geometry/backend) to ``--out`` and prints a table.
+
+    python -m benchmarks.kernels --quick                  # L = 256, 1024; a smoke run (~minutes)
+    python -m benchmarks.kernels                          # L = 256 … 8192 on CPU (32k on GPU)
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+import geoattn
+from benchmarks.peak_rss import peak_bytes
+
+GEOMETRIES: dict[str, Callable[[int], geoattn.Geometry]] = {
+    "euclidean": lambda d: geoattn.Euclidean(),
+    "lorentz": lambda d: geoattn.Lorentz(curvature=-1.0, learnable=True),
+    "metric": lambda d: geoattn.Metric(head_dim=d, rank=8, learnable=True),
+    "sphere-geodesic": lambda d: geoattn.Sphere(score="geodesic", learnable=True),
+    "poincare": lambda d: geoattn.Poincare(curvature=-1.0, learnable=True),
+    "stereographic": lambda d: geoattn.Stereographic(curvature=-0.5, learnable=True),
+}
+FIELDS = ["device", "geometry", "backend", "L", "fwd_s", "fwdbwd_s", "first_call_s", "peak_mib",
+          "sdpa_fwd_s", "sdpa_fwdbwd_s", "sdpa_peak_mib", "fwd_ratio", "fwdbwd_ratio", "mem_ratio"]
+
+
+def _median_time(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _peak_mib(fn: Callable[[], object], device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    peak = peak_bytes(fn)
+    return float("nan") if peak is None else peak / 2**20
+
+
+def measure(call: Callable, q, k, v, backward: bool, repeats: int, device: str, memory_only: bool = False) -> dict:
+    """Times and peak memory of ``call(q, k, v)`` (forward, and forward+backward if ``backward``)."""
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def fwd():
+        with torch.no_grad():
+            return call(q, k, v)
+
+    def fwdbwd():
+        out = call(q, k, v)
+        out.sum().backward()
+        q.grad = k.grad = v.grad = None
+
+    t0 = time.perf_counter()
+    (fwdbwd if backward else fwd)()
+    sync()
+    first = time.perf_counter() - t0
+    nan = float("nan")
+    row = {"first_call_s": first, "fwd_s": nan if memory_only else _median_time(fwd, repeats, sync)}
+    row["fwdbwd_s"] = _median_time(fwdbwd, repeats, sync) if backward and not memory_only else nan
+    row["peak_mib"] = _peak_mib(fwdbwd if backward else fwd, device)
+    return row
+
+
+def backends_for(geom: geoattn.Geometry, device: str, L: int, max_dense: int) -> list[str]:
+    if geom.affine:
+        return ["sdpa"]
+    names = ["tiled", "flex"]
+    return names + (["dense"] if L * L <= max_dense else [])
+
+
+def run(lengths, geometries, B, H, D, repeats, device, dtype, max_dense, log=print, memory_only=False) -> list[dict]:
+    rows = []
+    for L in lengths:
+        gen = torch.Generator().manual_seed(L)
+        q, k, v = ((0.5 * torch.randn(B, H, L, D, generator=gen)).to(device, dtype).requires_grad_() for _ in range(3))
+        sdpa = measure(F.scaled_dot_product_attention, q, k, v, True, repeats, device, memory_only)
+        for name in geometries:
+            geom = GEOMETRIES[name](D).to(device)
+            for backend in backends_for(geom, device, L, max_dense):
+                backward = not (backend == "flex" and device == "cpu")  # no CPU backward in torch 2.13
+
+                def call(q, k, v, geom=geom, backend=backend):
+                    return geoattn.attention(q, k, v, geometry=geom, backend=backend)
+                r = measure(call, q, k, v, backward, repeats, device, memory_only)
+                r.update(device=device, geometry=name, backend=backend, L=L, sdpa_fwd_s=sdpa["fwd_s"],
+                         sdpa_fwdbwd_s=sdpa["fwdbwd_s"], sdpa_peak_mib=sdpa["peak_mib"])
+                r["fwd_ratio"] = r["fwd_s"] / sdpa["fwd_s"]
+                r["fwdbwd_ratio"] = r["fwdbwd_s"] / sdpa["fwdbwd_s"]
+                r["mem_ratio"] = r["peak_mib"] / sdpa["peak_mib"] if sdpa["peak_mib"] > 0 else float("nan")
+                rows.append(r)
+                log(_format(r))
+    return rows
+
+
+def _format(r: dict) -> str:
+    return (f"{r['geometry']:>15} {r['backend']:>5} L={r['L']:>5}  fwd {r['fwd_s']:.4f}s ({r['fwd_ratio']:.2f}x)  "
+            f"fwd+bwd {r['fwdbwd_s']:.4f}s ({r['fwdbwd_ratio']:.2f}x)  peak {r['peak_mib']:.1f} MiB "
+            f"({r['mem_ratio']:.2f}x)  first {r['first_call_s']:.1f}s")
+
+
+def write(rows: list[dict], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "kernels.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k]) for k in FIELDS})
+    plot(rows, out / "kernels.png")
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    series: dict[str, list[dict]] = {}
+    for r in rows:
+        series.setdefault(f"{r['geometry']}/{r['backend']}", []).append(r)
+    sd = {r["L"]: r for r in rows}
+    for label, rs in sorted(series.items()):
+        rs = sorted(rs, key=lambda r: r["L"])
+        key = "fwd_s" if rs[0]["backend"] == "flex" and rs[0]["device"] == "cpu" else "fwdbwd_s"
+        axes[0].plot([r["L"] for r in rs], [r[key] for r in rs], marker="o",
+                     label=label + (" (fwd only)" if key == "fwd_s" else ""))
+        axes[1].plot([r["L"] for r in rs], [r["peak_mib"] for r in rs], marker="o", label=label)
+    Ls = sorted(sd)
+    axes[0].plot(Ls, [sd[L]["sdpa_fwdbwd_s"] for L in Ls], "k--", label="F.sdpa (fwd+bwd)")
+    axes[1].plot(Ls, [sd[L]["sdpa_peak_mib"] for L in Ls], "k--", label="F.sdpa")
+    for ax, title in zip(axes, ["forward+backward time (s)", "peak extra memory (MiB)"]):
+        ax.set_xscale("log", base=2)
+        if any(y > 0 for line in ax.get_lines() for y in line.get_ydata() if y == y):
+            ax.set_yscale("log")  # (a --memory-only run has no times)
+        ax.set_xlabel("sequence length L")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.kernels", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="L = 256, 1024 with 3 repeats: a smoke run")
+    p.add_argument("--lengths", type=int, nargs="+", help="sequence lengths (default 256 … 8192 CPU, … 32768 GPU)")
+    p.add_argument("--geometries", nargs="+", choices=sorted(GEOMETRIES), default=sorted(GEOMETRIES))
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=5, help="timed runs after one warm-up (median)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--max-dense", type=int, default=2048 * 2048, help="largest L² the dense path is run at")
+    p.add_argument("--memory-only", action="store_true", help="one call per backend: first-call time and peak memory")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/kernels"))
+    a = p.parse_args(argv)
+    top = 32768 if a.device == "cuda" else 8192
+    lengths = a.lengths or ([256, 1024] if a.quick else [n for n in (256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+                                                           if n <= top])
+    repeats = 3 if a.quick and a.repeats == 5 else a.repeats
+    rows = run(lengths, a.geometries, a.batch, a.heads, a.head_dim, repeats, a.device, getattr(torch, a.dtype),
+               a.max_dense, memory_only=a.memory_only)
+    write(rows, a.out)
+    print(f"\nwrote {a.out / 'kernels.csv'} and {a.out / 'kernels.png'}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
