@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import geoattn
-from benchmarks.peak_rss import peak_bytes
+from benchmarks.peak_rss import configure as configure_peak_rss, peak_bytes
 
 GEOMETRIES: dict[str, Callable[[int], geoattn.Geometry]] = {
     "euclidean": lambda d: geoattn.Euclidean(),
@@ -81,7 +81,10 @@ def measure(call: Callable, q, k, v, backward: bool, repeats: int, device: str, 
     nan = float("nan")
     row = {"first_call_s": first, "fwd_s": nan if memory_only else _median_time(fwd, repeats, sync)}
     row["fwdbwd_s"] = _median_time(fwdbwd, repeats, sync) if backward and not memory_only else nan
-    row["peak_mib"] = _peak_mib(fwdbwd if backward else fwd, device)
+    # CPU memory only in a --memory-only run: the RSS method switches glibc to one mmap per large
+    # allocation for the rest of the process, which would slow (and bias) every timing taken after it.
+    measured = memory_only or device == "cuda"
+    row["peak_mib"] = _peak_mib(fwdbwd if backward else fwd, device) if measured else nan
     return row
 
 
@@ -94,6 +97,8 @@ def backends_for(geom: geoattn.Geometry, device: str, L: int, max_dense: int) ->
 
 def run(lengths, geometries, B, H, D, repeats, device, dtype, max_dense, log=print, memory_only=False) -> list[dict]:
     rows = []
+    if memory_only and device == "cpu":
+        configure_peak_rss()  # before the first tensor, so no freed heap memory is reused unseen
     for L in lengths:
         gen = torch.Generator().manual_seed(L)
         q, k, v = ((0.5 * torch.randn(B, H, L, D, generator=gen)).to(device, dtype).requires_grad_() for _ in range(3))
