@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -124,3 +125,14 @@ def test_long_sequences_never_give_nan(**case):
        backend=st.just("dense"), **{**common, "radius": st.just(1.0), "dtype_name": st.sampled_from(["float32", "bfloat16", "float16"])})
 def test_boundary_points_in_low_precision_never_give_nan(**case):
     run_case(**case)
+
+
+@pytest.mark.parametrize("name, kappa, radius, L, S", [
+    ("stereographic", 0.0, 1e-14, 1, 2),       # found by the 10,000-case run: 0·inf in clip_tangent's gradient
+    ("lorentz", 1.0, 2.2e-16, 128, 256),       # the same, on the hyperboloid
+    ("poincare", -1.0, 1e-15, 3, 4),
+])
+def test_tiny_tangent_vectors_regressions(name, kappa, radius, L, S):
+    for aggregation in range(4):
+        run_case(name=name, kappa=kappa, tau=1.0, dtype_name="float32", radius=radius, seed=0, L=L, S=S, heads=1,
+                 dim=2, aggregation=aggregation, mask_kind="none", backend="auto")

@@ -35,7 +35,9 @@ def clip_tangent(u: Tensor, kappa: Tensor) -> Tensor:
     """Clip ``√|κ|‖u‖ ≤ MAX_HYPERBOLIC_ANGLE`` where κ < 0 (κ broadcastable to ``u[..., :1]``)."""
     norm = u.norm(dim=-1, keepdim=True)
     limit = eps.MAX_HYPERBOLIC_ANGLE / (-kappa).clamp(min=1e-30).sqrt()
-    factor = (limit / norm.clamp(min=1e-30)).clamp(max=1.0)
+    # min(1, limit/‖u‖) as limit/max(‖u‖, limit): its derivative stays bounded (1/limit), where the
+    # clamped quotient's would overflow for tiny ‖u‖ and give 0·inf = NaN gradients
+    factor = limit / torch.maximum(norm, limit)
     return torch.where(kappa < 0, u * factor, u)
 
 
@@ -93,8 +95,8 @@ def midpoint_output(out: Tensor, kappa: Tensor) -> Tensor:
     dead = den.abs() < eps.denom_min(out.dtype)
     y = num / torch.where(dead, torch.ones_like(den), den)
     # keep the midpoint strictly inside the ball (κ < 0) before its logarithm
-    radius = 1 / (-kappa).clamp(min=1e-30).sqrt()
-    shrink = (1 - eps.arc_max(out.dtype)) * radius / y.norm(dim=-1, keepdim=True).clamp(min=1e-30)
-    y = torch.where(kappa < 0, y * shrink.clamp(max=1.0), y)
+    inside = (1 - eps.arc_max(out.dtype)) / (-kappa).clamp(min=1e-30).sqrt()
+    shrink = inside / torch.maximum(y.norm(dim=-1, keepdim=True), inside)  # min(1, inside/‖y‖), bounded derivative
+    y = torch.where(kappa < 0, y * shrink, y)
     tangent = 0.5 * gmath.logmap0(y, k=kappa)
     return torch.where(dead, torch.zeros_like(tangent), tangent)
