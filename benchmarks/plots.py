@@ -94,7 +94,7 @@ def sweep(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
 
 
 _LENGTH = ("length", "seq_len", "L", "seq_length")
-_RATIO = ("ratio_to_sdpa", "time_ratio", "ratio", "time_vs_sdpa", "x_sdpa")
+_RATIO = ("fwdbwd_ratio", "ratio_to_sdpa", "time_ratio", "ratio", "time_vs_sdpa", "x_sdpa")  # kernels.csv: fwd+bwd × SDPA
 
 
 def _kernel_rows(path: Path) -> list[dict[str, Any]]:
@@ -131,7 +131,7 @@ def kernel_speed(kernels: Path | None, out_dir: Path) -> list[Path]:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("sequence length")
-    ax.set_ylabel("time / SDPA")
+    ax.set_ylabel(f"time / SDPA ({ratio_key})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6)
     fig.tight_layout()
