@@ -10,15 +10,6 @@ from conftest import GEOMETRY_CASES
 from geoattn.models import DecoderLM, EncoderClassifier, EncoderDecoder, TransformerConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread avoids oversubscribing the shared 2-core CI machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def geometries():
     """Every contract case of conftest (each geometry, score and aggregation) plus a random metric."""
     torch.manual_seed(0)

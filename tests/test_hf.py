@@ -56,15 +56,6 @@ class LegacyModel(transformers.PreTrainedModel):
         return self.attn(x)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: threads only add scheduling overhead on a shared 2-core runner."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # -- models -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def minilm_path():

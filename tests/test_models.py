@@ -6,15 +6,6 @@ import geoattn
 from geoattn.models import (DecoderLM, Encoder, EncoderClassifier, EncoderDecoder, TransformerConfig,
                             count_parameters)
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread avoids oversubscribing the shared 2-core CI machine (20x faster)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 GEOMETRIES = geoattn.available_geometries()
 V = 13
 

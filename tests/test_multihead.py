@@ -6,15 +6,6 @@ from torch import nn
 
 import geoattn
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread avoids oversubscribing the shared 2-core CI machine (20x faster)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 E, H = 16, 4
 
 

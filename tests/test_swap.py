@@ -15,14 +15,6 @@ E, H = 16, 4
 TOL = dict(atol=1e-5, rtol=1e-5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def encoder(seed=0, layers=2):
     torch.manual_seed(seed)
     layer = nn.TransformerEncoderLayer(E, H, 32, dropout=0.0, batch_first=True)

@@ -18,15 +18,6 @@ DATA = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "tinyshakes
 STEPS, BLOCK, BATCH = 500, 32, 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is several times faster than two on a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def corpus() -> torch.Tensor:
     text = DATA.read_text()[:200_000]
