@@ -21,6 +21,14 @@ class Backend:
         """None if this backend can run the call, else the reason (shown to the user)."""
         return None
 
+    def fused_unsupported(self, need_weights: bool, dropout_p: float) -> str | None:
+        """What a fused backend (no L×S matrix) cannot do: return weights, or apply attention dropout."""
+        if need_weights:
+            return f"the {self.name} backend does not return attention weights; use backend='dense' (or 'auto')"
+        if dropout_p > 0:
+            return f"the {self.name} backend has no attention dropout; use backend='dense' (or set dropout_p=0)"
+        return None
+
     def unsupported_grad(self, q: Tensor) -> str | None:
         """None if this backend can differentiate the call (device of ``q``), else the reason."""
         return None

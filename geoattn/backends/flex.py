@@ -113,11 +113,7 @@ class FlexBackend(Backend):
     name = "flex"
 
     def unsupported(self, geometry, q, need_weights, dropout_p):
-        if need_weights:
-            return "the flex backend does not return attention weights; use backend='dense' (or 'auto')"
-        if dropout_p > 0:
-            return "the flex backend has no attention dropout; use backend='dense' (or set dropout_p=0)"
-        return None
+        return self.fused_unsupported(need_weights, dropout_p)
 
     def unsupported_grad(self, q: Tensor) -> str | None:
         if q.device.type == "cpu":

@@ -48,7 +48,11 @@ def _scores(score_fn: ScoreFn, scale: float, q, k, q_terms, k_terms, head, q_pos
             causal: bool) -> Tensor:
     """The masked score tile (B, H, bq, bk) of one block; masked entries are -inf."""
     dot = torch.matmul(q, k.transpose(-1, -2)) * scale                      # (B, H, bq, bk)
-    s = score_fn(dot, q_terms, k_terms, head)
+    return _masked(score_fn(dot, q_terms, k_terms, head), q_pos, k_pos, allowed, bias, causal)
+
+
+def _masked(s: Tensor, q_pos, k_pos, allowed, bias, causal: bool) -> Tensor:
+    """Add the float mask and set disallowed (bool mask, causal) entries of a score tile to -inf."""
     if bias is not None:
         s = s + bias
     if allowed is not None:
@@ -74,14 +78,7 @@ def block_backward(score_fn, scale, q, k, v, q_terms, k_terms, head, q_pos, k_po
                    lse, dout, delta):
     """Gradients from one key block against all (remaining) queries: see the module docstring."""
     def score(dot, qt, kt, h):
-        s = score_fn(dot, qt, kt, h)
-        if bias is not None:
-            s = s + bias
-        if allowed is not None:
-            s = s.masked_fill(~allowed, float("-inf"))
-        if causal:
-            s = s.masked_fill(k_pos.unsqueeze(0) > q_pos.unsqueeze(1), float("-inf"))
-        return s
+        return _masked(score_fn(dot, qt, kt, h), q_pos, k_pos, allowed, bias, causal)
 
     dot = torch.matmul(q, k.transpose(-1, -2)) * scale                      # (B, H, L', bk)
     s, pullback = torch.func.vjp(score, dot, q_terms, k_terms, head)
@@ -234,11 +231,7 @@ class TiledBackend(Backend):
     name = "tiled"
 
     def unsupported(self, geometry, q, need_weights, dropout_p):
-        if need_weights:
-            return "the tiled backend does not return attention weights; use backend='dense' (or 'auto')"
-        if dropout_p > 0:
-            return "the tiled backend has no attention dropout; use backend='dense' (or set dropout_p=0)"
-        return None
+        return self.fused_unsupported(need_weights, dropout_p)
 
     def declines(self, geometry, q, num_scores, needs_grad):
         if geometry.affine:
