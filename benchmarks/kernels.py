@@ -25,14 +25,23 @@ import torch.nn.functional as F
 import geoattn
 from benchmarks.peak_rss import configure as configure_peak_rss, peak_bytes
 
-GEOMETRIES: dict[str, Callable[[int], geoattn.Geometry]] = {
-    "euclidean": lambda d: geoattn.Euclidean(),
-    "lorentz": lambda d: geoattn.Lorentz(curvature=-1.0, learnable=True),
-    "metric": lambda d: geoattn.Metric(head_dim=d, rank=8, learnable=True),
-    "sphere-geodesic": lambda d: geoattn.Sphere(score="geodesic", learnable=True),
-    "poincare": lambda d: geoattn.Poincare(curvature=-1.0, learnable=True),
-    "stereographic": lambda d: geoattn.Stereographic(curvature=-0.5, learnable=True),
+# The benchmarked case of each registered geometry: (label, parameters); a geometry not listed runs with its defaults.
+CASES: dict[str, tuple[str, dict]] = {
+    "lorentz": ("lorentz", {"curvature": -1.0, "learnable": True}),
+    "metric": ("metric", {"rank": 8, "learnable": True}),
+    "sphere": ("sphere-geodesic", {"score": "geodesic", "learnable": True}),
+    "poincare": ("poincare", {"curvature": -1.0, "learnable": True}),
+    "stereographic": ("stereographic", {"curvature": -0.5, "learnable": True}),
 }
+
+
+def geometries() -> dict[str, Callable[[int], geoattn.Geometry]]:
+    """Label → ``head_dim ↦ geometry`` for every registered geometry (its case in :data:`CASES`, or its defaults)."""
+    out = {}
+    for name in geoattn.available_geometries():
+        label, params = CASES.get(name, (name, {}))
+        out[label] = lambda d, name=name, params=params: geoattn.make_geometry(name, head_dim=d, **params)
+    return out
 FIELDS = ["device", "geometry", "backend", "L", "fwd_s", "fwdbwd_s", "first_call_s", "peak_mib",
           "sdpa_fwd_s", "sdpa_fwdbwd_s", "sdpa_peak_mib", "fwd_ratio", "fwdbwd_ratio", "mem_ratio"]
 
@@ -88,24 +97,24 @@ def measure(call: Callable, q, k, v, backward: bool, repeats: int, device: str, 
     return row
 
 
-def backends_for(geom: geoattn.Geometry, device: str, L: int, max_dense: int) -> list[str]:
+def backends_for(geom: geoattn.Geometry, L: int, max_dense: int) -> list[str]:
     if geom.affine:
         return ["sdpa"]
     names = ["tiled", "flex"]
     return names + (["dense"] if L * L <= max_dense else [])
 
 
-def run(lengths, geometries, B, H, D, repeats, device, dtype, max_dense, log=print, memory_only=False) -> list[dict]:
-    rows = []
+def run(lengths, names, B, H, D, repeats, device, dtype, max_dense, log=print, memory_only=False) -> list[dict]:
+    rows, cases = [], geometries()
     if memory_only and device == "cpu":
         configure_peak_rss()  # before the first tensor, so no freed heap memory is reused unseen
     for L in lengths:
         gen = torch.Generator().manual_seed(L)
         q, k, v = ((0.5 * torch.randn(B, H, L, D, generator=gen)).to(device, dtype).requires_grad_() for _ in range(3))
         sdpa = measure(F.scaled_dot_product_attention, q, k, v, True, repeats, device, memory_only)
-        for name in geometries:
-            geom = GEOMETRIES[name](D).to(device)
-            for backend in backends_for(geom, device, L, max_dense):
+        for name in names:
+            geom = cases[name](D).to(device)
+            for backend in backends_for(geom, L, max_dense):
                 backward = not (backend == "flex" and device == "cpu")  # no CPU backward in torch 2.13
 
                 def call(q, k, v, geom=geom, backend=backend):
@@ -172,7 +181,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(prog="python -m benchmarks.kernels", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="L = 256, 1024 with 3 repeats: a smoke run")
     p.add_argument("--lengths", type=int, nargs="+", help="sequence lengths (default 256 … 8192 CPU, … 32768 GPU)")
-    p.add_argument("--geometries", nargs="+", choices=sorted(GEOMETRIES), default=sorted(GEOMETRIES))
+    p.add_argument("--geometries", nargs="+", choices=sorted(geometries()), default=sorted(geometries()))
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--head-dim", type=int, default=64)

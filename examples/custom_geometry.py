@@ -23,8 +23,8 @@ class HyperbolicSpherical(geoattn.CurvedGeometry):
     affine = True
     curvature_sign = -1  # κ is the hyperbolic factor's curvature (stored as log|κ|, per head)
 
-    def __init__(self, curvature=-1.0, temperature=1.0, num_heads: int = 1, learnable: bool = False) -> None:
-        super().__init__(curvature, temperature, num_heads, learnable)
+    def __init__(self, curvature=-1.0, **options) -> None:  # temperature, num_heads, learnable, head_dim
+        super().__init__(curvature, **options)
 
     def lift(self, q, k, scale):
         if q.shape[-1] < 2:

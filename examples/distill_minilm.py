@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import geoattn
-from geoattn.geometry.base import geometry_class
+from geoattn.geometry import geometry_class
 
 HERE = Path(__file__).resolve().parent
 TEMPERATURES = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)

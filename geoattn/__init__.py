@@ -6,7 +6,7 @@ instead of the flat dot product, on the fastest backend that computes it exactly
 """
 from .backends import available_backends, default_backend, set_default_backend, set_tiled_compile
 from .energy import Trace, energy, trace
-from .functional import attention
+from .functional import attention, explain_backend
 from .geometry import (
     CurvedGeometry,
     Euclidean,
@@ -32,6 +32,6 @@ __version__ = "0.1.0"
 __all__ = [
     "CurvedGeometry", "Euclidean", "Geometry", "Lifted", "Lorentz", "Metric", "MultiheadAttention", "Poincare",
     "Sphere", "Stereographic", "TemperedGeometry", "Trace", "attention", "available_backends", "available_geometries",
-    "default_backend", "energy", "make_geometry", "register", "riemannian_optimizer", "set_default_backend",
+    "default_backend", "energy", "explain_backend", "make_geometry", "register", "riemannian_optimizer", "set_default_backend",
     "set_tiled_compile", "set_validation", "swap", "trace",
 ]

@@ -40,12 +40,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"geoattn {geoattn.__version__} demo: B, H, L, D = {shape}, float32, CPU; median of {args.repeats} runs")
     print(f"{'geometry':<15}{'backend':<10}{'max |out - dense float64|':>28}{'time / SDPA':>14}")
     for name in geoattn.available_geometries():
-        geometry = geoattn.make_geometry(name, head_dim=args.dim) if name == "metric" else geoattn.make_geometry(name)
+        geometry = geoattn.make_geometry(name, head_dim=args.dim)
         with torch.no_grad():
             out = geoattn.attention(q, k, v, geometry=geometry)
             ref = geoattn.attention(q.double(), k.double(), v.double(), geometry=geometry, backend="dense")
             seconds = _median_time(lambda: geoattn.attention(q, k, v, geometry=geometry), args.repeats)
-        backend = geoattn.backends.select_backend("auto", geometry, q, False, 0.0).name
+        backend = geoattn.explain_backend(q, k, v, geometry=geometry).split(":")[0]
         err = (out.double() - ref).abs().max().item()
         print(f"{name:<15}{backend:<10}{err:>28.2e}{seconds / sdpa:>13.2f}x")
 

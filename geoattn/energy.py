@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .backends import Mask, dense_scores
-from .backends.masks import exclude_self_mask
-from .functional import _mask_to_4d, _to_4d
-from .geometry import Geometry, resolve_geometry
-from .validation import check_attention_inputs
+from .backends import default_backend
+from .backends.dense import masked_scores
+from .call import prepare_call
+from .functional import attention
+from .geometry import Geometry
 
 
 def energy(query: Tensor, key: Tensor, geometry: str | Geometry = "euclidean", attn_mask: Tensor | None = None,
@@ -36,30 +36,17 @@ def energy(query: Tensor, key: Tensor, geometry: str | Geometry = "euclidean", a
 
     Same conventions as :func:`geoattn.attention` (``query`` (..., L, E), ``key`` (..., S, E), bool mask
     True = take part or float added, ``is_causal``, ``scale``, ``exclude_self``), computed on the dense
-    score path (``geometry.lift`` then :func:`geoattn.backends.dense_scores`) in float32 or wider. A
-    query with no allowed key gets ``-inf`` (and a zero gradient). ``softmax`` of the same scores is
-    what ``attention`` returns as weights, so ``∇_q E`` is the attention-weighted score gradient.
+    score path (:func:`geoattn.backends.dense.masked_scores`) in float32 or wider. A query with no
+    allowed key gets ``-inf`` (and a zero gradient). ``softmax`` of the same scores is what
+    ``attention`` returns as weights, so ``∇_q E`` is the attention-weighted score gradient.
     """
-    check_attention_inputs(query, key, key, attn_mask, is_causal, 0.0, False)
-    geom = resolve_geometry(geometry, query.shape[-1])
-    L, S = query.shape[-2], key.shape[-2]
-    lead = query.shape[:-2]
-    if exclude_self:
-        attn_mask, is_causal = exclude_self_mask(attn_mask, is_causal, L, S, query.device)
-    q, k = _to_4d(query), _to_4d(key)
-    geom.check_heads(q.shape[1])
-    mask = Mask(_mask_to_4d(attn_mask, lead, L, S), bool(is_causal), L, S)
-    score = dense_scores(geom, geom.lift(q, k, scale))                       # (B, H, L, S)
-    bias = mask.bias()
-    if bias is not None:
-        score = score + bias.to(score.dtype)
-    allowed = mask.allowed(score.device)
-    if allowed is not None:
-        score = score.masked_fill(~allowed, float("-inf"))
+    call = prepare_call(query, key, key, geometry, attn_mask, is_causal=is_causal, scale=scale,
+                        exclude_self=exclude_self)
+    score = masked_scores(call)                                              # (B, H, L, S)
     alive = torch.isfinite(score).any(dim=-1, keepdim=True)                  # (B, H, L, 1)
     lse = torch.logsumexp(torch.where(alive, score, torch.zeros_like(score)), dim=-1)
     out = torch.where(alive.squeeze(-1), lse, torch.full_like(lse, float("-inf")))  # (B, H, L)
-    return out.reshape(*lead, L)
+    return out.reshape(*call.lead, call.L)
 
 
 @dataclass
@@ -101,23 +88,29 @@ def _stack(model: nn.Module, tokens: Tensor, padding_mask: Tensor | None):
 def trace(model: nn.Module, tokens: Tensor, padding_mask: Tensor | None = None) -> Trace:
     """Run ``model`` on ``tokens`` (B, T) in eval mode (mode restored) and record every layer's hidden
     states, self-attention energies and weights, for plotting token trajectories and energy across
-    depth. Traces the decoder of a :class:`DecoderLM` and the encoder of the other models."""
+    depth. Traces the decoder of a :class:`DecoderLM` and the encoder of the other models.
+
+    Forward hooks record each block's input and output, and the per-head queries, keys and mask that
+    its self-attention hands to :func:`geoattn.attention` (the block's ``attn.attend``); weights and
+    energies are computed from those. The traced forward runs ``backend="auto"`` calls on the dense
+    backend, so the recorded weights are the ones the layers used.
+    """
     blocks, run = _stack(model, tokens, padding_mask)
-    out = Trace()
+    out, calls = Trace(), []
     was_training = model.training
     with contextlib.ExitStack() as stack:
         stack.callback(model.train, was_training)
         model.eval()
+        stack.enter_context(default_backend("dense"))
         stack.enter_context(blocks[0].register_forward_pre_hook(lambda m, args: out.hidden.append(args[0])))
         for block in blocks:
             stack.enter_context(block.register_forward_hook(lambda m, args, res: out.hidden.append(res)))
-            block.attn.record = True
-            stack.callback(setattr, block.attn, "record", False)
+            stack.enter_context(block.attn.attend.register_forward_hook(lambda m, args, res: calls.append(args)))
         run()
-    for block in blocks:
-        rec, block.attn.recorded = block.attn.recorded, None
-        out.weights.append(rec["weights"])
-        out.energies.append(energy(rec["q"], rec["k"], block.attn.geometry, attn_mask=rec["mask"],
-                                   is_causal=rec["is_causal"]))
+    for block, (q, k, v, geometry, mask, is_causal, *_) in zip(blocks, calls):
+        _, weights = attention(q, k, v, geometry=geometry, attn_mask=mask, is_causal=is_causal, backend="dense",
+                               return_weights=True)
+        out.weights.append(weights)
+        out.energies.append(energy(q, k, geometry, attn_mask=mask, is_causal=is_causal))
         out.geometries.append(block.attn.geometry.name)
     return out

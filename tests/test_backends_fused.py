@@ -12,9 +12,9 @@ import torch
 
 import geoattn
 from benchmarks.peak_rss import peak_bytes
-from geoattn.backends import select_backend
-from geoattn.backends.masks import Mask
+from geoattn.backends.policy import choose
 from geoattn.backends.tiled import TiledAttention, _Plan, tiled_attention
+from geoattn.call import prepare_call
 
 B, H, L, D = 2, 2, 37, 8
 
@@ -122,9 +122,9 @@ def test_tiled_blocks_do_not_change_the_result():
     gen = torch.Generator().manual_seed(1)
     geom = geoattn.Poincare(curvature=-1.0).double()
     q, k, v = (torch.randn(1, 1, 50, 4, generator=gen, dtype=torch.float64) for _ in range(3))
-    mask = Mask(None, True, 50, 50)
-    outs = [tiled_attention(geom, q, k, v, mask, None, block_elements=n) for n in (1, 16 * 50, 10**9)]
-    ref, _ = geoattn.backends.dense.DenseBackend().run(geom, q, k, v, mask, 0.0, None, False)
+    call = prepare_call(q, k, v, geom, is_causal=True)
+    outs = [tiled_attention(call, block_elements=n) for n in (1, 16 * 50, 10**9)]
+    ref, _ = geoattn.backends.dense.DenseBackend().run(call)
     for out in outs:
         assert (out - ref).abs().max().item() < 1e-12
 
@@ -148,21 +148,48 @@ def test_tiled_memory_is_linear_in_length():
     assert peaks[8192] < 8 * max(peaks[2048], 4 * 2**20)  # quadratic growth would be 16×
 
 
+def select_backend(name, geometry, q, return_weights, dropout_p, needs_grad):
+    """The backend ``name`` resolves to for self-attention on ``q`` (the policy's call form)."""
+    q = q.clone().requires_grad_(needs_grad)
+    return choose(prepare_call(q, q, q, geometry, dropout_p=dropout_p, return_weights=return_weights), name).backend
+
+
 def test_auto_choice_and_overrides():
     poincare, lorentz = geoattn.Poincare(), geoattn.Lorentz()
     big, small = torch.randn(1, 8, 2048, 16), torch.randn(1, 2, 64, 16)
-    assert select_backend("auto", lorentz, big, False, 0.0, True).name == "sdpa"
-    assert select_backend("auto", poincare, big, False, 0.0, False).name == "tiled"  # CPU: tiled beats flex (measured)
-    assert select_backend("auto", poincare, big, False, 0.0, True).name == "tiled"
-    assert select_backend("auto", poincare, big.double(), False, 0.0, False).name == "tiled"
-    assert select_backend("auto", poincare, small, False, 0.0, True).name == "dense"
-    assert select_backend("auto", poincare, big, True, 0.0, False).name == "dense"  # weights
+    assert select_backend("auto", lorentz, big, False, 0.0, True) == "sdpa"
+    assert select_backend("auto", poincare, big, False, 0.0, False) == "tiled"  # CPU: tiled beats flex (measured)
+    assert select_backend("auto", poincare, big, False, 0.0, True) == "tiled"
+    assert select_backend("auto", poincare, big.double(), False, 0.0, False) == "tiled"
+    assert select_backend("auto", poincare, small, False, 0.0, True) == "dense"
+    assert select_backend("auto", poincare, big, True, 0.0, False) == "dense"  # weights
     with geoattn.default_backend("dense"):
-        assert select_backend("auto", poincare, big, False, 0.0, True).name == "dense"
+        assert select_backend("auto", poincare, big, False, 0.0, True) == "dense"
     with pytest.raises(ValueError, match="no backward on CPU"):
         select_backend("flex", poincare, big, False, 0.0, True)
     with pytest.raises(ValueError, match="does not return attention weights"):
         select_backend("tiled", poincare, big, True, 0.0, False)
+
+
+def test_auto_explains_its_choice(caplog):
+    q = torch.randn(1, 8, 2048, 16)
+    assert geoattn.explain_backend(q, q, q, geometry="lorentz").startswith("sdpa: auto: the score is affine")
+    assert geoattn.explain_backend(q, q, q, geometry="poincare").startswith("tiled: auto: on CPU")
+    assert geoattn.explain_backend(q, q, q, geometry="poincare", return_weights=True).startswith("dense: auto: ")
+    assert geoattn.explain_backend(q, q, q, geometry="poincare", backend="flex").startswith("flex: named by")
+    with caplog.at_level("DEBUG", logger="geoattn"):
+        geoattn.attention(q[:, :1, :64], q[:, :1, :64], q[:, :1, :64], geometry="sphere")
+    assert "backend sdpa for geometry 'sphere' (affine)" in caplog.text
+
+
+def test_deprecated_backend_names_still_work():
+    with pytest.warns(DeprecationWarning, match="select_backend is deprecated"):
+        from geoattn.backends import select_backend as old
+    big = torch.randn(1, 8, 2048, 16)
+    assert old("auto", geoattn.Poincare(), big, False, 0.0, True).name == "tiled"
+    assert old("auto", geoattn.Poincare(), big, True, 0.0, False).name == "dense"
+    with pytest.warns(DeprecationWarning, match="AUTO_ORDER is deprecated"):
+        assert geoattn.backends.AUTO_ORDER == ["sdpa", "flex", "tiled", "dense"]
 
 
 def test_tiled_rejects_learnable_float_mask():

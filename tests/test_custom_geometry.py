@@ -18,7 +18,7 @@ import torch
 import geoattn
 import test_contract as contract
 from conftest import GEOMETRY_CASES
-from geoattn.geometry.base import _REGISTRY
+from geoattn.geometry.registry import _REGISTRY
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "custom_geometry.py"
 CASES = {

@@ -44,14 +44,14 @@ class PointerModel(nn.Module):
 
     def __init__(self, cfg, head_dim: int) -> None:
         super().__init__()
+        from geoattn.geometry import geometry_for_module
         from geoattn.models import Encoder
-        from geoattn.nn import build_geometry
 
         self.encoder = Encoder(cfg)
         self.w_q = nn.Linear(cfg.d_model, head_dim, bias=cfg.bias)
         self.w_k = nn.Linear(cfg.d_model, head_dim, bias=cfg.bias)
         name = cfg.geometry if isinstance(cfg.geometry, str) else cfg.geometry[0]
-        self.pointer_geometry = build_geometry(name, 1, head_dim, **cfg.geometry_params)
+        self.pointer_geometry = geometry_for_module(name, 1, head_dim, cfg.geometry_params)
 
     def forward(self, tokens: Tensor) -> Tensor:
         from geoattn.backends.dense import dense_scores

@@ -1,7 +1,7 @@
 """The reference backend: the full (B, H, L, S) score matrix with plain tensor ops.
 
 Readable, float64-capable, the oracle of the tests and the only path that returns attention
-weights. Memory O(L·S).
+weights. Memory O(L·S). :func:`masked_scores` also serves :func:`geoattn.energy`.
 """
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..geometry import Geometry, Lifted
+from ..masks import masked_softmax
 from .base import Backend, broadcast_heads
-from .masks import Mask, masked_softmax
 
 
 def dense_scores(geometry: Geometry, lifted: Lifted) -> Tensor:
@@ -21,15 +21,22 @@ def dense_scores(geometry: Geometry, lifted: Lifted) -> Tensor:
     return geometry.score_from_dot(dot, q_terms, k_terms, broadcast_heads(lifted.head, 4))
 
 
+def masked_scores(call) -> Tensor:
+    """The call's scores plus the float mask, -inf where a key does not take part: (B, H, L, S)."""
+    geometry, mask = call.geometry, call.mask
+    score = dense_scores(geometry, geometry.lift(call.q, call.k, call.scale))
+    if mask.bias is not None:
+        score = score + mask.bias.to(score.dtype)
+    if mask.allowed is not None:
+        score = score.masked_fill(~mask.allowed, float("-inf"))
+    return score
+
+
 class DenseBackend(Backend):
     name = "dense"
 
-    def run(self, geometry, q, k, v, mask: Mask, dropout_p, scale, need_weights):
-        score = dense_scores(geometry, geometry.lift(q, k, scale))
-        bias = mask.bias()
-        if bias is not None:
-            score = score + bias.to(score.dtype)
-        weights = masked_softmax(score, mask.allowed(score.device))        # (B, H, L, S)
-        dropped = F.dropout(weights, dropout_p) if dropout_p > 0 else weights
-        out = dropped @ v.to(weights.dtype)                                 # (B, H, L, Ev)
-        return out, (weights if need_weights else None)
+    def run(self, call):
+        weights = masked_softmax(masked_scores(call))                      # (B, H, L, S)
+        dropped = F.dropout(weights, call.dropout_p) if call.dropout_p > 0 else weights
+        out = dropped @ call.values.to(weights.dtype)                       # (B, H, L, Ev)
+        return out, (weights if call.return_weights else None)

@@ -11,7 +11,8 @@ blocks are skipped); a float mask is added in the ``score_mod``.
 
 Only the ``flex_attention`` call is compiled (buffers are computed eagerly; computing them inside the
 graph fails on CPU in torch 2.13), once per shape family with ``dynamic=True``. On CPU, torch 2.13
-has no FlexAttention backward, so ``auto`` sends CPU calls that need gradients to ``tiled``.
+has no FlexAttention backward (:meth:`FlexBackend.unsupported` says so); ``auto`` runs CPU calls on
+``tiled`` (see :mod:`geoattn.backends.policy`).
 """
 from __future__ import annotations
 
@@ -19,11 +20,9 @@ import torch
 from torch import Tensor
 from torch.nn.attention.flex_attention import and_masks, create_block_mask, flex_attention
 
-from ..geometry import Geometry
-from ..math import eps
-from .base import DENSE_MAX_SCORES, Backend
+from ..masks import Mask, causal_mod
+from .base import Backend, fused_unsupported
 from .compile_cache import compiled
-from .masks import Mask
 
 
 def _flex_call(q: Tensor, k: Tensor, v: Tensor, score_mod, block_mask) -> Tensor:
@@ -61,10 +60,8 @@ def make_block_mask(mask: Mask, B: int, H: int, L: int, S: int, device, S_valid:
             return valid[kv_idx]
         mods.append(real_key)
     if mask.is_causal:
-        def causal(b, h, q_idx, kv_idx):
-            return q_idx >= kv_idx
-        mods.append(causal)
-    allowed = mask.tensor if mask.tensor is not None and mask.tensor.dtype == torch.bool else None
+        mods.append(causal_mod)
+    allowed = mask.boolean
     if allowed is not None:
         full = _pad(_pad(_full(allowed.to(device), B, H, mask.L, mask.S), L, -2), S, -1)
 
@@ -78,10 +75,10 @@ def make_block_mask(mask: Mask, B: int, H: int, L: int, S: int, device, S_valid:
     return create_block_mask(and_masks(*mods), per_b, per_h, L, S, device=device)
 
 
-def flex_geometric_attention(geometry: Geometry, q: Tensor, k: Tensor, v: Tensor, mask: Mask,
-                             scale: float | None) -> Tensor:
-    """``softmax(score) · v`` for (B, H, L, E) inputs on FlexAttention; returns (B, H, L, Ev)."""
-    lifted = geometry.lift(q, k, scale)
+def flex_geometric_attention(call) -> Tensor:
+    """``softmax(score) · values`` of an :class:`~geoattn.call.AttentionCall` on FlexAttention: (B, H, L, Ev)."""
+    geometry, q, k, mask = call.geometry, call.q, call.k, call.mask
+    lifted = geometry.lift(q, k, call.scale)
     cd = lifted.q.dtype
     B, H, L0, S0 = q.shape[0], q.shape[1], q.shape[-2], k.shape[-2]
     L, S = _padded(L0), _padded(S0)  # compiled CPU flex with dynamic shapes is wrong for ragged lengths
@@ -90,7 +87,7 @@ def flex_geometric_attention(geometry: Geometry, q: Tensor, k: Tensor, v: Tensor
     q_terms = tuple(_pad(t.expand(B, H, L0).to(cd), L, -1) for t in lifted.q_terms)   # each (B, H, L)
     k_terms = tuple(_pad(t.expand(B, H, S0).to(cd), S, -1) for t in lifted.k_terms)   # each (B, H, S)
     head = tuple(h.to(cd).expand(H).contiguous() for h in lifted.head)     # each (H,)
-    bias = mask.bias()
+    bias = mask.bias
     bias = None if bias is None else _pad(_pad(_full(bias.to(cd), B, H, L0, S0), L, -2), S, -1)
     score_fn = geometry.score_from_dot
 
@@ -100,9 +97,8 @@ def flex_geometric_attention(geometry: Geometry, q: Tensor, k: Tensor, v: Tensor
         return s if bias is None else s + bias[b, h, q_idx, kv_idx]
 
     block_mask = make_block_mask(mask, B, H, L, S, qa.device, S_valid=S0)
-    family = (type(geometry), geometry.affine, mask.is_causal, block_mask is None, bias is None, cd, qa.device.type)
-    run = compiled(_flex_call, family)
-    vp = _pad(v.to(cd), S, -2).contiguous()
+    run = compiled(_flex_call, (*call.family(cd), block_mask is None))
+    vp = _pad(call.values.to(cd), S, -2).contiguous()
     if not torch.is_grad_enabled():  # flex rejects any input with requires_grad on CPU, even under no_grad
         qa, ka, vp = qa.detach(), ka.detach(), vp.detach()
     out = run(qa, ka, vp, score_mod, block_mask)
@@ -112,25 +108,12 @@ def flex_geometric_attention(geometry: Geometry, q: Tensor, k: Tensor, v: Tensor
 class FlexBackend(Backend):
     name = "flex"
 
-    def unsupported(self, geometry, q, need_weights, dropout_p):
-        return self.fused_unsupported(need_weights, dropout_p)
-
-    def unsupported_grad(self, q: Tensor) -> str | None:
-        if q.device.type == "cpu":
+    def unsupported(self, call):
+        fused = fused_unsupported(self.name, call)
+        if fused is None and call.needs_grad and call.device.type == "cpu":
             return ("FlexAttention has no backward on CPU in this torch version; use backend='tiled' (what "
                     "'auto' picks for CPU training) or run under torch.no_grad()")
-        return None
+        return fused
 
-    def declines(self, geometry, q, num_scores, needs_grad):
-        if geometry.affine:
-            return "the geometry is affine, so sdpa runs it exactly and faster"
-        if num_scores <= DENSE_MAX_SCORES:
-            return f"the score matrix is small ({num_scores} numbers), dense is faster than compiling"
-        if q.device.type == "cpu":
-            # measured (benchmarks/results/kernels): on CPU the tiled forward is faster (3.0× vs 5.0× SDPA
-            # at L=4096) and its memory linear, where torch 2.13's CPU flex grows 3.6× from 4096 to 8192
-            return "on CPU the tiled backend is faster and uses linear memory (measured)"
-        return None
-
-    def run(self, geometry, q, k, v, mask: Mask, dropout_p, scale, need_weights):
-        return flex_geometric_attention(geometry, q, k, v, mask, scale), None
+    def run(self, call):
+        return flex_geometric_attention(call), None

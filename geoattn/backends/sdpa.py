@@ -10,40 +10,38 @@ import torch
 import torch.nn.functional as F
 
 from .base import Backend
-from .masks import Mask
 
 
 class SDPABackend(Backend):
     name = "sdpa"
 
-    def unsupported(self, geometry, q, need_weights, dropout_p):
+    def unsupported(self, call):
+        geometry = call.geometry
         if not geometry.affine:
             return (
                 f"geometry {geometry.name!r} has a score that is not affine in a dot product, so it has no "
                 "exact SDPA reduction; use backend='auto' or 'dense'"
             )
-        if need_weights:
+        if call.return_weights:
             return "the sdpa backend does not return attention weights; use backend='dense' (or 'auto')"
         return None
 
-    def run(self, geometry, q, k, v, mask: Mask, dropout_p, scale, need_weights):
-        lifted = geometry.lift(q, k, scale)
+    def run(self, call):
+        lifted = call.geometry.lift(call.q, call.k, call.scale)
         qa, ka, s = lifted.q, lifted.k, lifted.scale
         if lifted.k_terms:  # [q̃, 1, …] · [k̃·s, b_k, …]: the per-key terms ride along as extra columns
             ones = torch.ones(*qa.shape[:-1], len(lifted.k_terms), dtype=qa.dtype, device=qa.device)
             qa = torch.cat([qa, ones], dim=-1)
             ka = torch.cat([ka * s, torch.stack(lifted.k_terms, dim=-1)], dim=-1)
             s = 1.0
-        attn_mask = mask.tensor
-        if attn_mask is not None and attn_mask.is_floating_point():
-            attn_mask = attn_mask.to(qa.dtype)
-        v = v.to(qa.dtype)
+        attn_mask = call.mask.boolean if call.mask.bias is None else call.mask.bias.to(qa.dtype)
+        v = call.values.to(qa.dtype)
         ev = v.shape[-1]
         # PyTorch's fused CPU kernels need equal q/k and v head dims (else SDPA falls back to the math
         # path, which materialises L×S); zero columns change neither q·k nor p·v.
         width = max(qa.shape[-1], ev)
         qa, ka, v = (F.pad(t, (0, width - t.shape[-1])) if t.shape[-1] < width else t for t in (qa, ka, v))
         out = F.scaled_dot_product_attention(
-            qa, ka, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=mask.is_causal, scale=s
+            qa, ka, v, attn_mask=attn_mask, dropout_p=call.dropout_p, is_causal=call.mask.is_causal, scale=s
         )
         return out[..., :ev], None

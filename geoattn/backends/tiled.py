@@ -19,17 +19,14 @@ unless :func:`set_tiled_compile` turns that off (eager runs the identical maths)
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor
 
-from ..geometry import Geometry
-from .base import DENSE_MAX_SCORES, Backend, broadcast_heads
+from .base import Backend, broadcast_heads, fused_unsupported
 from .compile_cache import compiled
-from .masks import Mask
 
 _COMPILE = True
 BLOCK_ELEMENTS = 1 << 21  # score-tile budget (numbers): 8 MiB in float32
@@ -201,44 +198,35 @@ def _slice(mask_part: Tensor | None, i0: int, i1: int, j0: int, j1: int) -> Tens
     return _rows(_rows(mask_part, -2, i0, i1), -1, j0, j1)
 
 
-def tiled_attention(geometry: Geometry, q: Tensor, k: Tensor, v: Tensor, mask: Mask, scale: float | None,
-                    block_elements: int = BLOCK_ELEMENTS) -> Tensor:
-    """``softmax(score) · v`` for (B, H, L, E) inputs through :class:`TiledAttention`; returns (B, H, L, Ev)."""
-    lifted = geometry.lift(q, k, scale)
+def tiled_attention(call, block_elements: int = BLOCK_ELEMENTS) -> Tensor:
+    """``softmax(score) · values`` of an :class:`~geoattn.call.AttentionCall` through :class:`TiledAttention`:
+    (B, H, L, Ev)."""
+    geometry, mask = call.geometry, call.mask
+    lifted = geometry.lift(call.q, call.k, call.scale)
     qa, ka = lifted.q, lifted.k
     cd = qa.dtype
-    bias = mask.bias()
-    if bias is not None:
-        if bias.requires_grad and torch.is_grad_enabled():
-            raise ValueError(
-                "the tiled backend does not differentiate a float attn_mask that requires grad; fold the "
-                "learnable bias into the geometry, or use backend='dense'"
-            )
-        bias = bias.to(cd)
-    allowed = mask.tensor if mask.tensor is not None and mask.tensor.dtype == torch.bool else None
+    bias = None if mask.bias is None else mask.bias.to(cd)
     B, H, L, S = qa.shape[0], qa.shape[1], qa.shape[-2], ka.shape[-2]
     plan = _Plan(
         score_fn=geometry.score_from_dot, scale=float(lifted.scale), n_q=len(lifted.q_terms),
-        n_k=len(lifted.k_terms), causal=mask.is_causal, allowed=allowed, bias=bias,
+        n_k=len(lifted.k_terms), causal=mask.is_causal, allowed=mask.boolean, bias=bias,
         block_q=_block_size(S, B * H, block_elements), block_k=_block_size(L, B * H, block_elements),
-        family=(type(geometry), geometry.affine, mask.is_causal, allowed is None, bias is None, cd, qa.device.type),
+        family=call.family(cd),
     )
     terms = (*lifted.q_terms, *lifted.k_terms, *(h.to(cd) for h in lifted.head))
-    return TiledAttention.apply(plan, qa.contiguous(), ka.contiguous(), v.to(cd).contiguous(), *terms)
+    return TiledAttention.apply(plan, qa.contiguous(), ka.contiguous(), call.values.to(cd).contiguous(), *terms)
 
 
 class TiledBackend(Backend):
     name = "tiled"
 
-    def unsupported(self, geometry, q, need_weights, dropout_p):
-        return self.fused_unsupported(need_weights, dropout_p)
+    def unsupported(self, call):
+        fused = fused_unsupported(self.name, call)
+        bias = call.mask.bias
+        if fused is None and bias is not None and bias.requires_grad and torch.is_grad_enabled():
+            return ("the tiled backend does not differentiate a float attn_mask that requires grad; fold the "
+                    "learnable bias into the geometry, or use backend='dense'")
+        return fused
 
-    def declines(self, geometry, q, num_scores, needs_grad):
-        if geometry.affine:
-            return "the geometry is affine, so sdpa runs it exactly and faster"
-        if num_scores <= DENSE_MAX_SCORES:
-            return f"the score matrix is small ({num_scores} numbers), dense is faster than compiling"
-        return None
-
-    def run(self, geometry, q, k, v, mask: Mask, dropout_p, scale, need_weights):
-        return tiled_attention(geometry, q, k, v, mask, scale), None
+    def run(self, call):
+        return tiled_attention(call), None

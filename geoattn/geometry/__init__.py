@@ -1,22 +1,20 @@
-"""Geometries: one small module each, registered by name."""
-from .base import (
-    CurvedGeometry,
-    Geometry,
-    Lifted,
-    TemperedGeometry,
-    available_geometries,
-    make_geometry,
-    register,
-    resolve_geometry,
-)
+"""Geometries: one small module each, registered by name in :mod:`geoattn.geometry.registry`."""
+from .base import CurvedGeometry, Geometry, Lifted, TemperedGeometry
 from .euclidean import Euclidean
 from .lorentz import Lorentz
 from .metric import Metric
+from .registry import available_geometries, geometry_class, geometry_for_module, make_geometry, register
 from .sphere import Sphere
 from .stereographic import Poincare, Stereographic
 
 __all__ = [
     "CurvedGeometry", "Euclidean", "Geometry", "Lifted", "Lorentz", "Metric", "Poincare", "Sphere",
-    "Stereographic", "TemperedGeometry", "available_geometries", "make_geometry", "register",
-    "resolve_geometry",
+    "Stereographic", "TemperedGeometry", "available_geometries", "geometry_class", "geometry_for_module",
+    "make_geometry", "register",
 ]
+
+
+def __getattr__(name: str):
+    from .._deprecated import moved
+
+    return moved(__name__, name)

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ..math import eps
+from . import registry
 
 Number = float | int
 
@@ -78,33 +79,35 @@ class Geometry(nn.Module):
 
     name: ClassVar[str] = "geometry"
     affine: bool = False  # a class default; a geometry whose form depends on its options sets it per instance
-    needs_head_dim: ClassVar[bool] = False
+    # the non-tensor constructor options that define the geometry: its checkpoint tag, the Hugging Face config
+    options: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, num_heads: int = 1, learnable: bool = False) -> None:
+    def __init__(self, num_heads: int = 1, learnable: bool = False, head_dim: int | None = None) -> None:
+        """``head_dim`` (the size E of each head) is accepted by every geometry; only those whose
+        parameters depend on it (``metric``) use it."""
         super().__init__()
         self.num_heads = num_heads
         self.learnable = learnable
         # which geometry (and options) a checkpoint was made with; checked by load_state_dict
-        self.register_buffer("geometry_tag", torch.zeros(_TAG_BYTES, dtype=torch.uint8))
+        self.register_buffer("geometry_tag", torch.zeros(registry.TAG_BYTES, dtype=torch.uint8))
 
     # -- checkpoints -------------------------------------------------------------------------
     def tag(self) -> str:
-        """The geometry's identity in checkpoints: its name and the options that change the maths."""
-        options = [f"{key}={getattr(self, key)}" for key in ("score", "aggregation", "rank") if hasattr(self, key)]
-        return "|".join([self.name, *options])
+        """The geometry's identity in checkpoints: its name and the values of its :attr:`options`."""
+        return registry.geometry_tag(self)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
-        self.geometry_tag.copy_(_encode_tag(self.tag()))
+        self.geometry_tag.copy_(registry.encode_tag(self.tag()))
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
         saved = state_dict.get(prefix + "geometry_tag")
         if saved is None:  # checkpoints without a tag (e.g. carried over from nn.MultiheadAttention)
-            state_dict[prefix + "geometry_tag"] = _encode_tag(self.tag())
-        elif _decode_tag(saved) != self.tag():
+            state_dict[prefix + "geometry_tag"] = registry.encode_tag(self.tag())
+        elif not registry.tag_matches(registry.decode_tag(saved), self):
             raise ValueError(
-                f"checkpoint at {prefix or 'the root'!r} was made with geometry {_decode_tag(saved)!r} but this "
+                f"checkpoint at {prefix or 'the root'!r} was made with geometry {registry.decode_tag(saved)!r} but this "
                 f"module uses {self.tag()!r}; build the model with the checkpoint's geometry (and options), "
                 "or load only the other weights"
             )
@@ -155,59 +158,6 @@ class Geometry(nn.Module):
         return f"num_heads={self.num_heads}, learnable={self.learnable}"
 
 
-_TAG_BYTES = 64
-
-
-def _encode_tag(tag: str) -> Tensor:
-    raw = tag.encode()[:_TAG_BYTES]
-    return torch.tensor(list(raw) + [0] * (_TAG_BYTES - len(raw)), dtype=torch.uint8)
-
-
-def _decode_tag(t: Tensor) -> str:
-    return bytes(int(b) for b in t.reshape(-1).tolist() if b).decode(errors="replace")
-
-
-_REGISTRY: dict[str, type[Geometry]] = {}
-
-
-def register(cls: type[Geometry]) -> type[Geometry]:
-    """Class decorator: make a geometry available under ``cls.name`` to :func:`make_geometry`."""
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def available_geometries() -> list[str]:
-    """Names accepted by :func:`make_geometry` and by ``geoattn.attention(geometry=...)``."""
-    return sorted(_REGISTRY)
-
-
-def geometry_class(name: str) -> type[Geometry]:
-    if not isinstance(name, str) or name not in _REGISTRY:
-        raise ValueError(
-            f"unknown geometry {name!r}; available geometries: {', '.join(available_geometries())} "
-            "(or pass a geoattn.Geometry instance)"
-        )
-    return _REGISTRY[name]
-
-
-def make_geometry(name: str, **params) -> Geometry:
-    """Build the geometry registered as ``name`` with its parameters, e.g. ``make_geometry("poincare", curvature=-0.5)``."""
-    return geometry_class(name)(**params)
-
-
-def resolve_geometry(geometry: str | Geometry, head_dim: int) -> Geometry:
-    """A name becomes a geometry with default parameters; an instance is used as is."""
-    if isinstance(geometry, Geometry):
-        return geometry
-    if isinstance(geometry, str):
-        cls = geometry_class(geometry)
-        return cls(head_dim=head_dim) if cls.needs_head_dim else cls()
-    raise TypeError(
-        f"geometry must be a name (one of {', '.join(available_geometries())}) or a geoattn.Geometry, "
-        f"got {type(geometry).__name__}"
-    )
-
-
 def check_choice(what: str, value: str, choices: Sequence[str]) -> str:
     if value not in choices:
         raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(map(repr, choices))}")
@@ -229,7 +179,8 @@ def inverse_sqrt(x: int) -> float:
 class TemperedGeometry(Geometry):
     """A geometry whose score is divided by a positive per-head temperature τ (stored as ``log τ``)."""
 
-    def __init__(self, temperature=1.0, num_heads: int = 1, learnable: bool = False) -> None:
+    def __init__(self, temperature=1.0, num_heads: int = 1, learnable: bool = False,
+                 head_dim: int | None = None) -> None:
         super().__init__(num_heads=num_heads, learnable=learnable)
         self.log_temperature = self._parameter(
             log_param("temperature", temperature, num_heads, check_temperature), given=temperature
@@ -255,7 +206,8 @@ class CurvedGeometry(TemperedGeometry):
 
     curvature_sign: ClassVar[int] = 0
 
-    def __init__(self, curvature, temperature=1.0, num_heads: int = 1, learnable: bool = False) -> None:
+    def __init__(self, curvature, temperature=1.0, num_heads: int = 1, learnable: bool = False,
+                 head_dim: int | None = None) -> None:
         super().__init__(temperature=temperature, num_heads=num_heads, learnable=learnable)
         kappa = per_head("curvature", curvature, num_heads)
         sign = self.curvature_sign

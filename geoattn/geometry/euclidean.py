@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .base import Geometry, Lifted, inverse_sqrt, register
+from .base import Geometry, Lifted, inverse_sqrt
+from .registry import register
 
 
 @register

@@ -5,7 +5,8 @@ import torch
 from torch import Tensor
 
 from ..math import eps, lorentz
-from .base import CurvedGeometry, Lifted, check_choice, register
+from .base import CurvedGeometry, Lifted, check_choice
+from .registry import register
 
 
 @register
@@ -21,9 +22,10 @@ class Lorentz(CurvedGeometry):
     name = "lorentz"
     affine = True
     curvature_sign = -1
+    options = ("aggregation",)
 
     def __init__(self, curvature=-1.0, temperature=1.0, num_heads: int = 1, learnable: bool = False,
-                 aggregation: str = "linear") -> None:
+                 aggregation: str = "linear", head_dim: int | None = None) -> None:
         super().__init__(curvature, temperature, num_heads, learnable)
         self.aggregation = check_choice("aggregation", aggregation, ("linear", "centroid"))
 

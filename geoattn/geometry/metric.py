@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..math import eps
-from .base import Lifted, TemperedGeometry, register
+from .base import Lifted, TemperedGeometry
+from .registry import register
 
 
 @register
@@ -28,7 +29,7 @@ class Metric(TemperedGeometry):
 
     name = "metric"
     affine = True
-    needs_head_dim = True
+    options = ("rank", "epsilon")
 
     def __init__(self, head_dim: int, rank: int | None = None, temperature=1.0, num_heads: int = 1,
                  learnable: bool = False, epsilon: float = 1e-4) -> None:

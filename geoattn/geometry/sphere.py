@@ -4,7 +4,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..math import eps, sphere
-from .base import CurvedGeometry, Lifted, check_choice, register
+from .base import CurvedGeometry, Lifted, check_choice
+from .registry import register
 
 
 @register
@@ -23,9 +24,10 @@ class Sphere(CurvedGeometry):
 
     name = "sphere"
     curvature_sign = 1
+    options = ("score", "aggregation")
 
     def __init__(self, score: str = "cosine", curvature=1.0, temperature=1.0, num_heads: int = 1,
-                 learnable: bool = False, aggregation: str = "linear") -> None:
+                 learnable: bool = False, aggregation: str = "linear", head_dim: int | None = None) -> None:
         super().__init__(curvature, temperature, num_heads, learnable)
         self.score = check_choice("sphere score", score, ("cosine", "geodesic"))
         self.aggregation = check_choice("aggregation", aggregation, ("linear", "mean"))

@@ -7,7 +7,8 @@ from torch import Tensor
 from ..math import eps
 from ..math import stereographic as stereo
 from ..math.functions import asinh, safe_sqrt
-from .base import CurvedGeometry, Lifted, check_choice, register
+from .base import CurvedGeometry, Lifted, check_choice
+from .registry import register
 
 
 @register
@@ -23,9 +24,10 @@ class Stereographic(CurvedGeometry):
 
     name = "stereographic"
     curvature_sign = 0
+    options = ("aggregation",)
 
     def __init__(self, curvature=-1.0, temperature=1.0, num_heads: int = 1, learnable: bool = False,
-                 aggregation: str = "linear") -> None:
+                 aggregation: str = "linear", head_dim: int | None = None) -> None:
         super().__init__(curvature, temperature, num_heads, learnable)
         self.aggregation = check_choice("aggregation", aggregation, ("linear", "midpoint"))
 

@@ -28,7 +28,6 @@ equals sdpa; every other geometry gets ``scaling·√d``, the model's scaling re
 """
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any
 
@@ -36,9 +35,8 @@ import torch
 from torch import Tensor, nn
 
 from ..functional import attention
-from ..geometry import Geometry, available_geometries
-from ..geometry.base import geometry_class
-from .build import geometry_for_module
+from ..geometry import Geometry, available_geometries, geometry_class, geometry_for_module, make_geometry
+from ..geometry.registry import rebuild_options
 from .hf_modules import attention_modules, geometry_tensors, head_counts
 
 GEOMETRY_ATTR = "geoattn_geometry"
@@ -89,9 +87,7 @@ def _default_geometry(name: str, head_dim: int, device: torch.device) -> Geometr
     """The geometry with default parameters (one cached instance per name, head size and device)."""
     key = (name, head_dim, str(device))
     if key not in _DEFAULTS:
-        cls = geometry_class(name)
-        geom = cls(head_dim=head_dim) if cls.needs_head_dim else cls()
-        _DEFAULTS[key] = geom.to(device).requires_grad_(False)
+        _DEFAULTS[key] = make_geometry(name, head_dim=head_dim).to(device).requires_grad_(False)
     return _DEFAULTS[key]
 
 
@@ -155,13 +151,13 @@ def _make_forward(geometry: str):
             key, value = key[:, :, :q_len], value[:, :, :q_len]
         if scaling is not None and geom.name != "euclidean":
             scaling = scaling * math.sqrt(query.shape[-1])  # relative to the standard 1/√d (see module doc)
-        need_weights = _attentions_requested()
+        return_weights = _attentions_requested()
         result = attention(
             query, key, value, geometry=geom, attn_mask=attention_mask,
             dropout_p=dropout if module.training else 0.0, is_causal=causal, scale=scaling,
-            enable_gqa=key.shape[1] != query.shape[1], return_weights=need_weights,
+            enable_gqa=key.shape[1] != query.shape[1], return_weights=return_weights,
         )
-        out, weights = result if need_weights else (result, None)
+        out, weights = result if return_weights else (result, None)
         return out.transpose(1, 2).contiguous(), weights  # (B, L, H, Dv)
 
     geoattn_forward.__name__ = f"geoattn_{geometry}_forward"
@@ -170,22 +166,6 @@ def _make_forward(geometry: str):
 
 
 # -- swap and save/load --------------------------------------------------------------------------
-def _constructor_options(geom: Geometry) -> dict[str, Any]:
-    """The non-tensor constructor arguments of a geometry (its tensors travel in the state dict).
-
-    ``head_dim`` and ``num_heads`` are left to :func:`swap_hf`, which reads them from each module,
-    except ``num_heads=1`` (parameters shared by the heads).
-    """
-    options = {}
-    for name in inspect.signature(type(geom).__init__).parameters:
-        value = getattr(geom, name, None)
-        if name not in ("self", "head_dim", "num_heads") and isinstance(value, (str, int, float, bool)):
-            options[name] = value
-    if geom.num_heads == 1:
-        options["num_heads"] = 1
-    return options
-
-
 def check_model(model: nn.Module) -> list[tuple[nn.Module, int, int]]:
     """The attention modules of a ``PreTrainedModel`` with their (query heads, head size), or a clear error."""
     _require_transformers()
@@ -214,8 +194,8 @@ def check_model(model: nn.Module) -> list[tuple[nn.Module, int, int]]:
 def swap_hf(model: nn.Module, geometry: str | Geometry, **geometry_params) -> nn.Module:
     """Put a ``PreTrainedModel`` on ``geoattn_<geometry>`` with trainable parameters per attention module.
 
-    Attaches ``module.geoattn_geometry`` (``num_heads`` = the module's query heads unless given; the
-    metric geometry also gets ``head_dim``), selects the implementation with
+    Attaches ``module.geoattn_geometry`` (``num_heads`` and ``head_dim`` = the module's unless given),
+    selects the implementation with
     ``model.set_attn_implementation`` and records the geometry's options in ``model.config.geoattn`` so
     :func:`from_pretrained` can rebuild it. Returns ``model``.
     """
@@ -223,7 +203,7 @@ def swap_hf(model: nn.Module, geometry: str | Geometry, **geometry_params) -> nn
     name = geometry.name if isinstance(geometry, Geometry) else geometry
     geometry_class(name)  # unknown names fail here, with the list of available geometries
     found = check_model(model)
-    built = [geometry_for_module(geometry, geometry_params, heads, head_dim)  # all built before any change
+    built = [geometry_for_module(geometry, heads, head_dim, geometry_params, copy=True)  # all before any change
              for _, heads, head_dim in found]
     for (module, _, _), geom in zip(found, built):
         device = next((p.device for p in module.parameters()), torch.device("cpu"))
@@ -234,7 +214,7 @@ def swap_hf(model: nn.Module, geometry: str | Geometry, **geometry_params) -> nn
     model.set_attn_implementation(impl)
     if model.config._attn_implementation != impl:
         raise ValueError(f"{type(model).__name__} refused attn_implementation={impl!r}; see the warning above")
-    setattr(model.config, CONFIG_KEY, {"geometry": name, "options": _constructor_options(built[0])})
+    setattr(model.config, CONFIG_KEY, {"geometry": name, "options": rebuild_options(built[0])})
     return model
 
 

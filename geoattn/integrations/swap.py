@@ -20,16 +20,14 @@ import sys
 
 from torch import nn
 
-from ..geometry import Geometry
-from ..geometry.base import geometry_class
+from ..geometry import Geometry, geometry_class, geometry_for_module
 from ..nn import MultiheadAttention
-from .build import geometry_for_module
 
 
 def _from_torch(old: nn.MultiheadAttention, geometry: str | Geometry, params: dict) -> MultiheadAttention:
     """A :class:`geoattn.MultiheadAttention` with ``old``'s configuration, weights and train/eval mode."""
     weight = old.in_proj_weight if old.in_proj_weight is not None else old.q_proj_weight
-    geom = geometry_for_module(geometry, params, old.num_heads, old.head_dim)
+    geom = geometry_for_module(geometry, old.num_heads, old.head_dim, params, copy=True)
     new = MultiheadAttention(
         old.embed_dim, old.num_heads, geometry=geom, dropout=old.dropout, bias=old.in_proj_bias is not None,
         add_bias_kv=old.bias_k is not None, add_zero_attn=old.add_zero_attn, kdim=old.kdim, vdim=old.vdim,
@@ -57,8 +55,7 @@ def _swap_torch(model: nn.Module, geometry: str | Geometry, params: dict) -> int
     # geoattn's own attention modules (swapped before, or the backbone's) get a new geometry
     ours = {id(m): m for m in model.modules() if isinstance(m, (MultiheadAttention, Attention))}
     device = {key: next(m.parameters()).device for key, m in ours.items()}
-    geoms = {key: geometry_for_module(geometry, params, getattr(m, "num_heads", None) or m.n_heads, m.head_dim)
-             for key, m in ours.items()}
+    geoms = {key: geometry_for_module(geometry, m.num_heads, m.head_dim, params, copy=True) for key, m in ours.items()}
     for parent, name, child in slots:
         setattr(parent, name, new[id(child)])
     for key, m in ours.items():

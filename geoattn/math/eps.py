@@ -5,8 +5,8 @@ geometric scores in float32 or wider (``compute_dtype``) and clamps only where t
 
 * ``SQRT_MIN``: floor under a squared distance before its square root, so the gradient of
   ``sqrt`` stays finite when a query coincides with a key (distance then reads ``sqrt(SQRT_MIN)``).
-* ``SERIES``: below this ``|v|`` the entire functions ``C``, ``S`` and ``H`` of
-  :mod:`geoattn.math.functions` switch to their Taylor series, which makes every κ-formula smooth
+* ``SERIES``: below this ``|v|`` the entire functions ``cos_sqrt``, ``sinc_sqrt`` and
+  ``arcsinc_sqrt`` of :mod:`geoattn.math.functions` switch to their Taylor series, which makes every κ-formula smooth
   through κ = 0 (error of the series < 1e-17 relative).
 * ``ARC_MAX``: arguments of ``arcsin``/``arccos`` are clamped to ``±(1 - ARC_MAX)`` so their
   derivatives stay finite at antipodal or coincident points on the sphere.

@@ -3,15 +3,17 @@
 With ``v = κ‖u‖²`` the trigonometric (κ > 0) and hyperbolic (κ < 0) functions of the
 κ-stereographic model are entire functions of ``v``:
 
-* ``C(v) = cos(√v)`` for v ≥ 0, ``cosh(√-v)`` for v < 0;
-* ``S(v) = sin(√v)/√v`` for v ≥ 0, ``sinh(√-v)/√-v`` for v < 0;
-* ``H(v) = arcsin(√v)/√v`` for v > 0, ``arsinh(√-v)/√-v`` for v < 0 (the inverse of the chord).
+* ``cos_sqrt(v) = cos(√v)`` for v ≥ 0, ``cosh(√-v)`` for v < 0;
+* ``sinc_sqrt(v) = sin(√v)/√v`` for v ≥ 0, ``sinh(√-v)/√-v`` for v < 0;
+* ``arcsinc_sqrt(v) = arcsin(√v)/√v`` for v > 0, ``arsinh(√-v)/√-v`` for v < 0 (the inverse of the chord).
+
+(The names ``C``, ``S``, ``H`` of earlier versions still work, with a DeprecationWarning.)
 
 Each is evaluated with a Taylor series near 0 and with ``torch.where`` over *sanitised* branch
 inputs elsewhere, so no branch ever produces a NaN that could leak into a gradient. This is written
 by hand (rather than taken from geoopt, whose ``tan_k``/``artan_k`` blow up or saturate) because it
 must run inside fused kernels and stay exact at the ball's boundary. Plain pointwise torch ops only:
-FlexAttention's ``score_mod`` can call :func:`H`.
+FlexAttention's ``score_mod`` can call :func:`arcsinc_sqrt`.
 
 Reference: Bachmann, Bécigneul, Ganea, "Constant Curvature Graph Convolutional Networks" (ICML 2020)
 for the κ-stereographic model.
@@ -36,21 +38,21 @@ def _select(v: Tensor, pos: Tensor, neg: Tensor, series: Tensor) -> Tensor:
     return torch.where(v >= SERIES, pos, torch.where(v <= -SERIES, neg, series))
 
 
-def C(v: Tensor) -> Tensor:
+def cos_sqrt(v: Tensor) -> Tensor:
     """``cos(√v)`` continued to v < 0 as ``cosh(√-v)``; series ``1 - v/2 + v²/24 - v³/720``."""
     p, n, s = _branches(v)
     series = 1 - s / 2 + s * s / 24 - s * s * s / 720
     return _select(v, torch.cos(p.sqrt()), torch.cosh(n.sqrt()), series)
 
 
-def S(v: Tensor) -> Tensor:
+def sinc_sqrt(v: Tensor) -> Tensor:
     """``sin(√v)/√v`` continued to v < 0 as ``sinh(√-v)/√-v``; series ``1 - v/6 + v²/120 - v³/5040``."""
     p, n, s = _branches(v)
     series = 1 - s / 6 + s * s / 120 - s * s * s / 5040
     return _select(v, torch.sin(p.sqrt()) / p.sqrt(), torch.sinh(n.sqrt()) / n.sqrt(), series)
 
 
-def H(v: Tensor) -> Tensor:
+def arcsinc_sqrt(v: Tensor) -> Tensor:
     """``arcsin(√v)/√v`` for v > 0 (v ≤ 1), ``arsinh(√-v)/√-v`` for v < 0; series ``1 + v/6 + 3v²/40 + 5v³/112``.
 
     Callers clamp ``v ≤ 1 - ARC_MAX`` on the positive side (the chord of a sphere is bounded).
@@ -75,3 +77,9 @@ def asinh(x: Tensor) -> Tensor:
 def safe_sqrt(x: Tensor, floor: float) -> Tensor:
     """``√max(x, floor)``: finite value and gradient when ``x`` rounds to or below zero."""
     return x.clamp(min=floor).sqrt()
+
+
+def __getattr__(name: str):
+    from .._deprecated import moved
+
+    return moved(__name__, name)

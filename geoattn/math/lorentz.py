@@ -7,7 +7,7 @@ Distance Learning for Hyperbolic Representations", ICML 2019)::
 
 is affine in the Lorentz inner product, which is what lets attention run on SDPA. The geodesic
 distance is ``arcosh(-c⟨x, y⟩_L)/√c``. Points come from tangent vectors at the origin
-``o = (1/√c, 0)``: ``expmap_o(u) = (cosh(√c‖u‖)/√c, sinh(√c‖u‖) u/(√c‖u‖)) = (C(v)/√c, S(v) u)``
+``o = (1/√c, 0)``: ``expmap_o(u) = (cosh(√c‖u‖)/√c, sinh(√c‖u‖) u/(√c‖u‖)) = (cos_sqrt(v)/√c, sinc_sqrt(v) u)``
 with ``v = -c‖u‖²``.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from . import eps
-from .functions import C, H, S
+from .functions import arcsinc_sqrt, cos_sqrt, sinc_sqrt
 from .stereographic import clip_tangent
 
 
@@ -24,24 +24,18 @@ def expmap0(u: Tensor, kappa: Tensor) -> Tensor:
     """Tangent vectors at the origin (..., D) → hyperboloid points (..., D+1), time coordinate first."""
     u = clip_tangent(u, kappa)
     v = kappa * (u * u).sum(-1, keepdim=True)
-    return torch.cat([C(v) / (-kappa).sqrt(), S(v) * u], dim=-1)
+    return torch.cat([cos_sqrt(v) / (-kappa).sqrt(), sinc_sqrt(v) * u], dim=-1)
 
 
 def logmap0(x: Tensor, kappa: Tensor) -> Tensor:
-    """Inverse of :func:`expmap0`: ``u = x_s · arsinh(√c‖x_s‖)/(√c‖x_s‖) = x_s H(-c‖x_s‖²)``."""
+    """Inverse of :func:`expmap0`: ``u = x_s · arsinh(√c‖x_s‖)/(√c‖x_s‖) = x_s arcsinc_sqrt(-c‖x_s‖²)``."""
     xs = x[..., 1:]
-    return xs * H(kappa * (xs * xs).sum(-1, keepdim=True))
+    return xs * arcsinc_sqrt(kappa * (xs * xs).sum(-1, keepdim=True))
 
 
 def inner(x: Tensor, y: Tensor) -> Tensor:
     """Lorentz inner product over the last dim (broadcasting)."""
     return -x[..., 0] * y[..., 0] + (x[..., 1:] * y[..., 1:]).sum(-1)
-
-
-def squared_distance(x: Tensor, y: Tensor, kappa: Tensor | float) -> Tensor:
-    """``d²_L = -2/c - 2⟨x, y⟩_L`` (clamped at 0 against rounding)."""
-    kappa = torch.as_tensor(kappa, dtype=x.dtype, device=x.device)
-    return (2 / kappa - 2 * inner(x, y)).clamp(min=0)
 
 
 def distance(x: Tensor, y: Tensor, kappa: Tensor | float) -> Tensor:

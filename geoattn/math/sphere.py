@@ -22,8 +22,3 @@ def angle_from_cosine(cos: Tensor) -> Tensor:
     bound = 1 - eps.arc_max(cos.dtype)
     return torch.acos(cos.clamp(-bound, bound))
 
-
-def distance(x: Tensor, y: Tensor, kappa: Tensor | float = 1.0) -> Tensor:
-    """Geodesic distance between the directions of ``x`` and ``y``: ``arccos(⟨x̂, ŷ⟩)/√κ``."""
-    kappa = torch.as_tensor(kappa, dtype=x.dtype, device=x.device)
-    return angle_from_cosine((normalize(x) * normalize(y)).sum(-1)) / kappa.sqrt()

@@ -6,17 +6,18 @@ Conventions (the library's one convention): signed sectional curvature κ; the m
 Geodesic distance, for points x, y of the model (Bachmann et al. 2020; Ungar 2008)::
 
     s² = ‖x - y‖² / ((1 + κ‖x‖²)(1 + κ‖y‖²))          (half the conformal chord)
-    d(x, y) = 2 s · H(κ s²)                            = (2/√-κ) arsinh(√-κ s)   for κ < 0
+    d(x, y) = 2 s · arcsinc_sqrt(κ s²)                 = (2/√-κ) arsinh(√-κ s)   for κ < 0
                                                        = (2/√κ)  arcsin(√κ s)    for κ > 0
                                                        = 2‖x - y‖                at κ = 0
 
 For κ = -c this is the familiar ``(1/√c) arcosh(1 + 2c‖x-y‖² / ((1-c‖x‖²)(1-c‖y‖²)))``.
 
 Attention works on *tangent* vectors u (queries and keys mapped with ``expmap0``). Writing
-``v = κ‖u‖²``, every quantity the distance needs is an entire function of v::
+``v = κ‖u‖²``, every quantity the distance needs is an entire function of v
+(:mod:`geoattn.math.functions`: ``cos_sqrt(v) = cos √v``, ``sinc_sqrt(v) = sin √v / √v``)::
 
-    w = 1/(1 + κ‖x‖²) = C(v)²,    n = ‖x‖² w = ‖u‖² S(v)²,    x̃ = w x = C(v) S(v) u
-    s² = n_x w_y + n_y w_x - 2⟨x̃, ỹ⟩
+    w = 1/(1 + κ‖x‖²) = cos_sqrt(v)²,    n = ‖x‖² w = ‖u‖² sinc_sqrt(v)²,
+    x̃ = w x = cos_sqrt(v) sinc_sqrt(v) u,    s² = n_x w_y + n_y w_x - 2⟨x̃, ỹ⟩
 
 so the distance is a pointwise function of the Gram entry ``⟨x̃, ỹ⟩`` and four per-token terms
 (what a fused kernel needs), it never forms ``1 - c‖x‖²`` by subtraction (exact near the
@@ -28,7 +29,7 @@ import torch
 from torch import Tensor
 
 from . import eps
-from .functions import C, H, S, safe_sqrt
+from .functions import arcsinc_sqrt, cos_sqrt, sinc_sqrt, safe_sqrt
 
 
 def clip_tangent(u: Tensor, kappa: Tensor) -> Tensor:
@@ -46,7 +47,7 @@ def lift(u: Tensor, kappa: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     u = clip_tangent(u, kappa)
     sq = (u * u).sum(-1, keepdim=True)
     v = kappa * sq
-    c, s = C(v), S(v)
+    c, s = cos_sqrt(v), sinc_sqrt(v)
     return c * s * u, (sq * s * s).squeeze(-1), (c * c).squeeze(-1)
 
 
@@ -56,10 +57,10 @@ def half_chord_sq(dot: Tensor, n_x: Tensor, w_x: Tensor, n_y: Tensor, w_y: Tenso
 
 
 def distance_from_half_chord_sq(s2: Tensor, kappa: Tensor) -> Tensor:
-    """``d = 2 s H(κ s²)`` with ``s = √max(s², SQRT_MIN)``; κ s² clamped below 1 for κ > 0."""
+    """``d = 2 s arcsinc_sqrt(κ s²)`` with ``s = √max(s², SQRT_MIN)``; κ s² clamped below 1 for κ > 0."""
     s = safe_sqrt(s2, eps.sqrt_min(s2.dtype))
     arg = (kappa * s * s).clamp(max=1 - eps.arc_max(s2.dtype))
-    return 2 * s * H(arg)
+    return 2 * s * arcsinc_sqrt(arg)
 
 
 def distance(x: Tensor, y: Tensor, kappa: Tensor | float) -> Tensor:

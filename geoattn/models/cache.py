@@ -52,3 +52,9 @@ class KVCache:
         if batch_size != self.batch_size:
             raise ValueError(f"the KVCache was made for batch size {self.batch_size} but the input has batch "
                              f"size {batch_size}; make a new one with model.new_cache({batch_size})")
+
+    def restart_self_attention(self) -> None:
+        """Forget the self-attention keys/values and the position (cross-attention keys stay valid)."""
+        for kv in self.self_kv:
+            kv.k = kv.v = None
+        self.length = 0

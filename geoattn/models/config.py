@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..geometry import Geometry, available_geometries
-from ..nn import build_geometry
+from ..geometry import Geometry, available_geometries, geometry_for_module
 
 POSITIONALS = ("learned", "sinusoidal", "rotary")
 POOLINGS = ("mean", "cls")
@@ -17,8 +16,11 @@ class TransformerConfig:
     ``geometry`` is one name for every layer or a list with one name per layer (for
     :class:`EncoderDecoder`: ``n_layers + n_decoder_layers`` names, encoder first, or ``n_layers``
     names used by both stacks when they have equal depth). ``geometry_params`` go to
-    :func:`geoattn.make_geometry` with ``num_heads=n_heads`` filled in; an entry keyed by a geometry
-    name (``{"poincare": {"curvature": -0.5}}``) applies to that geometry only.
+    :func:`geoattn.make_geometry` with ``num_heads=n_heads`` and ``head_dim`` filled in; an entry keyed by a
+    geometry name (``{"poincare": {"curvature": -0.5}}``) applies to that geometry only.
+
+    The size fields keep nanoGPT's names (``n_heads``, ``n_layers``, ``d_model``, ``d_ff``), which every
+    benchmark configuration uses; the modules built from them say ``num_heads`` as PyTorch does.
     """
 
     vocab_size: int
@@ -93,7 +95,7 @@ class TransformerConfig:
         params = {k: v for k, v in self.geometry_params.items() if k not in per_name}
         params.update(per_name.get(name, {}))
         try:
-            return build_geometry(name, self.n_heads, self.head_dim, **params)
+            return geometry_for_module(name, self.n_heads, self.head_dim, params)
         except TypeError as err:
             raise TypeError(f"geometry {name!r} does not accept geometry_params {sorted(params)} ({err}); "
                             f"give parameters for one geometry only as geometry_params={{{name!r}: {{...}}}}"

@@ -5,37 +5,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..masks import self_mask
 from .cache import KVCache
 from .config import TransformerConfig
 from .encoder import make_rotary
-from .layers import Block, Embedder, check_tokens, init_weights, self_mask
-
-
-def check_generate_args(max_new_tokens: int, temperature: float, top_k: int | None) -> None:
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0 (it divides the logits), got {temperature!r}; use "
-                         "do_sample=False for greedy decoding")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be None or a positive int, got {top_k!r}")
-
-
-def next_token(logits: Tensor, temperature: float, top_k: int | None, do_sample: bool) -> Tensor:
-    """(B, V) logits → (B, 1) ids: argmax, or a sample from ``softmax(logits/T)`` restricted to the top k."""
-    if not do_sample:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
-    if top_k is not None:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(F.softmax(logits.float(), dim=-1), num_samples=1)
-
-
-def window_error(need: int, max_len: int) -> ValueError:
-    return ValueError(f"generation needs {need} positions but max_len is {max_len}; generate fewer tokens, raise "
-                      "TransformerConfig.max_len, or pass sliding_window=True (the model then sees the last "
-                      "max_len tokens)")
+from .generate import check_generate_args, check_window, generate_tokens
+from .layers import Block, Embedder, check_tokens, final_norm, init_weights, lm_head
 
 
 class DecoderLM(nn.Module):
@@ -52,10 +27,8 @@ class DecoderLM(nn.Module):
         rotary = make_rotary(cfg)
         self.blocks = nn.ModuleList(Block(cfg, cfg.make_geometry(name), rotary=rotary)
                                     for name in cfg.layer_geometries("decoder_only"))
-        self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias) if cfg.pre_norm else nn.Identity()
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        if cfg.tie_weights:
-            self.lm_head.weight = self.embed.tok.weight
+        self.ln_f = final_norm(cfg)
+        self.lm_head = lm_head(cfg, self.embed.tok)
         init_weights(self, cfg.n_layers)
 
     def new_cache(self, batch_size: int) -> KVCache:
@@ -102,21 +75,6 @@ class DecoderLM(nn.Module):
         """
         check_tokens("idx", idx)
         check_generate_args(max_new_tokens, temperature, top_k)
-        L = self.cfg.max_len
-        if idx.shape[1] + max_new_tokens > L and not sliding_window:
-            raise window_error(idx.shape[1] + max_new_tokens, L)
-        if max_new_tokens == 0:
-            return idx
-        cache = self.new_cache(idx.shape[0])
-        logits, _ = self(idx[:, -L:], cache=cache)
-        for step in range(max_new_tokens):
-            nxt = next_token(logits[:, -1], temperature, top_k, do_sample)  # (B, 1)
-            idx = torch.cat([idx, nxt], dim=1)
-            if step == max_new_tokens - 1:
-                break
-            if cache.length < L:
-                logits, _ = self(nxt, cache=cache)
-            else:  # window full: restart the cache on the last max_len tokens
-                cache = self.new_cache(idx.shape[0])
-                logits, _ = self(idx[:, -L:], cache=cache)
-        return idx
+        check_window(idx.shape[1] + max_new_tokens, self.cfg.max_len, sliding_window)
+        return generate_tokens(idx, lambda tokens, cache: self(tokens, cache=cache)[0], self.new_cache(idx.shape[0]),
+                               self.cfg.max_len, max_new_tokens, temperature, top_k, do_sample)

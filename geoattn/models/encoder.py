@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ..masks import padding_to_allowed
 from .config import TransformerConfig
-from .layers import Block, Embedder, Rotary, check_tokens, init_weights, padding_to_allowed
+from .layers import Block, Embedder, Rotary, check_tokens, final_norm, init_weights
 
 
 def make_rotary(cfg: TransformerConfig) -> Rotary | None:
@@ -25,7 +26,7 @@ class Encoder(nn.Module):
         rotary = make_rotary(cfg)
         self.blocks = nn.ModuleList(Block(cfg, cfg.make_geometry(name), rotary=rotary)
                                     for name in cfg.layer_geometries(stack))
-        self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias) if cfg.pre_norm else nn.Identity()
+        self.ln_f = final_norm(cfg)
         init_weights(self, cfg.n_layers)
 
     def forward(self, tokens: Tensor, padding_mask: Tensor | None = None) -> Tensor:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..functional import attention
@@ -77,19 +76,26 @@ class Embedder(nn.Module):
         return self.drop(x)
 
 
+class Attend(nn.Module):
+    """:func:`geoattn.attention` as a module without parameters, so that forward hooks see each call's
+    per-head queries, keys, values, geometry and mask (what :func:`geoattn.trace` records)."""
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, geometry: Geometry, mask: Tensor | None, is_causal: bool,
+                dropout_p: float, backend: str) -> Tensor:
+        return attention(q, k, v, geometry=geometry, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p,
+                         backend=backend)
+
+
 class Attention(nn.Module):
     """Multi-head attention under a geometry (self- or cross-), with an optional KV cache:
     ``head_h = softmax(score_geometry(x W_q^h, x W_k^h) + mask) · x W_v^h``, heads concatenated, then
     ``W_o`` (Vaswani et al., "Attention Is All You Need", 2017, with the score of :func:`geoattn.attention`).
-
-    With ``record = True`` it keeps the last call's queries, keys, mask and weights in ``recorded``
-    (dense backend), which :func:`geoattn.trace` reads.
     """
 
     def __init__(self, cfg: TransformerConfig, geometry: Geometry, cross: bool = False,
                  rotary: Rotary | None = None) -> None:
         super().__init__()
-        d, self.n_heads, self.head_dim = cfg.d_model, cfg.n_heads, cfg.head_dim
+        d, self.num_heads, self.head_dim = cfg.d_model, cfg.n_heads, cfg.head_dim
         self.cross = cross
         if cross:
             self.q_proj = nn.Linear(d, d, bias=cfg.bias)
@@ -100,11 +106,11 @@ class Attention(nn.Module):
         self.geometry = geometry
         self.rotary = rotary
         self.dropout, self.backend = cfg.dropout, cfg.backend
-        self.record, self.recorded = False, None
+        self.attend = Attend()
 
     def _heads(self, x: Tensor) -> Tensor:
         B, T, _ = x.shape
-        return x.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)   # (B, H, T, D)
+        return x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, is_causal: bool = False, start: int = 0,
                 kv: LayerKV | None = None, memory: Tensor | None = None) -> Tensor:
@@ -125,14 +131,7 @@ class Attention(nn.Module):
             if kv is not None:
                 k, v = kv.append(k, v)
         dropout_p = self.dropout if self.training else 0.0
-        if self.record:
-            out, w = attention(q, k, v, geometry=self.geometry, attn_mask=mask, is_causal=is_causal,
-                               dropout_p=dropout_p, backend="dense", return_weights=True)
-            self.recorded = {"q": q.detach(), "k": k.detach(), "mask": mask, "is_causal": is_causal,
-                             "weights": w.detach()}
-        else:
-            out = attention(q, k, v, geometry=self.geometry, attn_mask=mask, is_causal=is_causal,
-                            dropout_p=dropout_p, backend=self.backend)
+        out = self.attend(q, k, v, self.geometry, mask, is_causal, dropout_p, self.backend)   # (B, H, T, D)
         B, _, T, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(B, T, -1))
 
@@ -192,35 +191,17 @@ def init_weights(model: nn.Module, n_layers: int) -> None:
                 nn.init.zeros_(m.bias)
 
 
-def padding_to_allowed(padding_mask: Tensor | None, B: int, S: int, name: str = "padding_mask") -> Tensor | None:
-    """(B, S) with True = padding → geoattn's (B, 1, 1, S) with True = take part."""
-    if padding_mask is None:
-        return None
-    if not isinstance(padding_mask, Tensor) or padding_mask.dtype != torch.bool:
-        raise TypeError(f"{name} must be a bool tensor (True = padding), got "
-                        f"{getattr(padding_mask, 'dtype', type(padding_mask).__name__)}")
-    if tuple(padding_mask.shape) != (B, S):
-        raise ValueError(f"{name} has shape {tuple(padding_mask.shape)} but the tokens are (B, T) = ({B}, {S}); "
-                         "give one bool per token, True at padding")
-    return ~padding_mask[:, None, None, :]
+def final_norm(cfg: TransformerConfig) -> nn.Module:
+    """The LayerNorm after the last block (pre-norm stacks), or the identity (post-norm: each block ends normed)."""
+    return nn.LayerNorm(cfg.d_model, bias=cfg.bias) if cfg.pre_norm else nn.Identity()
 
 
-def self_mask(T: int, past: int, causal: bool, allowed_keys: Tensor | None, device) -> tuple[Tensor | None, bool]:
-    """Mask for T new queries after ``past`` cached keys: ``(mask (·, ·, T, past+T) | None, is_causal)``.
-
-    SDPA's ``is_causal`` is top-left aligned, so it is used only without a cache; with one, query i
-    (position past+i) sees keys j ≤ past+i, written out as a bool mask (nothing to mask when T = 1).
-    """
-    if not causal:
-        return allowed_keys, False
-    if allowed_keys is None and past == 0:
-        return None, True
-    if allowed_keys is None and T == 1:
-        return None, False
-    S = past + T
-    tri = torch.ones(T, S, dtype=torch.bool, device=device)
-    tri = tri.tril(diagonal=past)
-    return (tri if allowed_keys is None else allowed_keys & tri), False
+def lm_head(cfg: TransformerConfig, token: nn.Embedding) -> nn.Linear:
+    """Hidden states → logits over the vocabulary, tied to the token embedding with ``cfg.tie_weights``."""
+    head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+    if cfg.tie_weights:
+        head.weight = token.weight
+    return head
 
 
 def check_tokens(name: str, idx: Tensor) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..masks import padding_to_allowed, self_mask
 from .cache import KVCache
 from .config import TransformerConfig
-from .decoder import check_generate_args, next_token, window_error
 from .encoder import Encoder, make_rotary
-from .layers import Block, Embedder, check_tokens, init_weights, padding_to_allowed, self_mask
+from .generate import check_generate_args, check_window, generate_tokens
+from .layers import Block, Embedder, check_tokens, final_norm, init_weights, lm_head
 
 
 class EncoderDecoder(nn.Module):
@@ -25,10 +26,8 @@ class EncoderDecoder(nn.Module):
         self.blocks = nn.ModuleList(
             Block(cfg, cfg.make_geometry(name), cross_geometry=cfg.make_geometry(name), rotary=rotary)
             for name in cfg.layer_geometries("decoder"))
-        self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias) if cfg.pre_norm else nn.Identity()
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        if cfg.tie_weights:
-            self.lm_head.weight = self.embed.tok.weight
+        self.ln_f = final_norm(cfg)
+        self.lm_head = lm_head(cfg, self.embed.tok)
         init_weights(self, cfg.n_layers + cfg.decoder_layers)
 
     def new_cache(self, batch_size: int) -> KVCache:
@@ -81,24 +80,9 @@ class EncoderDecoder(nn.Module):
         (the cross-attention cache stays valid, only the self-attention cache restarts)."""
         check_tokens("src", src)
         check_generate_args(max_new_tokens, temperature, top_k)
-        L = self.cfg.max_len
-        if 1 + max_new_tokens > L and not sliding_window:
-            raise window_error(1 + max_new_tokens, L)
+        check_window(1 + max_new_tokens, self.cfg.max_len, sliding_window)
         B = src.shape[0]
         memory = self.encode(src, src_padding_mask)
         tgt = torch.full((B, 1), int(bos_id), dtype=torch.long, device=src.device)
-        cache = self.new_cache(B)
-        logits = self.decode(tgt, memory, src_padding_mask, cache=cache)
-        for step in range(max_new_tokens):
-            nxt = next_token(logits[:, -1], temperature, top_k, do_sample)
-            tgt = torch.cat([tgt, nxt], dim=1)
-            if step == max_new_tokens - 1:
-                break
-            if cache.length < L:
-                logits = self.decode(nxt, memory, src_padding_mask, cache=cache)
-            else:
-                for kv in cache.self_kv:
-                    kv.k = kv.v = None
-                cache.length = 0
-                logits = self.decode(tgt[:, -L:], memory, src_padding_mask, cache=cache)
-        return tgt
+        return generate_tokens(tgt, lambda tokens, cache: self.decode(tokens, memory, src_padding_mask, cache=cache),
+                               self.new_cache(B), self.cfg.max_len, max_new_tokens, temperature, top_k, do_sample)

@@ -1,5 +1,11 @@
 """Layers: the ``nn.MultiheadAttention`` drop-in and the Riemannian optimizer helper."""
-from .multihead import MultiheadAttention, build_geometry
+from .multihead import MultiheadAttention
 from .optim import riemannian_optimizer
 
-__all__ = ["MultiheadAttention", "build_geometry", "riemannian_optimizer"]
+__all__ = ["MultiheadAttention", "riemannian_optimizer"]
+
+
+def __getattr__(name: str):
+    from .._deprecated import moved
+
+    return moved(__name__, name)

@@ -13,25 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..functional import attention
-from ..geometry import Geometry
-from ..geometry.base import geometry_class
-from .masks import merge_masks
-
-
-def build_geometry(geometry: str | Geometry, num_heads: int, head_dim: int, **params) -> Geometry:
-    """A geometry with one parameter per head: ``make_geometry(name, num_heads=H, **params)``
-    (``head_dim`` added for geometries that need it, e.g. ``"metric"``). An instance is used as is."""
-    if isinstance(geometry, Geometry):
-        if params:
-            raise ValueError(f"geometry parameters {sorted(params)} were given with a Geometry instance; "
-                             "set them on the instance instead")
-        geometry.check_heads(num_heads)
-        return geometry
-    cls = geometry_class(geometry)
-    params.setdefault("num_heads", num_heads)
-    if cls.needs_head_dim:
-        params.setdefault("head_dim", head_dim)
-    return cls(**params)
+from ..geometry import Geometry, geometry_for_module
+from ..masks import merge_masks
 
 
 def _keep_off_fused_fast_path(module: nn.Module, args) -> None:
@@ -99,7 +82,7 @@ class MultiheadAttention(nn.Module):
             self.bias_v = nn.Parameter(torch.empty(1, 1, embed_dim, **fk))
         else:
             self.bias_k = self.bias_v = None
-        self.geometry = build_geometry(geometry, num_heads, self.head_dim, **geometry_params).to(device=device)
+        self.geometry = geometry_for_module(geometry, num_heads, self.head_dim, geometry_params).to(device=device)
         self._reset_parameters()
         self.register_forward_pre_hook(_keep_off_fused_fast_path)
 

@@ -1,0 +1,117 @@
+"""Which backend runs a call: the registry of backends, the default, and ``auto``'s decision table.
+
+``backend="auto"`` walks :data:`RULES` top to bottom and takes the first row whose condition holds.
+A backend named explicitly (per call, or as the default with :func:`geoattn.set_default_backend`)
+runs the call if its :meth:`~geoattn.backends.base.Backend.unsupported` finds nothing, else the call
+fails with that reason. Every choice is logged at DEBUG level on the ``"geoattn"`` logger, and
+:func:`geoattn.explain_backend` returns it as text. A new backend is a :func:`register_backend` call
+plus, for ``auto`` to pick it, one row inserted into :data:`RULES`.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from .base import Backend
+
+if TYPE_CHECKING:
+    from ..call import AttentionCall
+
+DENSE_MAX_SCORES = 1 << 22  # B·H·L·S up to which ``auto`` prefers the dense path over compiling a fused kernel
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One row of ``auto``'s table: when ``applies(call)``, run ``backend``, because ``reason``."""
+
+    applies: Callable[[AttentionCall], bool]
+    backend: str
+    reason: str
+
+
+RULES: list[Rule] = [
+    Rule(lambda c: c.geometry.affine and not c.return_weights, "sdpa",
+         "the score is affine in a dot product, so F.scaled_dot_product_attention computes it exactly"),
+    Rule(lambda c: c.return_weights, "dense", "attention weights were asked for (only the dense backend returns them)"),
+    Rule(lambda c: c.dropout_p > 0, "dense", "attention dropout (only the dense backend applies it to this score)"),
+    Rule(lambda c: c.num_scores <= DENSE_MAX_SCORES, "dense",
+         f"the score matrix is small (B·H·L·S ≤ {DENSE_MAX_SCORES}): dense is faster than compiling a fused kernel"),
+    Rule(lambda c: c.device.type != "cpu", "flex", "on an accelerator, FlexAttention fuses the score (with a backward)"),
+    # measured (benchmarks/results/kernels): on CPU the tiled forward is faster than flex (3.0× vs 5.0× SDPA at
+    # L=4096) and its memory linear, where torch 2.13's CPU flex grows 3.6× from 4096 to 8192 (and has no backward)
+    Rule(lambda c: True, "tiled", "on CPU, tiled is faster than CPU flex and linear in memory (measured), with a backward"),
+]
+
+
+@dataclass(frozen=True)
+class Choice:
+    backend: str
+    reason: str
+
+
+_BACKENDS: dict[str, Backend] = {}
+_DEFAULT = ["auto"]  # what backend="auto" means: "auto" (the table) or a backend name
+_log = logging.getLogger("geoattn")
+
+
+def register_backend(backend: Backend, auto_rank: int | None = None) -> Backend:
+    """Make ``backend`` available by name (``backend="<name>"``). ``auto`` picks it only through a row of :data:`RULES`."""
+    if auto_rank is not None:
+        warnings.warn("register_backend(auto_rank=...) is deprecated and ignored: auto follows the decision table "
+                      "geoattn.backends.policy.RULES; insert a Rule(...) there for auto to pick this backend",
+                      DeprecationWarning, stacklevel=2)
+    _BACKENDS[backend.name] = backend
+    return backend
+
+
+def available_backends() -> list[str]:
+    """Names accepted by ``backend=``: ``"auto"`` and every registered backend (``"dense"``, ``"sdpa"``, ...)."""
+    return ["auto", *sorted(_BACKENDS)]
+
+
+def check_name(name: str) -> None:
+    if name not in available_backends():
+        raise ValueError(f"unknown backend {name!r}; available backends: {', '.join(available_backends())}")
+
+
+def set_default(name: str) -> str:
+    """Make ``name`` what ``backend="auto"`` means; returns the previous setting."""
+    check_name(name)
+    previous, _DEFAULT[0] = _DEFAULT[0], name
+    return previous
+
+
+def choose(call: AttentionCall, backend: str = "auto") -> Choice:
+    """The backend for ``call`` and why: the one named, the default set globally, or ``auto``'s first row."""
+    check_name(backend)
+    name, why = backend, f"named by backend={backend!r}"
+    if name == "auto" and _DEFAULT[0] != "auto":
+        name, why = _DEFAULT[0], f"the default backend, set with geoattn.set_default_backend({_DEFAULT[0]!r})"
+    if name == "auto":
+        rule = next(rule for rule in RULES if rule.applies(call))
+        name, why = rule.backend, f"auto: {rule.reason}"
+    reason = _BACKENDS[name].unsupported(call)
+    if reason is not None:
+        raise ValueError(f"backend {name!r} cannot run this call: {reason}")
+    if _log.isEnabledFor(logging.DEBUG):
+        _log.debug("backend %s for %s: %s", name, describe(call), why)
+    return Choice(name, why)
+
+
+def backend_for(call: AttentionCall, backend: str = "auto") -> Backend:
+    """The :class:`Backend` that runs ``call`` (see :func:`choose`)."""
+    return _BACKENDS[choose(call, backend).backend]
+
+
+def describe(call: AttentionCall) -> str:
+    """The facts of a call the table reads, in one line."""
+    parts = [f"geometry {call.geometry.name!r} ({'affine' if call.geometry.affine else 'not affine'})",
+             f"B·H·L·S = {call.num_scores}", f"{call.device.type} {str(call.dtype).removeprefix('torch.')}",
+             "gradients" if call.needs_grad else "no gradients"]
+    if call.return_weights:
+        parts.append("weights")
+    if call.dropout_p > 0:
+        parts.append(f"dropout {call.dropout_p}")
+    return ", ".join(parts)

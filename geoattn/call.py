@@ -1,0 +1,103 @@
+"""The one front door: every attention-shaped call is validated and prepared once, as an :class:`AttentionCall`.
+
+:func:`geoattn.attention`, :func:`geoattn.energy`, :func:`geoattn.explain_backend`, ``auto``'s policy
+(:mod:`geoattn.backends.policy`) and every backend take the same prepared call: 4-D per-head q/k/v,
+the geometry (built by the registry), the mask's parts, dropout, scale, whether gradients are needed
+and the score count. Queries and keys stay as given (each backend lifts them with its geometry).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+from torch import Tensor
+
+from .geometry import Geometry, make_geometry
+from .masks import Mask, exclude_self as fold_exclude_self, mask_to_4d
+from .validation import check_attention_inputs, check_geometry
+
+
+def to_4d(x: Tensor) -> Tensor:
+    """(..., L, E) → (B, H, L, E): a missing head dim becomes 1, extra batch dims are flattened."""
+    if x.dim() == 2:
+        return x[None, None]
+    if x.dim() == 3:
+        return x[None]
+    return x.reshape(-1, *x.shape[-3:])
+
+
+@dataclass
+class AttentionCall:
+    """One prepared call: ``softmax(score_geometry(q, k) + mask) · values``."""
+
+    q: Tensor                   # (B, H, L, E)
+    k: Tensor                   # (B, H, S, E), key heads repeated to H for grouped-query attention
+    v: Tensor                   # (B, H, S, Ev), as given (see :attr:`values`)
+    geometry: Geometry
+    mask: Mask                  # 4-D, broadcastable to (B, H, L, S)
+    dropout_p: float = 0.0
+    scale: float | None = None
+    return_weights: bool = False
+    needs_grad: bool = False    # autograd will differentiate the call (inputs or geometry parameters)
+    num_scores: int = 0         # B·H·L·S
+    lead: tuple = ()            # the query's leading dims, restored by :meth:`finish`
+
+    @property
+    def L(self) -> int:
+        return self.q.shape[-2]
+
+    @property
+    def S(self) -> int:
+        return self.k.shape[-2]
+
+    @property
+    def device(self) -> torch.device:
+        return self.q.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.q.dtype
+
+    @cached_property
+    def values(self) -> Tensor:
+        """The values the weighted sum runs over: ``geometry.pre_values(v)``, (B, H, S, Ev')."""
+        return self.geometry.pre_values(self.v)
+
+    def family(self, compute_dtype: torch.dtype) -> tuple:
+        """The compile-cache key of the fused kernels (one compiled copy per family, see compile_cache)."""
+        mask = self.mask
+        return (type(self.geometry), self.geometry.affine, mask.is_causal, mask.boolean is None, mask.bias is None,
+                compute_dtype, self.device.type)
+
+    def finish(self, out: Tensor, weights: Tensor | None) -> Tensor | tuple[Tensor, Tensor]:
+        """(B, H, L, Ev) output (and weights) → the caller's leading dims, in the values' dtype."""
+        out = out.to(self.v.dtype).reshape(*self.lead, self.L, -1)
+        if self.return_weights:
+            return out, weights.reshape(*self.lead, self.L, self.S)
+        return out
+
+
+def prepare_call(query: Tensor, key: Tensor, value: Tensor, geometry: str | Geometry = "euclidean",
+                 attn_mask: Tensor | None = None, dropout_p: float = 0.0, is_causal: bool = False,
+                 scale: float | None = None, enable_gqa: bool = False, return_weights: bool = False,
+                 exclude_self: bool = False) -> AttentionCall:
+    """Validate the arguments of :func:`geoattn.attention` and prepare its call (conventions there)."""
+    check_attention_inputs(query, key, value, attn_mask, is_causal, dropout_p, enable_gqa)
+    check_geometry(geometry)
+    geom = make_geometry(geometry, head_dim=query.shape[-1])
+    L, S = query.shape[-2], key.shape[-2]
+    lead = tuple(query.shape[:-2])
+    if exclude_self:
+        attn_mask, is_causal = fold_exclude_self(attn_mask, is_causal, L, S, query.device)
+    q, k, v = to_4d(query), to_4d(key), to_4d(value)
+    geom.check_heads(q.shape[1])
+    if k.shape[1] != q.shape[1]:  # grouped-query attention: share each key/value head across its group
+        group = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    mask = Mask(mask_to_4d(attn_mask, torch.Size(lead), L, S), bool(is_causal), L, S, q.device)
+    needs_grad = torch.is_grad_enabled() and (
+        q.requires_grad or k.requires_grad or v.requires_grad or any(p.requires_grad for p in geom.parameters())
+    )
+    return AttentionCall(q, k, v, geom, mask, float(dropout_p), scale, bool(return_weights), needs_grad,
+                         q.shape[0] * q.shape[1] * L * S, lead)

@@ -1,0 +1,137 @@
+"""The one geometry factory: names → classes, ``make_geometry``, the per-module factory, checkpoint tags.
+
+Every way of getting a geometry goes through here: ``geoattn.attention(geometry="poincare")``,
+:class:`geoattn.MultiheadAttention`, the backbone's :class:`~geoattn.models.TransformerConfig`,
+:func:`geoattn.swap`, the Hugging Face attention functions and their config round trip, the demo and
+the benchmarks. Every geometry constructor takes ``num_heads`` and ``head_dim`` (a geometry that does
+not need the head size ignores it), so the factory never special-cases a geometry.
+
+A geometry's identity in checkpoints, ``geometry_tag``, is its name and the values of the options it
+declares (``options = ("score", "aggregation")``…): ``"sphere|score=cosine|aggregation=linear"``.
+"""
+from __future__ import annotations
+
+import copy as copying
+import inspect
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from .base import Geometry
+
+_REGISTRY: dict[str, type[Geometry]] = {}
+_WITHOUT_HEAD_DIM: set[type] = set()  # registered classes whose constructor predates ``head_dim`` (deprecated)
+
+
+def register(cls: type[Geometry]) -> type[Geometry]:
+    """Class decorator: make a geometry available under ``cls.name`` to :func:`make_geometry`."""
+    _REGISTRY[cls.name] = cls
+    params = inspect.signature(cls.__init__).parameters.values()
+    if not any(p.name == "head_dim" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        warnings.warn(f"geometry {cls.name!r}: its __init__ takes no head_dim; geoattn gives head_dim to every "
+                      "geometry it builds by name, so add `head_dim: int | None = None` (or **options) to it. Until "
+                      "then it is built without head_dim", DeprecationWarning, stacklevel=2)
+        _WITHOUT_HEAD_DIM.add(cls)
+    return cls
+
+
+def available_geometries() -> list[str]:
+    """Names accepted by :func:`make_geometry` and by ``geoattn.attention(geometry=...)``."""
+    return sorted(_REGISTRY)
+
+
+def geometry_class(name: str) -> type[Geometry]:
+    """The class registered as ``name`` (ValueError listing the available names otherwise)."""
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(
+            f"unknown geometry {name!r}; available geometries: {', '.join(available_geometries())} "
+            "(or pass a geoattn.Geometry instance)"
+        )
+    return _REGISTRY[name]
+
+
+def make_geometry(geometry: str | Geometry, num_heads: int | None = None, head_dim: int | None = None,
+                  **params) -> Geometry:
+    """A geometry by name with its parameters, e.g. ``make_geometry("poincare", curvature=-0.5)``.
+
+    ``num_heads`` and ``head_dim`` (None: the class default) are passed to every geometry; only those
+    whose parameters depend on them use them (``make_geometry("metric", head_dim=64, rank=8)``). An
+    instance is returned as it is: it takes no ``params`` (ValueError) and, given ``num_heads``, must
+    have parameters for that many heads or for one.
+    """
+    from .base import Geometry
+
+    if isinstance(geometry, Geometry):
+        if params:
+            raise ValueError(f"geometry parameters {sorted(params)} were given with a Geometry instance; "
+                             "set them on the instance instead")
+        if num_heads is not None:
+            geometry.check_heads(num_heads)
+        return geometry
+    cls = geometry_class(geometry)
+    sizes = {"num_heads": num_heads, "head_dim": None if cls in _WITHOUT_HEAD_DIM else head_dim}
+    return cls(**{key: value for key, value in sizes.items() if value is not None}, **params)
+
+
+def geometry_for_module(geometry: str | Geometry, num_heads: int, head_dim: int, params: dict[str, Any] | None = None,
+                        copy: bool = False) -> Geometry:
+    """The geometry of one attention module with ``num_heads`` query heads of ``head_dim`` features.
+
+    A name is built with the module's ``num_heads`` and ``head_dim``, which ``params`` may override
+    (``num_heads=1`` shares the parameters across heads); an instance is used as it is, or deep-copied
+    with ``copy=True`` (one trainable geometry per module, as :func:`geoattn.swap` does). Raises
+    ``ValueError`` when the geometry does not fit the module's heads.
+    """
+    params = dict(params or {})
+    sizes = {"num_heads": params.pop("num_heads", num_heads), "head_dim": params.pop("head_dim", head_dim)}
+    if copy and not isinstance(geometry, str):
+        geometry = copying.deepcopy(geometry)
+    geom = make_geometry(geometry, **sizes, **params)
+    geom.check_heads(num_heads)
+    if getattr(geom, "head_dim", head_dim) != head_dim:
+        raise ValueError(
+            f"geometry {geom.name!r} was built for head_dim={geom.head_dim} but the model's heads have "
+            f"{head_dim} features (embed_dim // num_heads); build it with head_dim={head_dim} or leave head_dim out"
+        )
+    return geom
+
+
+# -- checkpoint tags ---------------------------------------------------------------------------------
+TAG_BYTES = 64
+
+
+def geometry_tag(geometry: Geometry) -> str:
+    """``name|option=value|…`` over the options the geometry's class declares."""
+    return "|".join([geometry.name, *(f"{key}={getattr(geometry, key)}" for key in geometry.options)])
+
+
+def encode_tag(tag: str) -> Tensor:
+    raw = tag.encode()[:TAG_BYTES]
+    return torch.tensor(list(raw) + [0] * (TAG_BYTES - len(raw)), dtype=torch.uint8)
+
+
+def decode_tag(t: Tensor) -> str:
+    return bytes(int(b) for b in t.reshape(-1).tolist() if b).decode(errors="replace")
+
+
+def tag_matches(saved: str, geometry: Geometry) -> bool:
+    """A checkpoint fits ``geometry`` when the names agree and every option it records has this value
+    (so a checkpoint written before an option was declared still loads)."""
+    name, *recorded = saved.split("|")
+    return name == geometry.name and all(
+        item == f"{key}={getattr(geometry, key, None)}" for item in recorded for key in [item.partition("=")[0]]
+    )
+
+
+def rebuild_options(geometry: Geometry) -> dict[str, Any]:
+    """The constructor options that rebuild ``geometry`` by name (its tensors travel in the state dict):
+    its declared options, ``learnable``, and ``num_heads=1`` when one set of parameters serves every head
+    (otherwise the head count is the module's)."""
+    options = {key: getattr(geometry, key) for key in geometry.options}
+    options["learnable"] = geometry.learnable
+    if geometry.num_heads == 1:
+        options["num_heads"] = 1
+    return options
