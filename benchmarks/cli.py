@@ -32,7 +32,8 @@ def parse_seeds(value: str) -> list[int]:
             return [int(v) for v in _csv(value)]
         n = int(value)
     except ValueError:
-        raise ValueError(f"--seeds takes a count (e.g. 3) or a comma-separated list (e.g. 0,1,2), got {value!r}") from None
+        raise ValueError(f"--seeds takes a count (e.g. 3) or a comma-separated list (e.g. 0,1,2), "
+                         f"got {value!r}") from None
     if n < 1:
         raise ValueError(f"--seeds must be at least 1, got {n}")
     return list(range(n))
@@ -48,13 +49,15 @@ def parse_data(items: list[str], tasks: list[str]) -> dict[str, str]:
         task, sep, path = item.partition("=")
         if sep and task in TASKS:
             if not TASKS[task].data_kind:
-                raise ValueError(f"--data {item!r}: task {task!r} generates its data and reads no file; drop this --data")
+                raise ValueError(f"--data {item!r}: task {task!r} generates its data and reads no file; "
+                                 "drop this --data")
             paths[task] = path
             continue
         kinds = {TASKS[t].data_kind for t in file_tasks}
         if len(kinds) != 1:
             raise ValueError(
-                f"--data {item!r} is ambiguous: the selected tasks read {'no' if not kinds else 'different'} file formats "
+                f"--data {item!r} is ambiguous: the selected tasks read {'no' if not kinds else 'different'} "
+                "file formats "
                 f"({', '.join(file_tasks) or 'none'}); write --data TASK=PATH"
             )
         paths.update({t: item for t in file_tasks})
@@ -91,7 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--geometries", type=_csv, default=None, help="comma-separated (default: all available)")
     run.add_argument("--seeds", default=None, help="a count (3 → seeds 0,1,2) or a list (0,1,2); default: the suite's")
     run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... or auto (cuda when available)")
-    run.add_argument("--out", type=Path, default=None, help="results folder (default bench-results/SUITE; the committed ones are benchmarks/results/SUITE)")
+    run.add_argument("--out", type=Path, default=None,
+                     help="results folder (default bench-results/SUITE; committed: benchmarks/results/SUITE)")
     run.add_argument("--data", action="append", default=[], metavar="[TASK=]PATH",
                      help="replace a task's data file with another of the same format")
     run.add_argument("--set", action="append", default=[], metavar="[TASK:]KEY=VALUE", dest="overrides",
@@ -189,7 +193,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _kernels_path(out: Path, given: Path | None) -> Path | None:
     if given is not None:
         if not given.exists():
-            raise ValueError(f"--kernels {str(given)!r} does not exist; run `python -m benchmarks kernels` first or drop it")
+            raise ValueError(f"--kernels {str(given)!r} does not exist; run `python -m benchmarks kernels` first "
+                             "or drop it")
         return given
     for name in ("kernels.csv", "kernels.json", "kernels.jsonl"):
         for folder in (out, RESULTS / "kernels", RESULTS):

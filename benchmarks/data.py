@@ -61,7 +61,8 @@ def load_closure(path: str | Path = MAMMAL_CLOSURE) -> list[tuple[str, str]]:
             )
         child, anc = fields[0].strip(), fields[1].strip()
         if child == anc:
-            raise DataError(f"hierarchy closure {str(path)!r}, line {lineno}: {child!r} is its own ancestor; remove the line")
+            raise DataError(f"hierarchy closure {str(path)!r}, line {lineno}: {child!r} is its own ancestor; "
+                            "remove the line")
         pairs.append((child, anc))
     if not pairs:
         raise DataError(f"hierarchy closure {str(path)!r} has no pairs; pass a non-empty child<TAB>ancestor file")

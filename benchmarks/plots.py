@@ -94,7 +94,8 @@ def sweep(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
 
 
 _LENGTH = ("length", "seq_len", "L", "seq_length")
-_RATIO = ("fwdbwd_ratio", "ratio_to_sdpa", "time_ratio", "ratio", "time_vs_sdpa", "x_sdpa")  # kernels.csv: fwd+bwd × SDPA
+# kernels.csv: fwd+bwd × SDPA
+_RATIO = ("fwdbwd_ratio", "ratio_to_sdpa", "time_ratio", "ratio", "time_vs_sdpa", "x_sdpa")
 
 
 def _kernel_rows(path: Path) -> list[dict[str, Any]]:

@@ -68,10 +68,12 @@ def rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             tps = float(np.mean([r["timings"]["tokens_per_s"] for r in runs]))
             mem = float(np.mean([_memory(r) for r in runs]))
             row = {
-                "task": task, "sweep": runs[0].get("sweep") or "", "sweep_value": sweep_value if sweep_value is not None else "",
+                "task": task, "sweep": runs[0].get("sweep") or "",
+                "sweep_value": sweep_value if sweep_value is not None else "",
                 "geometry": geometry, "metric": metric, "higher_is_better": hib, "seeds": s.n, "mean": s.mean,
                 "ci95_low": s.ci_low, "ci95_high": s.ci_high,
-                "extra_metric": extra or "", "extra_mean": float(np.mean([r["metrics"][extra] for r in runs])) if extra else "",
+                "extra_metric": extra or "",
+                "extra_mean": float(np.mean([r["metrics"][extra] for r in runs])) if extra else "",
                 "p_vs_euclidean": welch(vals, base_vals) if geometry != BASELINE and base_vals else "",
                 "vs_euclidean": (verdict(vals, base_vals, hib) if base_vals else "n/a (no euclidean runs)")
                 if geometry != BASELINE else "baseline",
@@ -94,11 +96,14 @@ def markdown(table: list[dict[str, Any]]) -> str:
         half = (r["ci95_high"] - r["ci95_low"]) / 2 if not math.isnan(r["ci95_low"]) else math.nan
         metric = r["metric"] + (" ↑" if r["higher_is_better"] else " ↓")
         extra = f" ({r['extra_metric']} {r['extra_mean']:.3f})" if r["extra_metric"] else ""
-        p = f" (p={r['p_vs_euclidean']:.3g})" if isinstance(r["p_vs_euclidean"], float) and not math.isnan(r["p_vs_euclidean"]) else ""
+        pv = r["p_vs_euclidean"]
+        p = f" (p={pv:.3g})" if isinstance(pv, float) and not math.isnan(pv) else ""
         lines.append(
-            f"| {r['task']} | {r['sweep_value']} | {r['geometry']} | {metric} | {r['mean']:.4f} ± {_fmt(half, 2)}{extra} "
+            f"| {r['task']} | {r['sweep_value']} | {r['geometry']} | {metric} "
+            f"| {r['mean']:.4f} ± {_fmt(half, 2)}{extra} "
             f"| {r['seeds']} | {r['vs_euclidean']}{p} | {r['params_total']:,} ({r['params_geometry']}) "
-            f"| {r['tokens_per_s']:,.0f} ({r['speed_vs_euclidean']:.2f}×) | {_fmt(r['memory_mb'], 3)} ({_fmt(r['memory_vs_euclidean'], 3)}×) |"
+            f"| {r['tokens_per_s']:,.0f} ({r['speed_vs_euclidean']:.2f}×) "
+            f"| {_fmt(r['memory_mb'], 3)} ({_fmt(r['memory_vs_euclidean'], 3)}×) |"
         )
     return "\n".join(lines) + "\n"
 
@@ -123,8 +128,9 @@ def build_report(log_path: Path, out_dir: Path, kernels: Path | None = None) -> 
     header = (f"Results from {len(_latest_per_key(records))} runs in `{log_path.name}`"
               + (f" ({len(bad)} unreadable line(s) skipped)" if bad else "")
               + f". Mean ± 95% t-interval over seeds; Welch's t-test vs euclidean at α = {ALPHA}; ↓ lower is better, "
-              "↑ higher is better. Memory: CUDA allocator peak on GPU; on CPU the activations saved for backward in one "
-              "training step. Geometry parameters are counted in params (learnable curvature, temperature, metric).\n\n")
+              "↑ higher is better. Memory: CUDA allocator peak on GPU; on CPU the activations saved for backward in "
+              "one training step. Geometry parameters are counted in params (learnable curvature, temperature, "
+              "metric).\n\n")
     md.write_text(header + markdown(table))
     write_csv(table, out_dir / "results.csv")
     written = [md, out_dir / "results.csv"]

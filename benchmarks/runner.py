@@ -196,7 +196,8 @@ def run_all(specs: list[RunSpec], log_path: Path, device: torch.device, info: di
     pending = [s for s in specs if s.key not in done]
     outcome.skipped = [s.key for s in specs if s.key in done]
     bar = tqdm(total=sum(s.config["iters"] for s in pending), unit="step",
-               disable=not (progress and info.is_main), desc=f"{len(pending)} runs ({len(outcome.skipped)} done before)",
+               disable=not (progress and info.is_main),
+               desc=f"{len(pending)} runs ({len(outcome.skipped)} done before)",
                smoothing=0.05)
 
     def label(i: int, spec: RunSpec) -> str:

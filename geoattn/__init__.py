@@ -25,13 +25,13 @@ from .geometry import (
 from .nn import MultiheadAttention, riemannian_optimizer
 from .integrations import swap
 from .validation import set_validation
-from . import models  # noqa: E402  (the backbone: geoattn.models.DecoderLM, ...)
+from . import models  # noqa: F401  (the backbone: geoattn.models.DecoderLM, ...)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CurvedGeometry", "Euclidean", "Geometry", "Lifted", "Lorentz", "Metric", "MultiheadAttention", "Poincare",
     "Sphere", "Stereographic", "TemperedGeometry", "Trace", "attention", "available_backends", "available_geometries",
-    "default_backend", "energy", "explain_backend", "make_geometry", "register", "riemannian_optimizer", "set_default_backend",
-    "set_tiled_compile", "set_validation", "swap", "trace",
+    "default_backend", "energy", "explain_backend", "make_geometry", "register", "riemannian_optimizer",
+    "set_default_backend", "set_tiled_compile", "set_validation", "swap", "trace",
 ]

@@ -68,7 +68,8 @@ def check_attention_inputs(query, key, value, attn_mask, is_causal: bool, dropou
             "cast them to one with .to(dtype)"
         )
     if not (query.device == key.device == value.device):
-        raise ValueError(f"query, key and value are on different devices ({query.device}, {key.device}, {value.device})")
+        raise ValueError(
+            f"query, key and value are on different devices ({query.device}, {key.device}, {value.device})")
     if not (query.dim() == key.dim() == value.dim()):
         raise ValueError(
             f"query, key and value must have the same number of dims, got shapes {tuple(query.shape)}, "

@@ -20,7 +20,8 @@ B, H, L, D = 2, 2, 37, 8
 
 GEOMETRIES = {
     "poincare": lambda: geoattn.Poincare(curvature=[-0.7, -1.3], temperature=[0.8, 1.5], num_heads=H, learnable=True),
-    "poincare-midpoint": lambda: geoattn.Poincare(curvature=-1.0, temperature=0.9, learnable=True, aggregation="midpoint"),
+    "poincare-midpoint": lambda: geoattn.Poincare(curvature=-1.0, temperature=0.9, learnable=True,
+                                                  aggregation="midpoint"),
     "stereo-pos": lambda: geoattn.Stereographic(curvature=0.4, temperature=1.2, learnable=True, aggregation="midpoint"),
     "stereo-neg": lambda: geoattn.Stereographic(curvature=[-0.5, 0.3], num_heads=H, learnable=True),
     "sphere-geodesic": lambda: geoattn.Sphere(score="geodesic", curvature=2.0, temperature=0.5, learnable=True,

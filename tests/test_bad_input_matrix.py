@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import geoattn
-from geoattn.models import DecoderLM, EncoderClassifier, EncoderDecoder, TransformerConfig
+from geoattn.models import DecoderLM, EncoderClassifier, TransformerConfig
 
 CFG = dict(vocab_size=11, d_model=8, n_heads=2, n_layers=1, max_len=6)
 
@@ -34,8 +34,9 @@ CASES = {
                                ValueError, r"key_padding_mask has shape \(2, 4\) but must be one of"),
     "mha attn_mask shape": (lambda: MHA()(X, X, X, attn_mask=torch.zeros(4, 4, dtype=torch.bool)), ValueError,
                             r"attn_mask has shape \(4, 4\) but must be one of"),
-    "mha geometry params with instance": (lambda: geoattn.MultiheadAttention(8, 2, geometry=geoattn.Poincare(), curvature=-2.0),
-                                          ValueError, r"geometry parameters \['curvature'\] were given with a Geometry instance"),
+    "mha geometry params with instance": (
+        lambda: geoattn.MultiheadAttention(8, 2, geometry=geoattn.Poincare(), curvature=-2.0),
+        ValueError, r"geometry parameters \['curvature'\] were given with a Geometry instance"),
     "config heads": (lambda: TransformerConfig(vocab_size=5, d_model=10, n_heads=3), ValueError,
                      r"d_model=10 is not divisible by n_heads=3"),
     "config positional": (lambda: TransformerConfig(vocab_size=5, positional="alibi"), ValueError,
@@ -50,27 +51,32 @@ CASES = {
                            r"EncoderClassifier needs TransformerConfig.num_classes as a positive int"),
     "tokens dtype": (lambda: lm()(torch.rand(2, 4)), TypeError, r"must be an integer \(long\) tensor of token ids"),
     "tokens shape": (lambda: lm()(torch.tensor([1, 2, 3])), ValueError, r"must have shape \(B, T\).*add a batch dim"),
-    "padding mask": (lambda: EncoderClassifier(TransformerConfig(**CFG, num_classes=2))(tokens(), torch.zeros(2, 3, dtype=torch.bool)),
+    "padding mask": (lambda: EncoderClassifier(TransformerConfig(**CFG, num_classes=2))(
+                         tokens(), torch.zeros(2, 3, dtype=torch.bool)),
                      ValueError, r"padding_mask has shape \(2, 3\) but the tokens are \(B, T\) = \(2, 4\)"),
     "past max_len": (lambda: lm().generate(tokens(), 5), ValueError,
-                     r"generation needs 9 positions but max_len is 6; generate fewer tokens, .*or pass sliding_window=True"),
+                     r"generation needs 9 positions but max_len is 6; generate fewer tokens, "
+                     r".*or pass sliding_window=True"),
     "bad temperature": (lambda: lm().generate(tokens(), 1, temperature=0.0, do_sample=True), ValueError,
                         r"temperature must be > 0"),
     "cache of another model": (lambda: lm()(tokens(), cache=lm().new_cache(2)), ValueError,
                                r"KVCache was made by another model.*new_cache"),
     "cache batch size": (lambda: (lambda m: m(tokens(), cache=m.new_cache(3)))(lm()), ValueError,
-                         r"made for batch size 3 but the input has batch size 2; make a new one with model.new_cache\(2\)"),
+                         r"made for batch size 3 but the input has batch size 2; "
+                         r"make a new one with model.new_cache\(2\)"),
     "swap no attention": (lambda: geoattn.swap(torch.nn.Linear(3, 3), "poincare"), ValueError,
                           r"found no attention to swap in Linear: it looks for torch.nn.MultiheadAttention"),
     "swap not a module": (lambda: geoattn.swap("bert", "poincare"), TypeError, r"expects a torch.nn.Module"),
     "swap unknown geometry": (lambda: geoattn.swap(torch.nn.MultiheadAttention(8, 2), "hyperbolic"), ValueError,
                               r"unknown geometry 'hyperbolic'; available geometries"),
-    "swap metric head_dim": (lambda: geoattn.swap(torch.nn.TransformerEncoderLayer(8, 2), "metric", head_dim=3), ValueError,
+    "swap metric head_dim": (lambda: geoattn.swap(torch.nn.TransformerEncoderLayer(8, 2), "metric", head_dim=3),
+                             ValueError,
                              r"built for head_dim=3 but the model's heads have 4 features.*head_dim=4"),
     "optimizer frozen model": (lambda: geoattn.riemannian_optimizer(torch.nn.Linear(2, 2).requires_grad_(False)),
                                ValueError, r"no trainable parameters"),
     "load another geometry": (lambda: lm(geometry="lorentz").load_state_dict(lm(geometry="sphere").state_dict()),
-                              ValueError, r"made with geometry 'sphere\|score=cosine\|aggregation=linear' but this module uses 'lorentz"),
+                              ValueError, r"made with geometry 'sphere\|score=cosine\|aggregation=linear' "
+                                          r"but this module uses 'lorentz"),
 }
 
 

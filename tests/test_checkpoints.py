@@ -84,12 +84,14 @@ def test_geoopt_manifold_parameters_round_trip_exactly():
 ])
 def test_loading_a_checkpoint_of_another_geometry_fails_clearly(source_case, target_case):
     source, target = GEOMETRY_CASES[source_case](4, 2), GEOMETRY_CASES[target_case](4, 2)
-    with pytest.raises(ValueError, match=r"checkpoint at .* was made with geometry '.*' but this module uses '.*'; build"):
+    with pytest.raises(ValueError,
+                       match=r"checkpoint at .* was made with geometry '.*' but this module uses '.*'; build"):
         target.load_state_dict(source.state_dict())
 
 
 def test_loading_a_model_of_another_geometry_fails_clearly():
     make = lambda g: geoattn.models.DecoderLM(geoattn.models.TransformerConfig(  # noqa: E731
         vocab_size=11, d_model=16, n_heads=2, n_layers=1, max_len=8, geometry=g))
-    with pytest.raises(ValueError, match=r"made with geometry 'poincare\|aggregation=linear' but this module uses 'lorentz"):
+    with pytest.raises(ValueError,
+                       match=r"made with geometry 'poincare\|aggregation=linear' but this module uses 'lorentz"):
         make("lorentz").load_state_dict(make("poincare").state_dict())

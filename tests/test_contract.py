@@ -69,7 +69,8 @@ def test_masks_behave_like_sdpa(case):
     v_changed = torch.where(mask.any(dim=2, keepdim=True).transpose(-1, -2), v, v + 100.0)  # only unseen keys
     for backend in backends_for(geometry):
         out = geoattn.attention(q, k, v, geometry=geometry, attn_mask=mask, backend=backend)
-        torch.testing.assert_close(geoattn.attention(q, k, v, geometry=geometry, attn_mask=float_mask, backend=backend), out)
+        with_float = geoattn.attention(q, k, v, geometry=geometry, attn_mask=float_mask, backend=backend)
+        torch.testing.assert_close(with_float, out)
         assert out[0, :, 2].abs().max() == 0, "a fully masked row must give zeros"
         assert torch.isfinite(out).all()
         unseen = ~mask.any(dim=2).squeeze(1)  # (B, S) keys no query may see
@@ -78,7 +79,8 @@ def test_masks_behave_like_sdpa(case):
         torch.testing.assert_close(geoattn.attention(q, k, v2, geometry=geometry, attn_mask=mask, backend=backend), out)
         causal = geoattn.attention(q, k, v, geometry=geometry, is_causal=True, backend=backend)
         tril = torch.ones(L, S, dtype=torch.bool).tril()
-        torch.testing.assert_close(geoattn.attention(q, k, v, geometry=geometry, attn_mask=tril, backend=backend), causal)
+        with_tril = geoattn.attention(q, k, v, geometry=geometry, attn_mask=tril, backend=backend)
+        torch.testing.assert_close(with_tril, causal)
     _, w = geoattn.attention(q, k, v, geometry=geometry, attn_mask=mask, backend="dense", return_weights=True)
     assert (w[~mask.expand_as(w)] == 0).all()
     del v_changed

@@ -101,14 +101,15 @@ def test_point_distance_function_matches_geomstats(geomstats):
 
 def test_lorentz_geometry_matches_geomstats_hyperboloid(geomstats):
     g = torch.Generator().manual_seed(6)
-    u = torch.randn(10, DIM, generator=g, dtype=torch.float64) * torch.linspace(0.01, 4, 10, dtype=torch.float64)[:, None]
+    radii = torch.linspace(0.01, 4, 10, dtype=torch.float64)[:, None]
+    u = torch.randn(10, DIM, generator=g, dtype=torch.float64) * radii
     w = torch.randn(8, DIM, generator=g, dtype=torch.float64) * 2
     kappa = torch.tensor(-1.0, dtype=torch.float64)
     x, y = lorentz.expmap0(u, kappa), lorentz.expmap0(w, kappa)
     origin = torch.zeros(DIM + 1, dtype=torch.float64)
     origin[0] = 1
-    torch.testing.assert_close(x, geomstats.exp("hyperboloid", DIM, torch.cat([torch.zeros(10, 1, dtype=torch.float64), u], -1), origin),
-                               atol=1e-9, rtol=1e-10)
+    tangent = torch.cat([torch.zeros(10, 1, dtype=torch.float64), u], -1)
+    torch.testing.assert_close(x, geomstats.exp("hyperboloid", DIM, tangent, origin), atol=1e-9, rtol=1e-10)
     d = geomstats.dist("hyperboloid", DIM, x[:, None].expand(-1, 8, -1).reshape(-1, DIM + 1),
                        y[None].expand(10, -1, -1).reshape(-1, DIM + 1)).reshape(10, 8)
     torch.testing.assert_close(lorentz.distance(x[:, None], y[None], kappa), d, atol=1e-8, rtol=1e-10)
@@ -128,7 +129,8 @@ def test_sphere_geodesic_matches_geomstats_hypersphere(geomstats):
     xu, xw = sphere.normalize(u), sphere.normalize(w)
     d = geomstats.dist("sphere", DIM - 1, xu[:, None].expand(-1, 7, -1).reshape(-1, DIM),
                        xw[None].expand(9, -1, -1).reshape(-1, DIM)).reshape(9, 7)
-    geometry = geoattn.Sphere(score="geodesic", curvature=torch.tensor(1.0, **T64), temperature=torch.tensor(2.0, **T64))
+    geometry = geoattn.Sphere(score="geodesic", curvature=torch.tensor(1.0, **T64),
+                              temperature=torch.tensor(2.0, **T64))
     # arccos is clamped at ±(1 - 1e-12) for a finite gradient: ≤ 1.5e-6 off at exactly coincident/antipodal points
     torch.testing.assert_close(pairwise_distance(geometry, u, w), d, atol=2e-6, rtol=0)
     generic = torch.ones_like(d, dtype=torch.bool)
@@ -144,7 +146,8 @@ def test_sphere_geodesic_matches_geomstats_hypersphere(geomstats):
 def test_positive_stereographic_matches_sphere_through_inverse_projection(geomstats, kappa):
     """For κ > 0 the κ-stereographic model is the sphere of radius 1/√κ: project back and compare."""
     g = torch.Generator().manual_seed(8)
-    x, y = torch.randn(6, DIM, generator=g, dtype=torch.float64) * 2, torch.randn(6, DIM, generator=g, dtype=torch.float64)
+    x = torch.randn(6, DIM, generator=g, dtype=torch.float64) * 2
+    y = torch.randn(6, DIM, generator=g, dtype=torch.float64)
 
     def to_sphere(p):  # inverse stereographic projection of √κ p onto the unit sphere
         p = p * math.sqrt(kappa)

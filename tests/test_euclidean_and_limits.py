@@ -43,7 +43,8 @@ def test_euclidean_equals_sdpa_with_gqa(backend):
 
 def test_euclidean_unbatched_and_extra_batch_dims_equal_sdpa():
     q, k, v = qkv(seed=3)
-    torch.testing.assert_close(geoattn.attention(q[0, 0], k[0, 0], v[0, 0]), F.scaled_dot_product_attention(q[0, 0], k[0, 0], v[0, 0]))
+    torch.testing.assert_close(geoattn.attention(q[0, 0], k[0, 0], v[0, 0]),
+                               F.scaled_dot_product_attention(q[0, 0], k[0, 0], v[0, 0]))
     q5, k5, v5 = (t.reshape(1, 2, 4, *t.shape[-2:]) for t in (q, k, v))
     torch.testing.assert_close(geoattn.attention(q5, k5, v5, is_causal=True),
                                F.scaled_dot_product_attention(q5, k5, v5, is_causal=True), atol=1e-6, rtol=1e-6)

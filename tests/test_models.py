@@ -47,7 +47,8 @@ VARIANTS = [("poincare", {"aggregation": "midpoint"}), ("lorentz", {"aggregation
             ("metric", {"rank": 2})]
 
 
-@pytest.mark.parametrize("geometry,params", VARIANTS, ids=[f"{g}-{'-'.join(map(str, p.values()))}" for g, p in VARIANTS])
+@pytest.mark.parametrize("geometry,params", VARIANTS,
+                         ids=[f"{g}-{'-'.join(map(str, p.values()))}" for g, p in VARIANTS])
 def test_cache_equals_full_forward_for_score_and_aggregation_variants(geometry, params):
     torch.manual_seed(0)
     c = cfg(geometry=geometry, positional="learned", geometry_params={**params, "learnable": True})

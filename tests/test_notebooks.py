@@ -27,14 +27,16 @@ CELL_TIMEOUT_S = 240  # per cell, generous for a loaded CI machine; each noteboo
 
 @pytest.fixture(scope="module")
 def kernel_name(tmp_path_factory):
-    """A kernelspec that launches ``sys.executable`` with offline Hugging Face (matplotlib uses the kernel's inline backend, headless)."""
+    """A kernelspec that launches ``sys.executable`` with offline Hugging Face (matplotlib uses the kernel's
+    inline backend, headless)."""
     data_dir = tmp_path_factory.mktemp("jupyter")
     spec_dir = data_dir / "kernels" / KERNEL
     spec_dir.mkdir(parents=True)
     spec = {
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "geoattn tests", "language": "python",
-        "env": {"MPLBACKEND": "module://matplotlib_inline.backend_inline", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYDEVD_DISABLE_FILE_VALIDATION": "1"},
+        "env": {"MPLBACKEND": "module://matplotlib_inline.backend_inline", "HF_HUB_OFFLINE": "1",
+                "TRANSFORMERS_OFFLINE": "1", "PYDEVD_DISABLE_FILE_VALIDATION": "1"},
     }
     (spec_dir / "kernel.json").write_text(json.dumps(spec))
     old = os.environ.get("JUPYTER_PATH")

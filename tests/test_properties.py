@@ -73,7 +73,8 @@ def test_gram_form_error_near_the_diagonal(direction, radius, kappa):
     c = -kappa
     u = u / u.norm() * radius / c ** 0.5
     for dtype in (torch.float64, torch.float32):
-        g = geoattn.Stereographic(curvature=torch.tensor(kappa, dtype=dtype), temperature=torch.tensor(1.0, dtype=dtype))
+        g = geoattn.Stereographic(curvature=torch.tensor(kappa, dtype=dtype),
+                                  temperature=torch.tensor(1.0, dtype=dtype))
         x = u.to(dtype)[None, None, None]
         d = -dense_scores(g, g.lift(x, x, None))[0, 0, 0, 0].double()
         bound = 4 * torch.finfo(dtype).eps ** 0.5 * torch.cosh(torch.tensor(radius, **T64)) ** 2 / c ** 0.5

@@ -26,7 +26,8 @@ SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 MAX_BALL = math.atanh(1 - 1e-7)  # hyperbolic radius of a point at 1 - 1e-7 of the ball's radius
 
-curvatures = st.floats(min_value=-10.0, max_value=10.0, allow_nan=False) | st.sampled_from([0.0, -1e-12, 1e-12, -10.0, 10.0])
+curvatures = (st.floats(min_value=-10.0, max_value=10.0, allow_nan=False)
+              | st.sampled_from([0.0, -1e-12, 1e-12, -10.0, 10.0]))
 temperatures = st.floats(min_value=-3.0, max_value=3.0).map(lambda e: 10.0 ** e)
 dtypes = st.sampled_from(["float32", "float64", "bfloat16", "float16", "autocast"])
 radii = st.floats(min_value=0.0, max_value=1.0) | st.just(1.0)
@@ -122,7 +123,8 @@ def test_long_sequences_never_give_nan(**case):
 
 @SETTINGS
 @given(name=st.sampled_from(geoattn.available_geometries()), L=st.integers(1, 4), S=st.integers(1, 4),
-       backend=st.just("dense"), **{**common, "radius": st.just(1.0), "dtype_name": st.sampled_from(["float32", "bfloat16", "float16"])})
+       backend=st.just("dense"),
+       **{**common, "radius": st.just(1.0), "dtype_name": st.sampled_from(["float32", "bfloat16", "float16"])})
 def test_boundary_points_in_low_precision_never_give_nan(**case):
     run_case(**case)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -44,8 +43,8 @@ class ShakespeareChar(Task):
         self.train_data, self.val_data = data[:n], data[n:]
         block = config["block_size"]
         if len(self.val_data) <= block + 1:
-            raise ValueError(f"the validation split has {len(self.val_data)} characters, not more than block_size={block}; "
-                             "use a longer text or a smaller block_size")
+            raise ValueError(f"the validation split has {len(self.val_data)} characters, not more than "
+                             f"block_size={block}; use a longer text or a smaller block_size")
 
     def build_model(self, geometry: str) -> nn.Module:
         from geoattn.models import DecoderLM
@@ -87,7 +86,8 @@ def _line_pairs(path: str, max_len: int) -> tuple[list[str], Tensor, Tensor]:
     lines = text.split("\n")
     pairs = [(a, b) for a, b in zip(lines, lines[1:]) if a.strip() and b.strip()]
     if len(pairs) < 20:
-        raise ValueError(f"{path!r} has only {len(pairs)} pairs of consecutive non-empty lines; seq2seq needs at least 20")
+        raise ValueError(f"{path!r} has only {len(pairs)} pairs of consecutive non-empty lines; "
+                         "seq2seq needs at least 20")
     src = torch.full((len(pairs), max_len), PAD, dtype=torch.long)
     tgt = torch.full((len(pairs), max_len + 1), PAD, dtype=torch.long)  # BOS + line + EOS, shifted in the task
     for i, (a, b) in enumerate(pairs):

@@ -84,8 +84,8 @@ class WordNetHierarchy(Task):
     def build_model(self, geometry):
         c = self.config
         if c["d_model"] % c["head_dim"]:
-            raise ValueError(f"wordnet-hierarchy: d_model={c['d_model']} is not a multiple of head_dim={c['head_dim']}; "
-                             "pick head dims that divide d_model")
+            raise ValueError(f"wordnet-hierarchy: d_model={c['d_model']} is not a multiple of "
+                             f"head_dim={c['head_dim']}; pick head dims that divide d_model")
         cfg = self.model_config(geometry, n_heads=c["d_model"] // c["head_dim"], max_len=c["set_size"] + 1)
         return PointerModel(cfg, c["head_dim"])
 

@@ -38,10 +38,12 @@ RULES: list[Rule] = [
     Rule(lambda c: c.dropout_p > 0, "dense", "attention dropout (only the dense backend applies it to this score)"),
     Rule(lambda c: c.num_scores <= DENSE_MAX_SCORES, "dense",
          f"the score matrix is small (B·H·L·S ≤ {DENSE_MAX_SCORES}): dense is faster than compiling a fused kernel"),
-    Rule(lambda c: c.device.type != "cpu", "flex", "on an accelerator, FlexAttention fuses the score (with a backward)"),
+    Rule(lambda c: c.device.type != "cpu", "flex",
+         "on an accelerator, FlexAttention fuses the score (with a backward)"),
     # measured (benchmarks/results/kernels): on CPU the tiled forward is faster than flex (3.0× vs 5.0× SDPA at
     # L=4096) and its memory linear, where torch 2.13's CPU flex grows 3.6× from 4096 to 8192 (and has no backward)
-    Rule(lambda c: True, "tiled", "on CPU, tiled is faster than CPU flex and linear in memory (measured), with a backward"),
+    Rule(lambda c: True, "tiled",
+         "on CPU, tiled is faster than CPU flex and linear in memory (measured), with a backward"),
 ]
 
 
@@ -57,7 +59,7 @@ _log = logging.getLogger("geoattn")
 
 
 def register_backend(backend: Backend, auto_rank: int | None = None) -> Backend:
-    """Make ``backend`` available by name (``backend="<name>"``). ``auto`` picks it only through a row of :data:`RULES`."""
+    """Make ``backend`` available by name (``backend="<name>"``); ``auto`` picks it through a row of :data:`RULES`."""
     if auto_rank is not None:
         warnings.warn("register_backend(auto_rank=...) is deprecated and ignored: auto follows the decision table "
                       "geoattn.backends.policy.RULES; insert a Rule(...) there for auto to pick this backend",

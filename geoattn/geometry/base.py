@@ -105,9 +105,9 @@ class Geometry(nn.Module):
         saved = state_dict.get(prefix + "geometry_tag")
         if saved is None:  # checkpoints without a tag (e.g. carried over from nn.MultiheadAttention)
             state_dict[prefix + "geometry_tag"] = registry.encode_tag(self.tag())
-        elif not registry.tag_matches(registry.decode_tag(saved), self):
+        elif not registry.tag_matches(made_with := registry.decode_tag(saved), self):
             raise ValueError(
-                f"checkpoint at {prefix or 'the root'!r} was made with geometry {registry.decode_tag(saved)!r} but this "
+                f"checkpoint at {prefix or 'the root'!r} was made with geometry {made_with!r} but this "
                 f"module uses {self.tag()!r}; build the model with the checkpoint's geometry (and options), "
                 "or load only the other weights"
             )

@@ -44,7 +44,8 @@ class Metric(TemperedGeometry):
         if rank is None:
             self.factor = nn.Parameter(torch.eye(head_dim).expand(num_heads, -1, -1).clone())
         else:
-            self.factor = nn.Parameter(0.01 * torch.randn(num_heads, head_dim, rank))  # not 0: UUᵀ has no gradient at U = 0
+            # U ~ N(0, 0.01²), not 0: UUᵀ has no gradient at U = 0
+            self.factor = nn.Parameter(0.01 * torch.randn(num_heads, head_dim, rank))
             self.raw_diagonal = nn.Parameter(torch.full((num_heads, head_dim), math.log(math.e - 1)))
 
     def metric_tensor(self) -> Tensor:

@@ -1,7 +1,6 @@
 """κ-stereographic attention (any sign of κ) and its hyperbolic special case, the Poincaré ball."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from ..math import eps

@@ -86,7 +86,8 @@ class TransformerConfig:
             return names[:n_enc] if stack == "encoder" else names[n_enc:]
         if len(names) == n:
             return names
-        want = f"{n}" if stack == "decoder_only" else f"{n} (this stack) or n_layers + n_decoder_layers = {n_enc + n_dec}"
+        both = f"{n} (this stack) or n_layers + n_decoder_layers = {n_enc + n_dec}"
+        want = f"{n}" if stack == "decoder_only" else both
         raise ValueError(f"geometry lists {len(names)} names but the {stack} needs {want}; give one name per layer")
 
     def make_geometry(self, name: str) -> Geometry:
