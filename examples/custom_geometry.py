@@ -21,10 +21,7 @@ class HyperbolicSpherical(geoattn.CurvedGeometry):
 
     name = "hyperspherical"
     affine = True
-    curvature_sign = -1  # κ is the hyperbolic factor's curvature (stored as log|κ|, per head)
-
-    def __init__(self, curvature=-1.0, **options) -> None:  # temperature, num_heads, learnable, head_dim
-        super().__init__(curvature, **options)
+    curvature_sign = -1  # κ is the hyperbolic factor's curvature (stored as log|κ|, per head; default -1)
 
     def lift(self, q, k, scale):
         if q.shape[-1] < 2:

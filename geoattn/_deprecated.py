@@ -19,10 +19,10 @@ def resolve_geometry(geometry, head_dim: int):
 
 
 def build_geometry(geometry, num_heads: int, head_dim: int, **params):
-    """A geometry with one parameter per head (``params`` may override ``num_heads``, e.g. 1)."""
+    """A geometry with one parameter per head (``params`` may override ``head_dim``)."""
     from .geometry import make_geometry
 
-    return make_geometry(geometry, **{"num_heads": num_heads, "head_dim": head_dim, **params})
+    return make_geometry(geometry, num_heads, **{"head_dim": head_dim, **params})
 
 
 def select_backend(name: str, geometry, q, need_weights: bool, dropout_p: float, needs_grad: bool = False,

@@ -61,8 +61,13 @@ class AttentionCall:
 
     @cached_property
     def values(self) -> Tensor:
-        """The values the weighted sum runs over: ``geometry.pre_values(v)``, (B, H, S, Ev')."""
+        """The values the weighted sum runs over: ``geometry.pre_values(v)``, (B, H, S, Ev'), computed once."""
         return self.geometry.pre_values(self.v)
+
+    def map_values(self) -> Tensor:
+        """Compute :attr:`values` now: :func:`geoattn.attention` maps the values before the backend lifts
+        queries and keys, so autograd sums the gradients of shared parameters (κ) in the order it always has."""
+        return self.values
 
     def family(self, compute_dtype: torch.dtype) -> tuple:
         """The compile-cache key of the fused kernels (one compiled copy per family, see compile_cache)."""

@@ -47,6 +47,7 @@ def attention(
                         return_weights, exclude_self)
     runner = policy.backend_for(call, backend)
     with compute_precision(call):
+        call.map_values()
         out, weights = runner.run(call)
         out = call.geometry.post_values(out)
     return call.finish(out, weights)

@@ -1,13 +1,16 @@
 """Input checks for the public API: every error names the problem and the fix.
 
-The value checks (non-finite inputs, NaN/+inf in a float mask) scan every element, and on an
-accelerator reading their verdict back would force a host-device synchronisation on every call.
-So they run only on CPU tensors, where the scan costs a few percent of the call (measured on one
-core, torch 2.13: ``isfinite(t).all()`` over q, k and v takes 3 µs for (12, 4, 64, 16) inputs
-against 80 µs for the attention call, and 0.7 ms for (1, 8, 4096, 64) against 70 ms for SDPA and
-0.3 s for the tiled Poincaré backend). On GPU a NaN or Inf in the inputs is not reported: it
-propagates to the output, as in ``F.scaled_dot_product_attention``. :func:`set_validation` turns
-the checks off everywhere.
+The value checks (NaN/Inf in q, k, v; NaN/+inf in a float mask) cost one reduction per tensor: a sum
+is finite exactly when no element is NaN/Inf, unless it overflows, and only then (or to count the bad
+values for the error) is the elementwise scan run. Measured on one core of the shared 2-core machine
+(torch 2.13, float32, CPU): checking q, k and v takes 45 µs for (12, 4, 64, 16) inputs, against
+0.6-0.9 ms for the Euclidean attention call itself (the elementwise ``isfinite(t).all()`` it replaces:
+460 µs), and 1.1-1.3 ms for (1, 8, 4096, 64), against 0.6-0.8 s for the call (was 26 ms).
+
+On an accelerator, reading the verdict back would synchronise with the host on every call, so the
+value checks run on CPU tensors only: on a GPU a NaN or Inf in the inputs is not reported and
+propagates to the output, as in ``F.scaled_dot_product_attention``. :func:`set_validation` turns the
+checks off everywhere.
 """
 from __future__ import annotations
 
@@ -28,12 +31,17 @@ def validation_enabled() -> bool:
 
 
 def _scan_values(t: Tensor) -> bool:
-    """Whether to scan ``t``'s values: on CPU only (elsewhere the verdict costs a device synchronisation)."""
+    """Whether to check ``t``'s values: on CPU only (elsewhere the verdict costs a device synchronisation)."""
     return validation_enabled() and t.device.type == "cpu"
 
 
+def _sum(t: Tensor) -> Tensor:
+    """The sum of ``t`` in float32 or wider (one vectorised reduction)."""
+    return t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32)
+
+
 def check_finite(name: str, t: Tensor) -> None:
-    if _scan_values(t) and not torch.isfinite(t).all():
+    if _scan_values(t) and not torch.isfinite(_sum(t)) and not torch.isfinite(t).all():
         bad = int((~torch.isfinite(t)).sum())
         raise ValueError(
             f"{name} contains {bad} non-finite value(s) (NaN or Inf); attention cannot score them. "
@@ -136,5 +144,8 @@ def _check_mask(mask, query: Tensor, key: Tensor, is_causal: bool) -> None:
 
 
 def check_finite_or_neg_inf(mask: Tensor) -> None:
-    if _scan_values(mask) and (torch.isnan(mask).any() or (mask == float("inf")).any()):
+    if not _scan_values(mask):
+        return
+    total = _sum(mask)  # -inf or finite unless the mask holds NaN or +inf (or the sum overflows)
+    if (torch.isnan(total) or total == float("inf")) and (torch.isnan(mask).any() or (mask == float("inf")).any()):
         raise ValueError("a float attn_mask may hold finite values and -inf only (NaN or +inf found)")

@@ -111,3 +111,17 @@ def test_default_backend_context_and_global_setting():
         torch.testing.assert_close(geoattn.attention(q, k, v, geometry="lorentz"), out)
     finally:
         geoattn.set_default_backend("auto")
+
+
+def test_value_checks_are_exact_where_their_one_reduction_overflows():
+    """The NaN/Inf checks sum each tensor first; a sum that overflows falls back to the elementwise scan."""
+    q = torch.full((1, 1, 4, 2), 3e38)  # finite, but its sum is inf in float32
+    bias = torch.full((4, 4), 3e38)
+    bias[0, 1] = float("-inf")
+    geoattn.attention(q, q, q, attn_mask=bias, backend="dense")  # no error: every value is allowed
+    bias[2, 3] = float("inf")
+    with pytest.raises(ValueError, match="float attn_mask may hold finite values and -inf only"):
+        geoattn.attention(q, q, q, attn_mask=bias)
+    q[0, 0, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"query contains 1 non-finite value\(s\)"):
+        geoattn.attention(q, q.nan_to_num(), q.nan_to_num())

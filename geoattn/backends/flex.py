@@ -50,10 +50,10 @@ def _pad(t: Tensor, n: int, dim: int) -> Tensor:
     return torch.cat([t, t.new_zeros(shape)], dim=dim)
 
 
-def make_block_mask(mask: Mask, B: int, H: int, L: int, S: int, device, S_valid: int | None = None):
+def make_block_mask(mask: Mask, B: int, H: int, L: int, S: int, device, S_valid: int):
     """The boolean part of ``mask`` (causal, a bool tensor, keys past ``S_valid``) as a ``BlockMask``."""
     mods = []
-    if S_valid is not None and S_valid < S:
+    if S_valid < S:
         valid = torch.arange(S, device=device) < S_valid                   # (S,)
 
         def real_key(b, h, q_idx, kv_idx):

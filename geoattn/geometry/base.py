@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from ..math import eps
 from . import registry
 
+register = registry.register  # geometry modules written against geometry.base keep importing it from here
 Number = float | int
 
 
@@ -155,7 +156,8 @@ class Geometry(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        return f"num_heads={self.num_heads}, learnable={self.learnable}"
+        options = "".join(f", {key}={getattr(self, key)!r}" for key in self.options)
+        return f"num_heads={self.num_heads}, learnable={self.learnable}{options}"
 
 
 def check_choice(what: str, value: str, choices: Sequence[str]) -> str:
@@ -181,7 +183,7 @@ class TemperedGeometry(Geometry):
 
     def __init__(self, temperature=1.0, num_heads: int = 1, learnable: bool = False,
                  head_dim: int | None = None) -> None:
-        super().__init__(num_heads=num_heads, learnable=learnable)
+        super().__init__(num_heads=num_heads, learnable=learnable, head_dim=head_dim)
         self.log_temperature = self._parameter(
             log_param("temperature", temperature, num_heads, check_temperature), given=temperature
         )
@@ -198,17 +200,24 @@ class TemperedGeometry(Geometry):
 
 
 class CurvedGeometry(TemperedGeometry):
-    """A tempered geometry with a per-head signed curvature κ.
+    """A tempered geometry with a per-head signed curvature κ, and values aggregated linearly or on the manifold.
 
     ``curvature_sign`` fixes the sign (-1 hyperbolic, +1 spherical; stored as ``log|κ|``) or leaves it
-    free (0; stored as κ itself, so a learnable κ can cross zero).
+    free (0; stored as κ itself, so a learnable κ can cross zero); ``curvature`` defaults to +1 for a
+    spherical sign, else -1. ``aggregations`` names the ways values may be combined: ``"linear"`` (the
+    weighted sum) and those the geometry implements with :meth:`manifold_values` (before the weighted
+    sum) and :meth:`manifold_output` (after it).
     """
 
     curvature_sign: ClassVar[int] = 0
+    aggregations: ClassVar[tuple[str, ...]] = ("linear",)
+    options = ("aggregation",)
 
-    def __init__(self, curvature, temperature=1.0, num_heads: int = 1, learnable: bool = False,
-                 head_dim: int | None = None) -> None:
-        super().__init__(temperature=temperature, num_heads=num_heads, learnable=learnable)
+    def __init__(self, curvature=None, temperature=1.0, num_heads: int = 1, learnable: bool = False,
+                 aggregation: str = "linear", head_dim: int | None = None) -> None:
+        super().__init__(temperature=temperature, num_heads=num_heads, learnable=learnable, head_dim=head_dim)
+        if curvature is None:
+            curvature = 1.0 if self.curvature_sign > 0 else -1.0
         kappa = per_head("curvature", curvature, num_heads)
         sign = self.curvature_sign
         if sign and not (kappa * sign > 0).all():
@@ -219,6 +228,7 @@ class CurvedGeometry(TemperedGeometry):
                 f"sectional curvature everywhere, so pass e.g. curvature={sign * 1.0}, or use {other}"
             )
         self.raw_curvature = self._parameter((kappa * sign).log() if sign else kappa, given=curvature)
+        self.aggregation = check_choice("aggregation", aggregation, self.aggregations)
 
     @property
     def curvature(self) -> Tensor:
@@ -228,3 +238,17 @@ class CurvedGeometry(TemperedGeometry):
     def kappa(self, ref: Tensor) -> Tensor:
         """κ per head as ``(H,)`` in ``ref``'s compute dtype."""
         return self._head(self.curvature, ref)
+
+    def pre_values(self, v: Tensor) -> Tensor:
+        return v if self.aggregation == "linear" else self.manifold_values(v)
+
+    def post_values(self, out: Tensor) -> Tensor:
+        return out if self.aggregation == "linear" else self.manifold_output(out)
+
+    def manifold_values(self, v: Tensor) -> Tensor:
+        """Values (B, H, S, Ev) → what the weighted sum of a manifold aggregation runs over."""
+        raise NotImplementedError
+
+    def manifold_output(self, out: Tensor) -> Tensor:
+        """The weighted sum of :meth:`manifold_values` → the aggregate (B, H, L, Ev)."""
+        raise NotImplementedError

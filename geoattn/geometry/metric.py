@@ -72,4 +72,4 @@ class Metric(TemperedGeometry):
         )
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, head_dim={self.head_dim}, rank={self.rank}"
+        return f"{super().extra_repr()}, head_dim={self.head_dim}"

@@ -24,13 +24,13 @@ class Sphere(CurvedGeometry):
 
     name = "sphere"
     curvature_sign = 1
+    aggregations = ("linear", "mean")
     options = ("score", "aggregation")
 
     def __init__(self, score: str = "cosine", curvature=1.0, temperature=1.0, num_heads: int = 1,
                  learnable: bool = False, aggregation: str = "linear", head_dim: int | None = None) -> None:
-        super().__init__(curvature, temperature, num_heads, learnable)
+        super().__init__(curvature, temperature, num_heads, learnable, aggregation, head_dim)
         self.score = check_choice("sphere score", score, ("cosine", "geodesic"))
-        self.aggregation = check_choice("aggregation", aggregation, ("linear", "mean"))
         self.affine = self.score == "cosine"
 
     def lift(self, q: Tensor, k: Tensor, scale: float | None) -> Lifted:
@@ -46,11 +46,8 @@ class Sphere(CurvedGeometry):
             return super().score_from_dot(dot, q_terms, k_terms, head)
         return -head[0] * sphere.angle_from_cosine(dot)
 
-    def pre_values(self, v: Tensor) -> Tensor:
-        return v if self.aggregation == "linear" else sphere.normalize(v.to(eps.compute_dtype(v.dtype)), v.dtype)
+    def manifold_values(self, v: Tensor) -> Tensor:
+        return sphere.normalize(v.to(eps.compute_dtype(v.dtype)), v.dtype)
 
-    def post_values(self, out: Tensor) -> Tensor:
-        return out if self.aggregation == "linear" else sphere.normalize(out)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, score={self.score!r}, aggregation={self.aggregation!r}"
+    def manifold_output(self, out: Tensor) -> Tensor:
+        return sphere.normalize(out)

@@ -6,7 +6,7 @@ from torch import Tensor
 from ..math import eps
 from ..math import stereographic as stereo
 from ..math.functions import asinh, safe_sqrt
-from .base import CurvedGeometry, Lifted, check_choice
+from .base import CurvedGeometry, Lifted
 from .registry import register
 
 
@@ -23,12 +23,7 @@ class Stereographic(CurvedGeometry):
 
     name = "stereographic"
     curvature_sign = 0
-    options = ("aggregation",)
-
-    def __init__(self, curvature=-1.0, temperature=1.0, num_heads: int = 1, learnable: bool = False,
-                 aggregation: str = "linear", head_dim: int | None = None) -> None:
-        super().__init__(curvature, temperature, num_heads, learnable)
-        self.aggregation = check_choice("aggregation", aggregation, ("linear", "midpoint"))
+    aggregations = ("linear", "midpoint")
 
     def lift(self, q: Tensor, k: Tensor, scale: float | None) -> Lifted:
         cd = eps.compute_dtype(q.dtype)
@@ -43,18 +38,11 @@ class Stereographic(CurvedGeometry):
         s2 = stereo.half_chord_sq(dot, q_terms[0], q_terms[1], k_terms[0], k_terms[1])
         return -inv_t * stereo.distance_from_half_chord_sq(s2, kappa)
 
-    def pre_values(self, v: Tensor) -> Tensor:
-        if self.aggregation == "linear":
-            return v
+    def manifold_values(self, v: Tensor) -> Tensor:
         return stereo.midpoint_values(v.to(eps.compute_dtype(v.dtype)), self.kappa(v).view(-1, 1, 1))
 
-    def post_values(self, out: Tensor) -> Tensor:
-        if self.aggregation == "linear":
-            return out
+    def manifold_output(self, out: Tensor) -> Tensor:
         return stereo.midpoint_output(out, self.kappa(out).view(-1, 1, 1))
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, aggregation={self.aggregation!r}"
 
 
 @register
