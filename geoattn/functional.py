@@ -67,7 +67,7 @@ def explain_backend(query: Tensor, key: Tensor, value: Tensor, geometry: str | G
 
     Takes the arguments of :func:`attention`, e.g.
     ``geoattn.explain_backend(q, k, v, geometry="poincare")`` →
-    ``"tiled: auto: on CPU, tiled is faster than CPU flex ... (geometry 'poincare' (not affine), ...)"``.
+    ``"tiled: auto: on CPU, tiled is faster than CPU flex ... [geometry 'poincare' (not affine), B·H·L·S = ...]"``.
     """
     call = prepare_call(query, key, value, geometry, **kwargs)
     choice = policy.choose(call, backend)
