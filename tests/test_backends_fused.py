@@ -159,10 +159,11 @@ def test_auto_choice_and_overrides():
     poincare, lorentz = geoattn.Poincare(), geoattn.Lorentz()
     big, small = torch.randn(1, 8, 2048, 16), torch.randn(1, 2, 64, 16)
     assert select_backend("auto", lorentz, big, False, 0.0, True) == "sdpa"
-    assert select_backend("auto", poincare, big, False, 0.0, False) == "tiled"  # CPU: tiled beats flex (measured)
-    assert select_backend("auto", poincare, big, False, 0.0, True) == "tiled"
-    assert select_backend("auto", poincare, big.double(), False, 0.0, False) == "tiled"
-    assert select_backend("auto", poincare, small, False, 0.0, True) == "dense"
+    assert select_backend("auto", poincare, big, False, 0.0, False) == "native"  # CPU float32: the fused kernel
+    assert select_backend("auto", poincare, big, False, 0.0, True) == "native"
+    assert select_backend("auto", poincare, small, False, 0.0, True) == "native"    # at every size
+    assert select_backend("auto", poincare, big.double(), False, 0.0, False) == "tiled"  # float64: portable paths
+    assert select_backend("auto", poincare, small.double(), False, 0.0, True) == "dense"
     assert select_backend("auto", poincare, big, True, 0.0, False) == "dense"  # weights
     with geoattn.default_backend("dense"):
         assert select_backend("auto", poincare, big, False, 0.0, True) == "dense"
@@ -175,7 +176,9 @@ def test_auto_choice_and_overrides():
 def test_auto_explains_its_choice(caplog):
     q = torch.randn(1, 8, 2048, 16)
     assert geoattn.explain_backend(q, q, q, geometry="lorentz").startswith("sdpa: auto: the score is affine")
-    assert geoattn.explain_backend(q, q, q, geometry="poincare").startswith("tiled: auto: on CPU")
+    assert geoattn.explain_backend(q, q, q, geometry="poincare").startswith("native: auto: on CPU")
+    assert geoattn.explain_backend(q.double(), q.double(), q.double(), geometry="poincare").startswith(
+        "tiled: auto: on CPU")
     assert geoattn.explain_backend(q, q, q, geometry="poincare", return_weights=True).startswith("dense: auto: ")
     assert geoattn.explain_backend(q, q, q, geometry="poincare", backend="flex").startswith("flex: named by")
     with caplog.at_level("DEBUG", logger="geoattn"):
@@ -187,10 +190,22 @@ def test_deprecated_backend_names_still_work():
     with pytest.warns(DeprecationWarning, match="select_backend is deprecated"):
         from geoattn.backends import select_backend as old
     big = torch.randn(1, 8, 2048, 16)
-    assert old("auto", geoattn.Poincare(), big, False, 0.0, True).name == "tiled"
+    assert old("auto", geoattn.Poincare(), big, False, 0.0, True).name == "native"
     assert old("auto", geoattn.Poincare(), big, True, 0.0, False).name == "dense"
     with pytest.warns(DeprecationWarning, match="AUTO_ORDER is deprecated"):
         assert geoattn.backends.AUTO_ORDER == ["sdpa", "flex", "tiled", "dense"]
+
+
+def test_auto_falls_back_when_the_native_kernel_is_unavailable(monkeypatch):
+    from geoattn.backends.native import build
+
+    monkeypatch.setattr(build, "_LOADED", "no C++ compiler found (set $CXX or install g++) to build the native kernel")
+    poincare = geoattn.Poincare()
+    big, small = torch.randn(1, 8, 2048, 16), torch.randn(1, 2, 64, 16)
+    assert select_backend("auto", poincare, big, False, 0.0, True) == "tiled"
+    assert select_backend("auto", poincare, small, False, 0.0, True) == "dense"
+    with pytest.raises(ValueError, match="no C.. compiler found"):
+        select_backend("native", poincare, big, False, 0.0, True)
 
 
 def test_tiled_rejects_learnable_float_mask():

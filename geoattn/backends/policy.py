@@ -36,6 +36,8 @@ RULES: list[Rule] = [
          "the score is affine in a dot product, so F.scaled_dot_product_attention computes it exactly"),
     Rule(lambda c: c.return_weights, "dense", "attention weights were asked for (only the dense backend returns them)"),
     Rule(lambda c: c.dropout_p > 0, "dense", "attention dropout (only the dense backend applies it to this score)"),
+    Rule(lambda c: _BACKENDS["native"].unsupported(c) is None, "native",
+         "on CPU the native kernel fuses this geometry's score exactly, at any size (measured fastest)"),
     Rule(lambda c: c.num_scores <= DENSE_MAX_SCORES, "dense",
          f"the score matrix is small (B·H·L·S ≤ {DENSE_MAX_SCORES}): dense is faster than compiling a fused kernel"),
     Rule(lambda c: c.device.type != "cpu", "flex",

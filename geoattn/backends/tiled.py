@@ -2,7 +2,7 @@
 
 Forward (Dao et al., "FlashAttention", NeurIPS 2022, Alg. 1, with whole-row blocks): queries are
 processed in blocks of ``bq`` rows; for each block the scores against all keys,
-``s = f(scale·q̃ k̃ᵀ, a, b, θ)`` (the geometry's pointwise :meth:`~geoattn.Geometry.score_from_dot`),
+``s = f(scale·q̃ k̃ᵀ, a, b, θ)`` (the geometry's pointwise :meth:`~geoattn.Geometry.score_from_gram`),
 get a numerically stable softmax (row max subtracted) and only the output and the row's
 log-sum-exp ``lse`` are kept. Backward (Alg. 2, key-block outer loop) recomputes the scores of one
 block of ``bk`` keys against all queries, ``p = exp(s - lse)``, and
@@ -25,11 +25,11 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .base import Backend, broadcast_heads, fused_unsupported
+from .base import Backend, broadcast_heads, fused_unsupported, gram_terms
 from .compile_cache import compiled
 
 _COMPILE = True
-BLOCK_ELEMENTS = 1 << 21  # score-tile budget (numbers): 8 MiB in float32
+BLOCK_ELEMENTS = 1 << 20  # score-tile budget (numbers): 4 MiB in float32 (the backward holds ~20 such tiles)
 
 
 def set_tiled_compile(enabled: bool) -> None:
@@ -207,13 +207,14 @@ def tiled_attention(call, block_elements: int = BLOCK_ELEMENTS) -> Tensor:
     cd = qa.dtype
     bias = None if mask.bias is None else mask.bias.to(cd)
     B, H, L, S = qa.shape[0], qa.shape[1], qa.shape[-2], ka.shape[-2]
+    q_terms, k_terms = gram_terms(lifted)
     plan = _Plan(
-        score_fn=geometry.score_from_dot, scale=float(lifted.scale), n_q=len(lifted.q_terms),
-        n_k=len(lifted.k_terms), causal=mask.is_causal, allowed=mask.boolean, bias=bias,
+        score_fn=geometry.score_from_gram, scale=float(lifted.scale), n_q=len(q_terms),
+        n_k=len(k_terms), causal=mask.is_causal, allowed=mask.boolean, bias=bias,
         block_q=_block_size(S, B * H, block_elements), block_k=_block_size(L, B * H, block_elements),
         family=call.family(cd),
     )
-    terms = (*lifted.q_terms, *lifted.k_terms, *(h.to(cd) for h in lifted.head))
+    terms = (*q_terms, *k_terms, *(h.to(cd) for h in lifted.head))
     return TiledAttention.apply(plan, qa.contiguous(), ka.contiguous(), call.values.to(cd).contiguous(), *terms)
 
 
