@@ -117,6 +117,10 @@ def test_tiled_gradcheck_float64():
         plan = _Plan(geom.score_from_dot, 1.0, len(lifted.q_terms), len(lifted.k_terms), causal, allowed, None,
                      block_q=4, block_k=3)
         assert torch.autograd.gradcheck(lambda *xs: TiledAttention.apply(plan, *xs), leaves)
+        # the chord form (what the stereographic lift gives): the pairwise tile is ‖q̃ - k̃‖² per pair
+        plan = _Plan(geom.score_from_chord, 1.0, len(lifted.q_terms), len(lifted.k_terms), causal, allowed, None,
+                     block_q=4, block_k=3, chord=True)
+        assert torch.autograd.gradcheck(lambda *xs: TiledAttention.apply(plan, *xs), leaves)
 
 
 def test_tiled_blocks_do_not_change_the_result():

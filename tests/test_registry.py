@@ -18,7 +18,7 @@ def test_every_geometry_takes_num_heads_and_head_dim(name):
     assert g.name == name and g.num_heads == H
     q = torch.randn(2, H, 5, D)
     assert geoattn.attention(q, q, q, geometry=g).shape == (2, H, 5, D)
-    assert geoattn.make_geometry("poincare", head_dim=8).tag() == "poincare|aggregation=linear|clip_radius=15.0"
+    assert geoattn.make_geometry("poincare", head_dim=8).tag() == "poincare|aggregation=linear|clip_radius=10.0"
 
 
 @pytest.mark.parametrize("case", sorted(GEOMETRY_CASES))

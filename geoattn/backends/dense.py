@@ -29,9 +29,18 @@ def dense_scores(geometry: Geometry, lifted: Lifted) -> Tensor:
 
 
 def masked_scores(call) -> Tensor:
-    """The call's scores plus the float mask, -inf where a key does not take part: (B, H, L, S)."""
+    """The call's scores plus the float mask, -inf where a key does not take part: (B, H, L, S).
+
+    A chord lift is formed in float64 whatever the input dtype (and the scores cast back to float32), so
+    the reference stays exact where a float32 direction would already carry ``ε·sinh(radius)`` of error."""
     geometry, mask = call.geometry, call.mask
-    score = dense_scores(geometry, geometry.lift(call.q, call.k, call.scale))
+    q, k = call.q, call.k
+    exact = geometry.chord and q.dtype != torch.float64
+    if exact:
+        q, k = q.double(), k.double()
+    score = dense_scores(geometry, geometry.lift(q, k, call.scale))
+    if exact:
+        score = score.float()
     if mask.bias is not None:
         score = score + mask.bias.to(score.dtype)
     if mask.allowed is not None:

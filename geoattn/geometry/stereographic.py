@@ -26,8 +26,9 @@ class Stereographic(CurvedGeometry):
     The distance is computed without cancellation at every radius, from the tangent norms a, b, their
     radial factors σ and the chord of the directions (:func:`geoattn.math.stereographic.half_chord_sq_from_chord`):
     ``s² = (a - b)² sinc_sqrt(κ(a - b)²)² + σ_a σ_b ‖q̂ - k̂‖²``, ``d = 2 s arcsinc_sqrt(κ s²)``. Tangent
-    vectors are clipped to ``√|κ|·‖u‖ ≤ clip_radius`` where κ < 0 (default 15: hyperbolic radius 30/√|κ|;
-    counted and warned about when it acts, see :class:`~geoattn.geometry.base.CurvedGeometry`).
+    vectors are clipped to ``√|κ|·‖u‖ ≤ clip_radius`` where κ < 0 (default 10: hyperbolic radius 20/√|κ|,
+    where float64 inputs still locate points to 1e-10 relative and typical activations, ``‖u‖ ≈ 1``, are
+    far inside; counted and warned about when it acts, see :class:`~geoattn.geometry.base.CurvedGeometry`).
 
     Aggregation ``"linear"`` (weighted sum of values) or ``"midpoint"`` (gyromidpoint of ``exp₀(v/√E)``,
     mapped back with ``√E·log₀``). Source: Bachmann, Bécigneul, Ganea, "Constant Curvature Graph
@@ -37,7 +38,7 @@ class Stereographic(CurvedGeometry):
     name = "stereographic"
     curvature_sign = 0
     aggregations = ("linear", "midpoint")
-    default_clip = 15.0
+    default_clip = 10.0
     chord = True
     native_kind = "stereographic"
     options = ("aggregation", "clip_radius")
