@@ -8,7 +8,7 @@ from torch import Tensor
 
 from ..math import eps, lorentz
 from ..math.functions import cos_sqrt
-from .base import CurvedGeometry, Lifted
+from .base import CurvedGeometry, Lifted, NativeSpec
 from .registry import register
 
 
@@ -36,6 +36,7 @@ class Lorentz(CurvedGeometry):
     aggregations = ("linear", "centroid")
     default_clip = 4.0
     chord = True
+    native_kind = "lorentz"  # the fused C++ lift of the SDPA reduction (geoattn/backends/native/lift.cpp)
     options = ("aggregation", "clip_radius")
 
     def _radial_terms(self, x: Tensor, kappa: Tensor) -> tuple[Tensor, Tensor]:
@@ -64,6 +65,11 @@ class Lorentz(CurvedGeometry):
         q_vec = coef * torch.cat([-x[..., :1], x[..., 1:]], dim=-1)
         q_bias = (coef / -kb).squeeze(-1).expand(x.shape[:-1])  # √E/(cτ): constant, kept so energies are exact
         return Lifted(q_vec, y, q_terms=(q_bias,))
+
+    def native_spec(self, q: Tensor, scale: float | None) -> NativeSpec:
+        """κ, the coefficient √E·scale/τ of :meth:`affine_lift` and the clip, for the fused lift."""
+        coef = math.sqrt(q.shape[-1]) * self.inverse_temperature(q, scale)
+        return NativeSpec(self.native_kind, self.kappa(q).float(), coef.float(), self.clip_radius)
 
     @staticmethod
     def _expmap(direction: Tensor, a: Tensor, kb: Tensor) -> Tensor:

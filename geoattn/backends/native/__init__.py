@@ -15,16 +15,39 @@ import torch
 
 from ..base import Backend, fused_unsupported
 from .build import load
-from .kernel import NativeAttention, Plan
+from .kernel import KINDS, NativeAttention, Plan
+from .lift import lorentz_lift
 
-__all__ = ["NativeBackend", "load"]
+__all__ = ["NativeBackend", "fused_affine_lift", "load"]
+
+
+def _plain_cpu_call(call) -> bool:
+    """CPU, float32 compute (any input dtype but float64), eager autograd: what the C++ functions run."""
+    return (call.device.type == "cpu" and call.dtype != torch.float64 and not torch.compiler.is_compiling()
+            and not torch._C._functorch.is_functorch_wrapped_tensor(call.q))
+
+
+def fused_affine_lift(call):
+    """The SDPA backend's lifted q̃, k̃ from the fused C++ lift, where the geometry has one (Lorentz) and the
+    call allows it; None otherwise (then the geometry's torch :meth:`affine_lift` runs)."""
+    geometry = call.geometry
+    if geometry.native_kind != "lorentz" or not _plain_cpu_call(call) or isinstance(load(), str):
+        return None
+    from ...geometry import Lifted
+
+    native, spec = load(), geometry.native_spec(call.q, call.scale)
+    counter: list[int] = []
+    q, k = lorentz_lift(native, call.q.float(), call.k.float(), spec.kappa, spec.mu, spec.clip, counter)
+    if sum(counter):
+        geometry.record_clip(sum(counter))
+    return Lifted(q, k)
 
 
 class NativeBackend(Backend):
     name = "native"
 
     def unsupported(self, call):
-        if call.geometry.native_kind is None:
+        if call.geometry.native_kind not in KINDS:
             return (f"geometry {call.geometry.name!r} has no native kernel (it has one for the stereographic, "
                     "poincare and geodesic-sphere scores); use backend='auto'")
         if call.device.type != "cpu":
@@ -32,8 +55,9 @@ class NativeBackend(Backend):
         if call.dtype == torch.float64:
             return ("the native kernel computes in float32; float64 calls run on backend='dense' or 'tiled' "
                     "(what 'auto' picks)")
-        if torch._C._functorch.is_functorch_wrapped_tensor(call.q):
-            return "torch.func transforms (vmap, grad) do not reach the native kernel; use backend='dense'"
+        if not _plain_cpu_call(call):
+            return ("torch.func transforms (vmap, grad) and torch.compile do not reach the native kernel; use "
+                    "backend='dense'")
         fused = fused_unsupported(self.name, call)
         if fused is not None:
             return fused

@@ -65,6 +65,9 @@ struct Problem {
   const float* bias;          // additive float mask or null
   int64_t bm_b, bm_h, bm_i, bm_j;
   int64_t* clipped;           // out: number of (query or key) vectors the clip shortened
+  // per-token terms, written by the forward and read by the backward (caller-owned, kept between them):
+  float *qterms, *kterms;     // (B·H, kTerms, L), (B·H, kTerms, S)
+  double *qnorm, *knorm;      // raw norms ‖q‖, ‖k‖ in double, (B·H, L), (B·H, S)
   // backward
   View dout, dq, dk, dv;      // dq written, dk/dv zero-filled by the caller
   double* dkappa;             // (H,) accumulated
@@ -183,43 +186,48 @@ inline int64_t padded(int64_t S) { return S + 80; }
 // ---------------------------------------------------------------------------------------------
 constexpr int kTerms = 5;
 
-struct Terms {
-  std::vector<float> q, k;  // (B·H, L, kTerms), (B·H, S, kTerms)  [term-major per head: see at()]
-  std::vector<double> qn, kn;  // raw norms ‖q‖, ‖k‖
-  std::vector<uint8_t> qclip, kclip;
+struct Terms {  // views of the caller's buffers
+  const float *q, *k;
+  const double *qn, *kn;
   int64_t L = 0, S = 0;
-  const float* qt(int64_t n, int t) const { return q.data() + (n * kTerms + t) * L; }
-  const float* kt(int64_t n, int t) const { return k.data() + (n * kTerms + t) * S; }
+  Terms(const Problem& P) : q(P.qterms), k(P.kterms), qn(P.qnorm), kn(P.knorm), L(P.L), S(P.S) {}
+  const float* qt(int64_t n, int t) const { return q + (n * kTerms + t) * L; }
+  const float* kt(int64_t n, int t) const { return k + (n * kTerms + t) * S; }
 };
 
-struct TokenTerms {  // one token's terms and what their backward needs
+struct TokenTerms {  // one token's terms
   double a, sig, rho, e1, e2;
   bool clipped;
 };
 
-// κ-stereographic terms of a token of raw norm n. key: β-style factors.
+// the tangent norm a = min(‖x‖/√E, clip/√c) (clip where κ < 0)
+inline double tangent_norm(double n, double kappa, double inv_sqrt_e, double clip, bool& clipped) {
+  const double a = n * inv_sqrt_e, sc = std::sqrt(std::fabs(kappa));
+  clipped = kappa < 0 && sc * a > clip;
+  return clipped ? clip / sc : a;
+}
+
+// κ-stereographic terms of a token of raw norm n (one exponential, or one sincos); key: β-style factors.
 inline TokenTerms stereo_token(double n, double kappa, double inv_sqrt_e, double clip, bool key) {
   TokenTerms t;
   const double c = std::fabs(kappa), sc = std::sqrt(c);
-  double a = n * inv_sqrt_e;
-  t.clipped = false;
-  if (kappa < 0 && sc * a > clip) {
-    a = clip / sc;
-    t.clipped = true;
-  }
+  const double a = tangent_norm(n, kappa, inv_sqrt_e, clip, t.clipped);
   t.a = a;
   t.rho = n > 0 ? 1.0 / n : 0.0;
   const double v = 4.0 * kappa * a * a;
-  if (std::fabs(v) < kSeriesSigma) t.sig = a * (1.0 - v / 6.0 + v * v / 120.0);
-  else if (kappa < 0) t.sig = std::sinh(2.0 * sc * a) / (2.0 * sc);
-  else t.sig = std::sin(2.0 * sc * a) / (2.0 * sc);
+  const bool series = std::fabs(v) < kSeriesSigma;
   if (kappa < 0) {
-    t.e1 = key ? std::exp(-sc * a) / 2 : std::exp(sc * a);
-    t.e2 = key ? std::exp(sc * a) / 2 : std::exp(-sc * a);
+    const double e = std::exp(sc * a), ie = 1.0 / e;
+    t.sig = series ? a * (1.0 - v / 6.0 + v * v / 120.0) : (e * e - ie * ie) / (4.0 * sc);  // sinh(2√c a)/(2√c)
+    t.e1 = key ? ie / 2 : e;
+    t.e2 = key ? e / 2 : ie;
   } else if (kappa > 0) {
-    t.e1 = key ? std::cos(sc * a) : std::sin(sc * a);
-    t.e2 = key ? std::sin(sc * a) : std::cos(sc * a);
+    const double s1 = std::sin(sc * a), c1 = std::cos(sc * a);
+    t.sig = series ? a * (1.0 - v / 6.0 + v * v / 120.0) : s1 * c1 / sc;                    // sin(2√κ a)/(2√κ)
+    t.e1 = key ? c1 : s1;
+    t.e2 = key ? s1 : c1;
   } else {
+    t.sig = a;
     t.e1 = t.e2 = 0.0;
   }
   return t;
@@ -233,15 +241,15 @@ inline void sigma_grads(double a, double kappa, double& dsig_da, double& dsig_dk
     dsig_dk = -(2.0 / 3.0) * a * a * a + (4.0 / 15.0) * kappa * a * a * a * a * a;
     return;
   }
-  const double y = 2.0 * sc * a;
   if (kappa < 0) {
-    const double sig = std::sinh(y) / (2.0 * sc);
-    dsig_da = std::cosh(y);
-    dsig_dk = -(a * std::cosh(y) - sig) / (2.0 * c);  // ∂/∂κ = −∂/∂c
+    const double e2 = std::exp(2.0 * sc * a), ie2 = 1.0 / e2;
+    const double ch = (e2 + ie2) / 2, sig = (e2 - ie2) / (4.0 * sc);
+    dsig_da = ch;
+    dsig_dk = -(a * ch - sig) / (2.0 * c);  // ∂/∂κ = −∂/∂c
   } else {
-    const double sig = std::sin(y) / (2.0 * sc);
-    dsig_da = std::cos(y);
-    dsig_dk = (a * std::cos(y) - sig) / (2.0 * c);
+    const double y = 2.0 * sc * a, co = std::cos(y), sig = std::sin(y) / (2.0 * sc);
+    dsig_da = co;
+    dsig_dk = (a * co - sig) / (2.0 * c);
   }
 }
 
@@ -251,16 +259,9 @@ inline double row_norm(const float* x, int64_t D) {
   return std::sqrt(s);
 }
 
-void compute_terms(const Problem& P, Terms& T) {
+// Fill the caller's term buffers (forward only; the backward reads them back).
+void compute_terms(const Problem& P) {
   const int64_t N = P.B * P.H;
-  T.L = P.L;
-  T.S = P.S;
-  T.q.assign(N * kTerms * P.L, 0.0f);
-  T.k.assign(N * kTerms * P.S, 0.0f);
-  T.qn.assign(N * P.L, 0.0);
-  T.kn.assign(N * P.S, 0.0);
-  T.qclip.assign(N * P.L, 0);
-  T.kclip.assign(N * P.S, 0);
   int64_t clipped = 0;
 #pragma omp parallel for schedule(static) num_threads(P.nthreads) reduction(+ : clipped)
   for (int64_t n = 0; n < N; ++n) {
@@ -269,14 +270,13 @@ void compute_terms(const Problem& P, Terms& T) {
       const bool key = side == 1;
       const int64_t rows = key ? P.S : P.L;
       const View& x = key ? P.k : P.q;
-      float* out = (key ? T.k.data() : T.q.data()) + n * kTerms * rows;
-      double* norms = (key ? T.kn.data() : T.qn.data()) + n * rows;
-      uint8_t* clip = (key ? T.kclip.data() : T.qclip.data()) + n * rows;
+      float* out = (key ? P.kterms : P.qterms) + n * kTerms * rows;
+      double* norms = (key ? P.knorm : P.qnorm) + n * rows;
       for (int64_t r = 0; r < rows; ++r) {
         const double nr = row_norm(row_ptr(x, n, P.H, r), P.D);
         norms[r] = nr;
         if (P.kind == kSphere) {
-          out[r] = (float)(nr > 0 ? 1.0 / nr : 0.0);
+          out[2 * rows + r] = (float)(nr > 0 ? 1.0 / nr : 0.0);  // ρ, at the stereographic ρ's slot
           continue;
         }
         const TokenTerms t = stereo_token(nr, kappa, P.inv_sqrt_e, P.clip, key);
@@ -285,7 +285,6 @@ void compute_terms(const Problem& P, Terms& T) {
         out[2 * rows + r] = (float)t.rho;
         out[3 * rows + r] = (float)t.e1;
         out[4 * rows + r] = (float)t.e2;
-        clip[r] = t.clipped;
         clipped += t.clipped;
       }
     }
@@ -314,7 +313,7 @@ inline float clamped_gap(float gram, float rho, float rhok) {
 }
 
 struct Row {  // one query row of a tile
-  int64_t n, i, jmax, S;
+  int64_t n, i, jmax, jvec, S;  // keys 0..jmax take part; loops run to jvec = jmax rounded up to 16 (≤ S)
   float *g, *dp;   // tile rows: Gram in; P (and dGram) out
   float* lse;
   float delta;
@@ -376,11 +375,12 @@ template <bool BOTH_ENDS>
 void row_gaps(const Problem& P, const Row& w, float* gap, float rho, const float* rhok) {
   int near = 0;
   const float eta = P.eta;
+  const int64_t jmax = w.jmax;
 #pragma omp simd reduction(+ : near)
-  for (int64_t j = 0; j < w.jmax; ++j) {
+  for (int64_t j = 0; j < w.jvec; ++j) {
     const float x = clamped_gap(w.g[j], rho, rhok[j]);
     gap[j] = x;
-    near += (x < eta || (BOTH_ENDS && x > 2.0f - eta)) ? 1 : 0;
+    near += ((x < eta || (BOTH_ENDS && x > 2.0f - eta)) && j < jmax) ? 1 : 0;
   }
   if (!near) return;
   for (int64_t j = 0; j < w.jmax; ++j) {
@@ -454,11 +454,12 @@ void stereo_forward_row(const Problem& P, const Terms& T, Row& w, float* scratch
   float* score = scratch;
   const float eta = P.eta;
   int near = 0;
+  const int64_t jmax = w.jmax;
 #pragma omp simd reduction(+ : near)
-  for (int64_t j = 0; j < w.jmax; ++j) {
+  for (int64_t j = 0; j < w.jvec; ++j) {
     const float gap = clamped_gap(w.g[j], r.rho, r.rhok[j]);
-    near += gap < eta ? 1 : 0;
-    score[j] = masked<M>(stereo_score<SIGN>(r, j, gap), madd, j);
+    near += (gap < eta && j < jmax) ? 1 : 0;
+    score[j] = j < jmax ? masked<M>(stereo_score<SIGN>(r, j, gap), madd, j) : kNegInf;
   }
   if (near) {  // nearly parallel pairs: the exact gap, in double
     for (int64_t j = 0; j < w.jmax; ++j)
@@ -466,7 +467,7 @@ void stereo_forward_row(const Problem& P, const Terms& T, Row& w, float* scratch
         score[j] = masked<M>(
             stereo_score<SIGN>(r, j, exact_gap(w.qv, w.kbase + j * w.k_sr, w.qn, w.kn[j], P.D, -1.0)), madd, j);
   }
-  *w.lse = softmax_row(score, w.g, w.jmax, w.S);
+  *w.lse = softmax_row(score, w.g, w.jvec, w.S);
 }
 
 template <int SIGN, bool M>
@@ -489,8 +490,9 @@ void stereo_backward_row(const Problem& P, const Terms& T, Row& w, float* scratc
   float* g = w.g;
   float* dp = w.dp;
   float ga = 0, gs = 0, gr = 0, gkap = 0, gmu = 0;
+  const int64_t jmax = w.jmax;
 #pragma omp simd reduction(+ : ga, gs, gr, gkap, gmu)
-  for (int64_t j = 0; j < w.jmax; ++j) {
+  for (int64_t j = 0; j < w.jvec; ++j) {
     float delta, v, sh, s, x, root;
     bool ser_r, ser_d;
     const float R = stereo_radial<SIGN>(r, j, delta, v, sh, ser_r);
@@ -499,7 +501,7 @@ void stereo_backward_row(const Problem& P, const Terms& T, Row& w, float* scratc
     const bool floored = s2raw < kSqrtMin;
     const float s2 = floored ? kSqrtMin : s2raw;
     const float d = stereo_dist<SIGN>(r, s2, s, x, root, ser_d);
-    const float sj = masked<M>(r.mu * d, madd, j);
+    const float sj = j < jmax ? masked<M>(r.mu * d, madd, j) : kNegInf;
     const bool live = sj != kNegInf;
     const float p = live ? fexp(sj - lse) : 0.0f;
     const float ds = p * (dp[j] - delta_i);
@@ -534,7 +536,7 @@ void stereo_backward_row(const Problem& P, const Terms& T, Row& w, float* scratc
     dp[j] = -ggap * r.rho * r.rhok[j];  // dGram
     g[j] = p;
   }
-  for (int64_t j = w.jmax; j < w.S; ++j) g[j] = dp[j] = 0.0f;
+  for (int64_t j = w.jvec; j < w.S; ++j) g[j] = dp[j] = 0.0f;
   w.ga = ga, w.gs = gs, w.gr = gr;
   w.gkap += gkap;
   w.gmu += gmu;
@@ -552,18 +554,19 @@ inline float sphere_angle(float gap, float& dtheta_dgap) {
 
 template <bool M>
 void sphere_forward_row(const Problem& P, const Terms& T, Row& w, float* scratch) {
-  const float rho = T.qt(w.n, 0)[w.i];
-  const float* rhok = T.kt(w.n, 0);
+  const float rho = T.qt(w.n, 2)[w.i];
+  const float* rhok = T.kt(w.n, 2);
   const float mu = P.mu[w.n % P.H], eta = P.eta;
   const float* madd = row_mask(P, w, scratch + 2 * padded(P.S));
   float* score = scratch;
   int near = 0;
+  const int64_t jmax = w.jmax;
 #pragma omp simd reduction(+ : near)
-  for (int64_t j = 0; j < w.jmax; ++j) {
+  for (int64_t j = 0; j < w.jvec; ++j) {
     const float gap = clamped_gap(w.g[j], rho, rhok[j]);
-    near += (gap < eta || gap > 2.0f - eta) ? 1 : 0;
+    near += ((gap < eta || gap > 2.0f - eta) && j < jmax) ? 1 : 0;
     float unused;
-    score[j] = masked<M>(mu * sphere_angle(gap, unused), madd, j);
+    score[j] = j < jmax ? masked<M>(mu * sphere_angle(gap, unused), madd, j) : kNegInf;
   }
   if (near) {
     for (int64_t j = 0; j < w.jmax; ++j) {
@@ -577,7 +580,7 @@ void sphere_forward_row(const Problem& P, const Terms& T, Row& w, float* scratch
             masked<M>(mu * sphere_angle(2.0f - exact_gap(w.qv, kv, w.qn, w.kn[j], P.D, 1.0), unused), madd, j);
     }
   }
-  *w.lse = softmax_row(score, w.g, w.jmax, w.S);
+  *w.lse = softmax_row(score, w.g, w.jvec, w.S);
 }
 
 template <bool M>
@@ -589,8 +592,8 @@ void sphere_backward_row(const Problem& P, const Terms& T, Row& w, float* scratc
     std::memset(w.dp, 0, sizeof(float) * w.S);
     return;
   }
-  const float rho = T.qt(w.n, 0)[w.i];
-  const float* rhok = T.kt(w.n, 0);
+  const float rho = T.qt(w.n, 2)[w.i];
+  const float* rhok = T.kt(w.n, 2);
   const float mu = P.mu[w.n % P.H];
   const float* madd = row_mask(P, w, scratch + 2 * padded(P.S));
   float* gap = scratch;
@@ -600,11 +603,12 @@ void sphere_backward_row(const Problem& P, const Terms& T, Row& w, float* scratc
   float* dp = w.dp;
   const float delta_i = w.delta;
   float gr = 0, gmu = 0;
+  const int64_t jmax = w.jmax;
 #pragma omp simd reduction(+ : gr, gmu)
-  for (int64_t j = 0; j < w.jmax; ++j) {
+  for (int64_t j = 0; j < w.jvec; ++j) {
     float dth;
     const float theta = sphere_angle(gap[j], dth);
-    const float sj = masked<M>(mu * theta, madd, j);
+    const float sj = j < jmax ? masked<M>(mu * theta, madd, j) : kNegInf;
     const bool live = sj != kNegInf;
     const float p = live ? fexp(sj - lse) : 0.0f;
     const float ds = p * (dp[j] - delta_i);
@@ -616,7 +620,7 @@ void sphere_backward_row(const Problem& P, const Terms& T, Row& w, float* scratc
     dp[j] = -ggap * rho * rhok[j];
     g[j] = p;
   }
-  for (int64_t j = w.jmax; j < w.S; ++j) g[j] = dp[j] = 0.0f;
+  for (int64_t j = w.jvec; j < w.S; ++j) g[j] = dp[j] = 0.0f;
   w.gr = gr;
   w.gmu += gmu;
 }
@@ -653,13 +657,15 @@ inline int64_t blocks(const Problem& P) { return (P.L + P.bq - 1) / P.bq; }
 Row make_row(const Problem& P, const Terms& T, int64_t n, int64_t i, int64_t S, float* g, float* dp) {
   Row w{};
   w.n = n, w.i = i, w.S = S, w.jmax = P.causal ? std::min(S, i + 1) : S;
+  // whole vectors for short causal rows: masked lanes are cheaper than the scalar epilogue of a short loop
+  w.jvec = std::min(S, (w.jmax + 15) / 16 * 16);
   w.g = g, w.dp = dp;
   w.lse = P.lse + n * P.L + i;
   w.qv = row_ptr(P.q, n, P.H, i);
   w.kbase = row_ptr(P.k, n, P.H, 0);
   w.k_sr = P.k.sr;
   w.qn = T.qn[n * P.L + i];
-  w.kn = T.kn.data() + n * P.S;
+  w.kn = T.kn + n * P.S;
   return w;
 }
 
@@ -766,9 +772,7 @@ void token_chain(const Problem& P, const Terms& T, const Grads& Gr) {
         const View& x = key ? P.k : P.q;
         const View& dx = key ? P.dk : P.dq;
         const float* g = (key ? Gr.k.data() : Gr.q.data()) + n * 3 * rows;
-        const double* norms = (key ? T.kn.data() : T.qn.data()) + n * rows;
-        const uint8_t* clip = (key ? T.kclip.data() : T.qclip.data()) + n * rows;
-        const float* terms = (key ? T.k.data() : T.q.data()) + n * kTerms * rows;
+        const double* norms = (key ? T.kn : T.qn) + n * rows;
         for (int64_t r = 0; r < rows; ++r) {
           const double nr = norms[r];
           if (nr <= 0) continue;
@@ -776,12 +780,13 @@ void token_chain(const Problem& P, const Terms& T, const Grads& Gr) {
           if (P.kind == kSphere) {
             g_norm = -(double)g[2 * rows + r] / (nr * nr);  // ρ = 1/‖x‖
           } else {
-            const double a = terms[r];
+            bool clipped;
+            const double a = tangent_norm(nr, kappa, P.inv_sqrt_e, P.clip, clipped);
             double dsa, dsk;
             sigma_grads(a, kappa, dsa, dsk);
             const double g_a = (double)g[r] + (double)g[rows + r] * dsa;
             mine[n % P.H] += (double)g[rows + r] * dsk;
-            if (clip[r]) mine[n % P.H] += g_a * a / (2.0 * c);  // a = clip/√c: ∂a/∂κ = a/(2c) for κ = −c
+            if (clipped) mine[n % P.H] += g_a * a / (2.0 * c);  // a = clip/√c: ∂a/∂κ = a/(2c) for κ = −c
             else g_norm += g_a * P.inv_sqrt_e;
             g_norm -= (double)g[2 * rows + r] / (nr * nr);
           }
@@ -825,19 +830,18 @@ void parallel_items(const Problem& P, bool backward, Fn&& fn, Grads* Gr) {
 
 extern "C" {
 
-int geoattn_native_abi() { return 3; }
+int geoattn_native_abi() { return 4; }
 
 void geoattn_forward(const Problem* P) {
   FlushDenormals ftz;
-  Terms T;
-  compute_terms(*P, T);
+  compute_terms(*P);
+  const Terms T(*P);
   parallel_items(*P, false, [&](int64_t item, Work& ws) { forward_item(*P, T, item, ws); }, nullptr);
 }
 
 void geoattn_backward(const Problem* P) {
   FlushDenormals ftz;
-  Terms T;
-  compute_terms(*P, T);
+  const Terms T(*P);
   Grads Gr;
   Gr.q.assign(P->B * P->H * 3 * P->L, 0.0f);
   Gr.k.assign(P->B * P->H * 3 * P->S, 0.0f);

@@ -18,6 +18,7 @@ from torch import Tensor
 from .build import Native
 
 KINDS = {"stereographic": 0, "sphere": 1}
+TERMS = 5  # per-token terms of kernel.cpp (kTerms)
 ETA = 1.0 / 32  # gaps below this (nearly parallel pairs) are recomputed from the vectors in double precision
 TILE_ELEMENTS = 1 << 17  # bq·S of a work item's score tile (512 KiB in float32: it stays in L2)
 
@@ -36,7 +37,7 @@ class _Problem(ctypes.Structure):  # the layout of ``struct Problem`` in kernel.
         ("inv_sqrt_e", _F32), ("clip", _F32), ("eta", _F32), ("pad2_", _F32),
         ("allowed", _P), ("am_b", _I64), ("am_h", _I64), ("am_i", _I64), ("am_j", _I64),
         ("bias", _P), ("bm_b", _I64), ("bm_h", _I64), ("bm_i", _I64), ("bm_j", _I64),
-        ("clipped", _P),
+        ("clipped", _P), ("qterms", _P), ("kterms", _P), ("qnorm", _P), ("knorm", _P),
         ("dout", _View), ("dq", _View), ("dk", _View), ("dv", _View), ("dkappa", _P), ("dmu", _P), ("sgemm", _P),
     ]
 
@@ -58,7 +59,7 @@ class Plan:
     clipped: int = 0                # out: vectors the clip shortened (forward)
 
 
-def _problem(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: Tensor, mu: Tensor) -> _Problem:
+def _problem(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: Tensor, mu: Tensor, terms) -> _Problem:
     B, H, L, D = q.shape
     S = k.shape[2]
     p = _Problem()
@@ -68,6 +69,7 @@ def _problem(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: Tensor, mu: Ten
     p.q, p.k, p.v = _view(q), _view(k), _view(v)
     p.kappa, p.mu = kappa.data_ptr(), mu.data_ptr()
     p.inv_sqrt_e, p.clip, p.eta, p.sgemm = 1 / math.sqrt(D), plan.clip, ETA, plan.native.sgemm
+    p.qterms, p.kterms, p.qnorm, p.knorm = (t.data_ptr() for t in terms)
     for part, prefix in ((plan.allowed, "am"), (plan.bias, "bm")):
         if part is not None:
             full = part.expand(B, H, L, S)  # a view: broadcast dims get stride 0
@@ -83,26 +85,30 @@ class NativeAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, kappa: Tensor, mu: Tensor, plan: Plan) -> Tensor:
         B, H, L, _ = q.shape
+        S = k.shape[2]
         out = q.new_empty(B, H, L, v.shape[-1])
         lse = q.new_empty(B * H, L)
         clipped = torch.zeros(1, dtype=torch.int64)
-        p = _problem(plan, q, k, v, kappa, mu)
+        # per-token terms (5 per token) and norms: computed by the forward, reused by the backward
+        terms = (q.new_empty(B * H, TERMS, L), q.new_empty(B * H, TERMS, S),
+                 q.new_empty(B * H, L, dtype=torch.float64), q.new_empty(B * H, S, dtype=torch.float64))
+        p = _problem(plan, q, k, v, kappa, mu, terms)
         p.out, p.lse, p.clipped = _view(out), lse.data_ptr(), clipped.data_ptr()
         plan.native.lib.geoattn_forward(ctypes.byref(p))
         plan.clipped = int(clipped)
-        ctx.save_for_backward(q, k, v, kappa, mu, out, lse)
+        ctx.save_for_backward(q, k, v, kappa, mu, out, lse, *terms)
         ctx.plan = plan
         return out
 
     @staticmethod
     def backward(ctx, dout: Tensor):
-        q, k, v, kappa, mu, out, lse = ctx.saved_tensors
+        q, k, v, kappa, mu, out, lse, *terms = ctx.saved_tensors
         plan: Plan = ctx.plan
         dout = dout if dout.stride(-1) == 1 else dout.contiguous()
         dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
         dkappa = torch.zeros(kappa.shape, dtype=torch.float64)
         dmu = torch.zeros(mu.shape, dtype=torch.float64)
-        p = _problem(plan, q, k, v, kappa, mu)
+        p = _problem(plan, q, k, v, kappa, mu, terms)
         p.out, p.lse, p.dout = _view(out), lse.data_ptr(), _view(dout)
         p.dq, p.dk, p.dv, p.dkappa, p.dmu = _view(dq), _view(dk), _view(dv), dkappa.data_ptr(), dmu.data_ptr()
         plan.native.lib.geoattn_backward(ctypes.byref(p))
