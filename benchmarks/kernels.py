@@ -97,10 +97,12 @@ def measure(call: Callable, q, k, v, backward: bool, repeats: int, device: str, 
     return row
 
 
-def backends_for(geom: geoattn.Geometry, L: int, max_dense: int) -> list[str]:
+def backends_for(geom: geoattn.Geometry, L: int, max_dense: int, device: str = "cpu") -> list[str]:
+    """The backends a geometry is measured on: SDPA for affine scores; for the others the native CPU
+    kernel (what ``auto`` picks on CPU) and the portable tiled one, flex on an accelerator, dense while small."""
     if geom.affine:
         return ["sdpa"]
-    names = ["tiled", "flex"]
+    names = (["native"] if device == "cpu" and geom.native_kind is not None else ["flex"]) + ["tiled"]
     return names + (["dense"] if L * L <= max_dense else [])
 
 
@@ -114,7 +116,7 @@ def run(lengths, names, B, H, D, repeats, device, dtype, max_dense, log=print, m
         sdpa = measure(F.scaled_dot_product_attention, q, k, v, True, repeats, device, memory_only)
         for name in names:
             geom = cases[name](D).to(device)
-            for backend in backends_for(geom, L, max_dense):
+            for backend in backends_for(geom, L, max_dense, device):
                 backward = not (backend == "flex" and device == "cpu")  # no CPU backward in torch 2.13
 
                 def call(q, k, v, geom=geom, backend=backend):
@@ -127,6 +129,51 @@ def run(lengths, names, B, H, D, repeats, device, dtype, max_dense, log=print, m
                 r["mem_ratio"] = r["peak_mib"] / sdpa["peak_mib"] if sdpa["peak_mib"] > 0 else float("nan")
                 rows.append(r)
                 log(_format(r))
+    return rows
+
+
+FIRST_CALL_FIELDS = ["geometry", "backend", "cache", "L", "first_s", "second_shape_L", "second_shape_first_s",
+                     "steady_s"]
+
+
+def first_call_child(label: str, L: int, backend: str) -> dict:
+    """In a fresh process: the first forward+backward at length L (any one-time build included), the first
+    one at a new length 2L (a shape change: nothing is rebuilt), and a steady-state one at 2L."""
+    geom = geometries()[label](64)
+    times = {}
+    for key, n in (("first_s", L), ("second_shape_first_s", 2 * L), ("steady_s", 2 * L)):
+        q, k, v = (0.5 * torch.randn(1, 8, n, 64)).requires_grad_(), torch.randn(1, 8, n, 64), torch.randn(1, 8, n, 64)
+        t0 = time.perf_counter()
+        geoattn.attention(q, k, v, geometry=geom, backend=backend).sum().backward()
+        times[key] = time.perf_counter() - t0
+    return times
+
+
+def first_calls(labels: list[str], L: int, log=print) -> list[dict]:
+    """Cold (empty on-disk caches: geoattn's native build, Inductor's) and warm first calls, each in its own
+    process, for every fused geometry on the backend auto picks on CPU and on tiled."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    rows = []
+    for label in labels:
+        geom = geometries()[label](64)
+        if geom.affine:
+            continue
+        for backend in (["native"] if geom.native_kind is not None else []) + ["tiled"]:
+            with tempfile.TemporaryDirectory() as cache:
+                env = dict(os.environ, GEOATTN_CACHE=cache, TORCHINDUCTOR_CACHE_DIR=os.path.join(cache, "inductor"))
+                for state in ("cold", "warm"):
+                    out = subprocess.run([sys.executable, "-m", "benchmarks.kernels", "--first-call-child", label,
+                                          str(L), backend], capture_output=True, text=True, env=env, check=True)
+                    times = json.loads(out.stdout.strip().splitlines()[-1])
+                    row = dict(geometry=label, backend=backend, cache=state, L=L, second_shape_L=2 * L, **times)
+                    rows.append(row)
+                    log(f"{label:>15} {backend:>6} {state}: first call {times['first_s']:.2f} s, first at L={2 * L} "
+                        f"{times['second_shape_first_s']:.2f} s (steady {times['steady_s']:.2f} s)")
     return rows
 
 
@@ -190,8 +237,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--max-dense", type=int, default=2048 * 2048, help="largest L² the dense path is run at")
     p.add_argument("--memory-only", action="store_true", help="one call per backend: first-call time and peak memory")
+    p.add_argument("--first-call", action="store_true",
+                   help="only the first-call latencies, cold and warm on-disk caches (subprocesses), at --lengths[0]")
+    p.add_argument("--first-call-child", nargs=3, metavar=("LABEL", "L", "BACKEND"), help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/kernels"))
     a = p.parse_args(argv)
+    if a.first_call_child:
+        import json
+
+        label, n, backend = a.first_call_child
+        print(json.dumps(first_call_child(label, int(n), backend)))
+        return []
+    if a.first_call:
+        rows = first_calls(a.geometries, (a.lengths or [1024])[0])
+        a.out.mkdir(parents=True, exist_ok=True)
+        with open(a.out / "first_call.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=FIRST_CALL_FIELDS)
+            w.writeheader()
+            w.writerows({k: (f"{r[k]:.4g}" if isinstance(r[k], float) else r[k]) for k in FIRST_CALL_FIELDS}
+                        for r in rows)
+        print(f"\nwrote {a.out / 'first_call.csv'}")
+        return rows
     top = 32768 if a.device == "cuda" else 8192
     lengths = a.lengths or ([256, 1024] if a.quick else [n for n in (256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
                                                            if n <= top])

@@ -11,19 +11,19 @@ from torch import Tensor
 
 from ..geometry import Geometry, Lifted
 from ..masks import masked_softmax
+from ..math.vectors import squared_chords
 from .base import Backend, broadcast_heads
 
 
 def dense_scores(geometry: Geometry, lifted: Lifted) -> Tensor:
     """``score[b, h, i, j] = f(x_ij, a_i, b_j, θ_h)`` as a (B, H, L, S) tensor, with ``x = scale·⟨q̃ᵢ, k̃ⱼ⟩``,
-    or for a chord lift ``x = ‖q̃ᵢ − k̃ⱼ‖²`` formed per pair from the differences (``torch.cdist`` without
-    its Gram shortcut), so nearby points far from the origin keep their distance exactly."""
+    or for a chord lift ``x = ‖q̃ᵢ − k̃ⱼ‖²`` with nearby pairs formed from their differences
+    (:func:`~geoattn.math.vectors.squared_chords`), so nearby points far from the origin keep their distance."""
     q_terms = tuple(t.unsqueeze(-1) for t in lifted.q_terms)                # (B, H, L, 1)
     k_terms = tuple(t.unsqueeze(-2) for t in lifted.k_terms)                # (B, H, 1, S)
     head = broadcast_heads(lifted.head, 4)
     if lifted.chord:
-        chord = torch.cdist(lifted.q, lifted.k, compute_mode="donot_use_mm_for_euclid_dist")   # (B, H, L, S)
-        return geometry.score_from_chord(chord * chord, q_terms, k_terms, head)
+        return geometry.score_from_chord(squared_chords(lifted.q, lifted.k), q_terms, k_terms, head)  # (B, H, L, S)
     dot = (lifted.q @ lifted.k.transpose(-1, -2)) * lifted.scale           # (B, H, L, S)
     return geometry.score_from_dot(dot, q_terms, k_terms, head)
 

@@ -28,6 +28,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ..math.vectors import squared_chords
 from .base import Backend, broadcast_heads, fused_unsupported
 from .compile_cache import compiled
 
@@ -46,10 +47,9 @@ ScoreFn = Callable[[Tensor, tuple, tuple, tuple], Tensor]
 
 def pairwise(q: Tensor, k: Tensor, scale: float, chord: bool) -> Tensor:
     """The pairwise tile the score reads (B, H, bq, bk): ``scale·⟨q̃, k̃⟩``, or for a chord lift the squared
-    chord ``‖q̃ - k̃‖²`` formed per pair (``torch.cdist`` without its Gram shortcut: no cancellation)."""
+    chord ``‖q̃ - k̃‖²`` with nearby pairs formed from their differences (no cancellation)."""
     if chord:
-        c = torch.cdist(q, k, compute_mode="donot_use_mm_for_euclid_dist")
-        return c * c
+        return squared_chords(q, k)
     return torch.matmul(q, k.transpose(-1, -2)) * scale
 
 

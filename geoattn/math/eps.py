@@ -33,6 +33,7 @@ MAX_HYPERBOLIC_ANGLE = 15.0
 _SQRT_MIN = {torch.float64: 1e-30, torch.float32: 1e-14}
 _ARC_MAX = {torch.float64: 1e-12, torch.float32: 1e-6}
 _DENOM_MIN = {torch.float64: 1e-30, torch.float32: 1e-15}
+_CHORD_NEAR = {torch.float64: 1e-4, torch.float32: 1 / 16}
 _NORM_MIN = {torch.float64: 1e-15, torch.float32: 1e-10, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 SERIES = 1e-4
 
@@ -56,3 +57,10 @@ def denom_min(dtype: torch.dtype) -> float:
 
 def norm_min(input_dtype: torch.dtype) -> float:
     return _NORM_MIN.get(input_dtype, 1e-10)
+
+
+def chord_near(dtype: torch.dtype) -> float:
+    """Below ``chord_near · (‖x‖² + ‖y‖²)`` a squared chord is recomputed from the difference
+    (:func:`geoattn.math.vectors.squared_chords`): elsewhere the Gram form's relative error is at most
+    ``~4ε/chord_near`` (1e-12 in float64, 2e-6 in float32)."""
+    return _CHORD_NEAR[compute_dtype(dtype)]

@@ -38,3 +38,26 @@ def clip_radius(norm: Tensor, kappa: Tensor, clip: float) -> tuple[Tensor, Tenso
     limit = clip / (-kappa).clamp(min=1e-30).sqrt()
     shortened = (kappa < 0) & (norm > limit)
     return torch.where(kappa < 0, torch.minimum(norm, limit), norm), shortened
+
+
+def squared_chords(x: Tensor, y: Tensor) -> Tensor:
+    """``‖xᵢ - yⱼ‖²`` for (B, H, L, D) and (B, H, S, D) → (B, H, L, S), exactly and at matmul speed.
+
+    The Gram form ``‖x‖² + ‖y‖² - 2⟨x, y⟩`` loses ``ε(‖x‖² + ‖y‖²)`` to cancellation, which only matters
+    where the chord is small against the norms; those pairs (chord² < ``eps.chord_near`` · (‖x‖² + ‖y‖²):
+    nearly coincident, rare in practice) are recomputed from their difference. Differentiable. Under
+    ``torch.compile`` or ``torch.func`` transforms, where the data-dependent recomputation cannot run, it
+    uses ``torch.cdist`` without its Gram shortcut (exact, slower).
+    """
+    if torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(x):
+        c = torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist")
+        return c * c
+    nx = (x * x).sum(-1, keepdim=True)                                       # (B, H, L, 1)
+    ny = (y * y).sum(-1).unsqueeze(-2)                                       # (B, H, 1, S)
+    chords = (nx + ny - 2 * (x @ y.transpose(-1, -2))).clamp(min=0)
+    near = chords < eps.chord_near(x.dtype) * (nx + ny)
+    if near.any():
+        b, h, i, j = near.nonzero(as_tuple=True)
+        exact = ((x[b, h, i] - y[b, h, j]) ** 2).sum(-1)
+        chords = chords.index_put((b, h, i, j), exact)
+    return chords

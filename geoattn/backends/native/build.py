@@ -1,6 +1,6 @@
 """Compiling and loading the native kernel: once per machine, cached on disk, never at import time.
 
-The kernel (``kernel.cpp`` and ``lift.cpp``, next to this file) is plain C++ with no torch headers, so it compiles in a
+The kernel (``kernel.cpp`` with its headers, and ``lift.cpp``, next to this file) is plain C++ with no torch headers, so it compiles in a
 few seconds with the system's C++ compiler (``$CXX`` or ``c++``), ``-O3 -march=native -fopenmp``. The
 shared library is cached under ``$GEOATTN_CACHE`` (default ``~/.cache/geoattn``) in a file named by a
 hash of the source, the flags, the compiler and this CPU's model and flags (a library built with
@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 SOURCES = [Path(__file__).with_name(name) for name in ("kernel.cpp", "lift.cpp")]
+HEADERS = sorted(Path(__file__).parent.glob("*.h"))
 ABI = 4  # must equal geoattn_native_abi() in kernel.cpp (and the Problem layout in kernel.py)
 # vect-partial-vector-usage=2: masked (AVX-512) loop epilogues, not scalar ones (short causal rows: 1.3× measured)
 FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "--param=vect-partial-vector-usage=2", "-fopenmp",
@@ -119,7 +120,8 @@ def _load() -> Native | str:
     cxx = _compiler()
     if cxx is None:
         return "no C++ compiler found (set $CXX or install g++) to build the native kernel"
-    key = hashlib.sha256("\n".join([*(s.read_text() for s in SOURCES), " ".join(FLAGS), _compiler_version(cxx),
+    key = hashlib.sha256("\n".join([*(s.read_text() for s in [*SOURCES, *HEADERS]), " ".join(FLAGS),
+                                    _compiler_version(cxx),
                                     platform.machine(), _cpu_fingerprint()]).encode()).hexdigest()[:16]
     target = cache_dir() / f"geoattn_native_{key}.so"
     try:

@@ -1,0 +1,259 @@
+// Shared pieces of the native kernel: the Problem layout, vectorisable elementary functions,
+// the GEMM wrappers and the per-row plumbing (masks, softmax, gaps). Included by kernel.cpp only.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#endif
+
+extern "C" {
+
+// Fortran BLAS sgemm (column-major), e.g. MKL's SGEMM as exported by libtorch_cpu.
+typedef void (*sgemm_fn)(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
+                         const int*, const float*, const int*, const float*, float*, const int*);
+
+enum Kind : int32_t { kStereographic = 0, kSphere = 1 };
+
+// A 4-D tensor (B, H, rows, cols) with a contiguous last dim, by its strides (elements).
+struct View {
+  float* data;
+  int64_t sb, sh, sr;
+};
+
+struct Problem {
+  int64_t B, H, L, S, D, Ev;  // queries (B, H, L, D), keys (B, H, S, D), values (B, H, S, Ev)
+  int64_t bq;                 // query rows per work item
+  int32_t kind, causal, nthreads, pad_;
+  View q, k, v, out;          // out (B, H, L, Ev)
+  float* lse;                 // (B·H, L): log-sum-exp of each row (+inf for a row with no key)
+  const float* kappa;         // (H,) signed curvature (stereographic)
+  const float* mu;            // (H,) score multiplier: score = μ·d (stereographic), μ·θ (sphere)
+  float inv_sqrt_e;           // 1/√E: the RMS scale of the tangent vectors
+  float clip;                 // bound on √|κ|‖u‖ for κ < 0
+  float eta;                  // near-pair threshold on the gap
+  float pad2_;
+  const uint8_t* allowed;     // bool mask (1 = take part) or null, element (b, h, i, j) by strides
+  int64_t am_b, am_h, am_i, am_j;
+  const float* bias;          // additive float mask or null
+  int64_t bm_b, bm_h, bm_i, bm_j;
+  int64_t* clipped;           // out: number of (query or key) vectors the clip shortened
+  // per-token terms, written by the forward and read by the backward (caller-owned, kept between them):
+  float *qterms, *kterms;     // (B·H, kTerms, L), (B·H, kTerms, S)
+  double *qnorm, *knorm;      // raw norms ‖q‖, ‖k‖ in double, (B·H, L), (B·H, S)
+  // backward
+  View dout, dq, dk, dv;      // dq written, dk/dv zero-filled by the caller
+  double* dkappa;             // (H,) accumulated
+  double* dmu;                // (H,) accumulated
+  sgemm_fn sgemm;
+};
+
+}  // extern "C"
+
+namespace geoattn_native {
+
+// ---------------------------------------------------------------------------------------------
+// Vectorisable elementary functions (Cephes single precision, < 2 ulp on their domains).
+// ---------------------------------------------------------------------------------------------
+inline float as_float(int32_t i) { float f; std::memcpy(&f, &i, 4); return f; }
+inline int32_t as_int(float f) { int32_t i; std::memcpy(&i, &f, 4); return i; }
+
+inline float fexp(float x) {  // callers select 0 for masked (-inf) entries themselves
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  float r = x - n * 0.693359375f;
+  r = r - n * (-2.12194440e-4f);
+  float p = 1.9875691500E-4f;
+  p = p * r + 1.3981999507E-3f;
+  p = p * r + 8.3334519073E-3f;
+  p = p * r + 4.1665795894E-2f;
+  p = p * r + 1.6666665459E-1f;
+  p = p * r + 5.0000001201E-1f;
+  p = p * r * r + r + 1.0f;
+  return p * as_float(((int32_t)n + 127) << 23);
+}
+
+inline float flog(float x) {  // positive normal x
+  const int32_t ix = as_int(x);
+  float e = (float)(((ix >> 23) & 0xff) - 126);
+  float m = as_float((ix & 0x007fffff) | 0x3f000000);  // x = m·2^e, m in [0.5, 1)
+  const bool small = m < 0.707106781186547524f;
+  e = small ? e - 1.0f : e;
+  m = small ? m + m - 1.0f : m - 1.0f;
+  const float z = m * m;
+  float y = 7.0376836292E-2f;
+  y = y * m - 1.1514610310E-1f;
+  y = y * m + 1.1676998740E-1f;
+  y = y * m - 1.2420140846E-1f;
+  y = y * m + 1.4249322787E-1f;
+  y = y * m - 1.6668057665E-1f;
+  y = y * m + 2.0000714765E-1f;
+  y = y * m - 2.4999993993E-1f;
+  y = y * m + 3.3333331174E-1f;
+  y = y * m * z;
+  y += e * -2.12194440e-4f;
+  y += -0.5f * z;
+  return m + y + e * 0.693359375f;
+}
+
+inline float fasin(float x) {  // x in [0, 1]
+  const bool big = x > 0.5f;
+  const float z = big ? 0.5f * (1.0f - x) : x * x;
+  const float xx = big ? std::sqrt(z) : x;
+  const float p = ((((4.2163199048E-2f * z + 2.4181311049E-2f) * z + 4.5470025998E-2f) * z + 7.4953002686E-2f) * z +
+                   1.6666752422E-1f) * z * xx + xx;
+  return big ? 1.57079632679489661923f - 2.0f * p : p;
+}
+
+constexpr float kNegInf = -INFINITY;
+constexpr float kSeriesV = 0.01f;   // |κ Δ²| below which R uses its Taylor series
+constexpr float kSeriesX = 1e-3f;   // |κ s²| below which H uses its Taylor series
+constexpr double kSeriesSigma = 1e-4;  // |4κa²| below which σ uses its Taylor series
+constexpr float kSqrtMin = 1e-14f;  // floor under s² (finite gradient at coincident points)
+
+// Flush denormals to zero while a kernel runs (tiny probabilities and their gradients would take the
+// slow microcoded path: measured 1.7× on the backward); the caller's mode is restored.
+struct FlushDenormals {
+#if defined(__SSE__)
+  unsigned int saved = _mm_getcsr();
+  FlushDenormals() { _mm_setcsr(saved | 0x8040); }  // FTZ | DAZ
+  ~FlushDenormals() { _mm_setcsr(saved); }
+#endif
+};
+
+// Row-major GEMMs through a column-major sgemm.
+//   ab:  C(m×n) = A(m×k)·B(k×n)     abt: C = A·Bᵀ with B (n×k)     atb: C = Aᵀ·B with A (k×m), B (k×n)
+inline void gemm(const Problem& P, const char* ta, const char* tb, int m, int n, int k, const float* A, int64_t lda,
+                 const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  const float one = 1.0f;
+  const int la = (int)lda, lb = (int)ldb, lc = (int)ldc;
+  P.sgemm(tb, ta, &n, &m, &k, &one, B, &lb, A, &la, &beta, C, &lc);
+}
+inline void gemm_ab(const Problem& P, int m, int n, int k, const float* A, int64_t lda, const float* B, int64_t ldb,
+                    float beta, float* C, int64_t ldc) {
+  gemm(P, "N", "N", m, n, k, A, lda, B, ldb, beta, C, ldc);
+}
+inline void gemm_abt(const Problem& P, int m, int n, int k, const float* A, int64_t lda, const float* B, int64_t ldb,
+                     float beta, float* C, int64_t ldc) {
+  gemm(P, "N", "T", m, n, k, A, lda, B, ldb, beta, C, ldc);
+}
+inline void gemm_atb(const Problem& P, int m, int n, int k, const float* A, int64_t lda, const float* B, int64_t ldb,
+                     float beta, float* C, int64_t ldc) {
+  gemm(P, "T", "N", m, n, k, A, lda, B, ldb, beta, C, ldc);
+}
+
+inline const float* row_ptr(const View& t, int64_t n, int64_t H, int64_t r) {
+  return t.data + (n / H) * t.sb + (n % H) * t.sh + r * t.sr;
+}
+inline float* row_ptr_mut(const View& t, int64_t n, int64_t H, int64_t r) {
+  return t.data + (n / H) * t.sb + (n % H) * t.sh + r * t.sr;
+}
+
+// Row buffers and accumulators are spaced by a non-power-of-two stride: arrays 4 KiB apart alias in
+// the store-forwarding logic (measured 2.5× on the backward).
+inline int64_t padded(int64_t S) { return S + 80; }
+
+// ---------------------------------------------------------------------------------------------
+// Rows.
+// ---------------------------------------------------------------------------------------------
+// ½‖q/‖q‖ ∓ k/‖k‖‖² in double, normalised with the double norms (the rounding of float32 norms would add
+// ~ε² to a gap that can itself be ~ε²); sign = -1: the gap, +1: 2 − gap.
+inline float exact_gap(const float* qv, const float* kv, double qn, double kn, int64_t D, double sign) {
+  const double rq = qn > 0 ? 1.0 / qn : 0.0;
+  const double rk = (kn > 0 ? 1.0 / kn : 0.0) * -sign;
+  double acc = 0.0;
+  for (int64_t d = 0; d < D; ++d) {
+    const double x = rq * qv[d] - rk * kv[d];
+    acc += x * x;
+  }
+  return (float)(0.5 * acc);
+}
+
+inline float clamped_gap(float gram, float rho, float rhok) {
+  return std::min(std::max(1.0f - gram * rho * rhok, 0.0f), 2.0f);
+}
+
+struct Row {  // one query row of a tile
+  int64_t n, i, jmax, jvec, S;  // keys 0..jmax take part; loops run to jvec = jmax rounded up to 16 (≤ S)
+  float *g, *dp;   // tile rows: Gram in; P (and dGram) out
+  float* lse;
+  float delta;
+  const float* qv;        // the raw query vector
+  const float* kbase;     // row 0 of the head's keys
+  int64_t k_sr;
+  double qn;
+  const double* kn;
+  // backward accumulators (this thread's): per-key (gb, gσ', gρ'), per-query results, per-head
+  float *gkb, *gks, *gkr;
+  float ga, gs, gr;
+  double gkap, gmu;
+};
+
+const float* row_mask(const Problem& P, const Row& w, float* buf) {
+  if (!P.bias && !P.allowed) return nullptr;
+  const int64_t b = w.n / P.H, h = w.n % P.H;
+  if (P.bias) {
+    const float* bp = P.bias + b * P.bm_b + h * P.bm_h + w.i * P.bm_i;
+    for (int64_t j = 0; j < w.jmax; ++j) buf[j] = bp[j * P.bm_j];
+  } else {
+    std::memset(buf, 0, sizeof(float) * w.jmax);
+  }
+  if (P.allowed) {
+    const uint8_t* ap = P.allowed + b * P.am_b + h * P.am_h + w.i * P.am_i;
+    for (int64_t j = 0; j < w.jmax; ++j) buf[j] = ap[j * P.am_j] ? buf[j] : kNegInf;
+  }
+  return buf;
+}
+
+template <bool M>
+inline float masked(float s, const float* add, int64_t j) { return M ? s + add[j] : s; }
+
+// softmax of a row of scores (masked = -inf → 0) into p (length S, zeros past jmax); returns the lse
+float softmax_row(const float* s, float* p, int64_t jmax, int64_t S) {
+  float m = kNegInf;
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 0; j < jmax; ++j) m = std::max(m, s[j]);
+  if (m == kNegInf) {
+    std::memset(p, 0, sizeof(float) * S);
+    return INFINITY;
+  }
+  float l = 0.0f;
+#pragma omp simd reduction(+ : l)
+  for (int64_t j = 0; j < jmax; ++j) {
+    const float e = s[j] == kNegInf ? 0.0f : fexp(s[j] - m);
+    p[j] = e;
+    l += e;
+  }
+  const float inv = 1.0f / l;
+#pragma omp simd
+  for (int64_t j = 0; j < jmax; ++j) p[j] *= inv;
+  for (int64_t j = jmax; j < S; ++j) p[j] = 0.0f;
+  return m + flog(l);
+}
+
+// gap of a row into buf, exact where gap < eta (BOTH_ENDS: also where gap > 2 − eta)
+template <bool BOTH_ENDS>
+void row_gaps(const Problem& P, const Row& w, float* gap, float rho, const float* rhok) {
+  int near = 0;
+  const float eta = P.eta;
+  const int64_t jmax = w.jmax;
+#pragma omp simd reduction(+ : near)
+  for (int64_t j = 0; j < w.jvec; ++j) {
+    const float x = clamped_gap(w.g[j], rho, rhok[j]);
+    gap[j] = x;
+    near += ((x < eta || (BOTH_ENDS && x > 2.0f - eta)) && j < jmax) ? 1 : 0;
+  }
+  if (!near) return;
+  for (int64_t j = 0; j < w.jmax; ++j) {
+    const float* kv = w.kbase + j * w.k_sr;
+    if (gap[j] < eta) gap[j] = exact_gap(w.qv, kv, w.qn, w.kn[j], P.D, -1.0);
+    else if (BOTH_ENDS && gap[j] > 2.0f - eta) gap[j] = 2.0f - exact_gap(w.qv, kv, w.qn, w.kn[j], P.D, 1.0);
+  }
+}
+
+}  // namespace geoattn_native

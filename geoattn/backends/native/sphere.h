@@ -1,0 +1,91 @@
+// Rows of the geodesic sphere score, forward and backward.
+#pragma once
+
+#include "terms.h"
+
+namespace geoattn_native {
+
+// ---- sphere, geodesic score ----
+inline float sphere_angle(float gap, float& dtheta_dgap) {
+  const bool far = gap > 1.0f;
+  const float h = far ? 2.0f - gap : gap;
+  const float y = std::sqrt(std::max(0.5f * h, 1e-30f));
+  const float a = 2.0f * fasin(y);
+  dtheta_dgap = 1.0f / std::sqrt(std::max(h * (2.0f - h), 1e-30f));  // 1/sin θ
+  return far ? 3.14159265358979323846f - a : a;
+}
+
+template <bool M>
+void sphere_forward_row(const Problem& P, const Terms& T, Row& w, float* scratch) {
+  const float rho = T.qt(w.n, 2)[w.i];
+  const float* rhok = T.kt(w.n, 2);
+  const float mu = P.mu[w.n % P.H], eta = P.eta;
+  const float* madd = row_mask(P, w, scratch + 2 * padded(P.S));
+  float* score = scratch;
+  int near = 0;
+  const int64_t jmax = w.jmax;
+#pragma omp simd reduction(+ : near)
+  for (int64_t j = 0; j < w.jvec; ++j) {
+    const float gap = clamped_gap(w.g[j], rho, rhok[j]);
+    near += ((gap < eta || gap > 2.0f - eta) && j < jmax) ? 1 : 0;
+    float unused;
+    score[j] = j < jmax ? masked<M>(mu * sphere_angle(gap, unused), madd, j) : kNegInf;
+  }
+  if (near) {
+    for (int64_t j = 0; j < w.jmax; ++j) {
+      const float gap = clamped_gap(w.g[j], rho, rhok[j]);
+      const float* kv = w.kbase + j * w.k_sr;
+      float unused;
+      if (gap < eta)
+        score[j] = masked<M>(mu * sphere_angle(exact_gap(w.qv, kv, w.qn, w.kn[j], P.D, -1.0), unused), madd, j);
+      else if (gap > 2.0f - eta)
+        score[j] =
+            masked<M>(mu * sphere_angle(2.0f - exact_gap(w.qv, kv, w.qn, w.kn[j], P.D, 1.0), unused), madd, j);
+    }
+  }
+  *w.lse = softmax_row(score, w.g, w.jvec, w.S);
+}
+
+template <bool M>
+void sphere_backward_row(const Problem& P, const Terms& T, Row& w, float* scratch) {
+  w.ga = w.gs = w.gr = 0.0f;
+  const float lse = *w.lse;
+  if (lse == INFINITY) {
+    std::memset(w.g, 0, sizeof(float) * w.S);
+    std::memset(w.dp, 0, sizeof(float) * w.S);
+    return;
+  }
+  const float rho = T.qt(w.n, 2)[w.i];
+  const float* rhok = T.kt(w.n, 2);
+  const float mu = P.mu[w.n % P.H];
+  const float* madd = row_mask(P, w, scratch + 2 * padded(P.S));
+  float* gap = scratch;
+  row_gaps<true>(P, w, gap, rho, rhok);
+  float* gkr = w.gkr;
+  float* g = w.g;
+  float* dp = w.dp;
+  const float delta_i = w.delta;
+  float gr = 0, gmu = 0;
+  const int64_t jmax = w.jmax;
+#pragma omp simd reduction(+ : gr, gmu)
+  for (int64_t j = 0; j < w.jvec; ++j) {
+    float dth;
+    const float theta = sphere_angle(gap[j], dth);
+    const float sj = j < jmax ? masked<M>(mu * theta, madd, j) : kNegInf;
+    const bool live = sj != kNegInf;
+    const float p = live ? fexp(sj - lse) : 0.0f;
+    const float ds = p * (dp[j] - delta_i);
+    gmu += ds * theta;
+    const float ggap = ds * mu * dth;
+    const float gram = g[j];
+    gr -= ggap * gram * rhok[j];
+    gkr[j] -= ggap * gram * rho;
+    dp[j] = -ggap * rho * rhok[j];
+    g[j] = p;
+  }
+  for (int64_t j = w.jvec; j < w.S; ++j) g[j] = dp[j] = 0.0f;
+  w.gr = gr;
+  w.gmu += gmu;
+}
+
+}  // namespace geoattn_native

@@ -1,0 +1,120 @@
+// Per-token terms of the κ-stereographic kernel (norms, clipped tangent radii, radial factors), in double.
+#pragma once
+
+#include "common.h"
+
+namespace geoattn_native {
+
+// ---------------------------------------------------------------------------------------------
+// Per-token terms, computed once per call in double precision.
+// Stereographic: t = (a, σ, ρ, α, α') for queries, (b, σ', ρ', β, β') for keys; sphere: ρ only.
+// ---------------------------------------------------------------------------------------------
+constexpr int kTerms = 5;
+
+struct Terms {  // views of the caller's buffers
+  const float *q, *k;
+  const double *qn, *kn;
+  int64_t L = 0, S = 0;
+  Terms(const Problem& P) : q(P.qterms), k(P.kterms), qn(P.qnorm), kn(P.knorm), L(P.L), S(P.S) {}
+  const float* qt(int64_t n, int t) const { return q + (n * kTerms + t) * L; }
+  const float* kt(int64_t n, int t) const { return k + (n * kTerms + t) * S; }
+};
+
+struct TokenTerms {  // one token's terms
+  double a, sig, rho, e1, e2;
+  bool clipped;
+};
+
+// the tangent norm a = min(‖x‖/√E, clip/√c) (clip where κ < 0)
+inline double tangent_norm(double n, double kappa, double inv_sqrt_e, double clip, bool& clipped) {
+  const double a = n * inv_sqrt_e, sc = std::sqrt(std::fabs(kappa));
+  clipped = kappa < 0 && sc * a > clip;
+  return clipped ? clip / sc : a;
+}
+
+// κ-stereographic terms of a token of raw norm n (one exponential, or one sincos); key: β-style factors.
+inline TokenTerms stereo_token(double n, double kappa, double inv_sqrt_e, double clip, bool key) {
+  TokenTerms t;
+  const double c = std::fabs(kappa), sc = std::sqrt(c);
+  const double a = tangent_norm(n, kappa, inv_sqrt_e, clip, t.clipped);
+  t.a = a;
+  t.rho = n > 0 ? 1.0 / n : 0.0;
+  const double v = 4.0 * kappa * a * a;
+  const bool series = std::fabs(v) < kSeriesSigma;
+  if (kappa < 0) {
+    const double e = std::exp(sc * a), ie = 1.0 / e;
+    t.sig = series ? a * (1.0 - v / 6.0 + v * v / 120.0) : (e * e - ie * ie) / (4.0 * sc);  // sinh(2√c a)/(2√c)
+    t.e1 = key ? ie / 2 : e;
+    t.e2 = key ? e / 2 : ie;
+  } else if (kappa > 0) {
+    const double s1 = std::sin(sc * a), c1 = std::cos(sc * a);
+    t.sig = series ? a * (1.0 - v / 6.0 + v * v / 120.0) : s1 * c1 / sc;                    // sin(2√κ a)/(2√κ)
+    t.e1 = key ? c1 : s1;
+    t.e2 = key ? s1 : c1;
+  } else {
+    t.sig = a;
+    t.e1 = t.e2 = 0.0;
+  }
+  return t;
+}
+
+// ∂σ/∂a and ∂σ/∂κ (at fixed a) of a token's σ(a, κ)
+inline void sigma_grads(double a, double kappa, double& dsig_da, double& dsig_dk) {
+  const double v = 4.0 * kappa * a * a, c = std::fabs(kappa), sc = std::sqrt(c);
+  if (std::fabs(v) < kSeriesSigma) {  // σ = a − (2/3)κa³ + (2/15)κ²a⁵
+    dsig_da = 1.0 - 2.0 * kappa * a * a + (2.0 / 3.0) * kappa * kappa * a * a * a * a;
+    dsig_dk = -(2.0 / 3.0) * a * a * a + (4.0 / 15.0) * kappa * a * a * a * a * a;
+    return;
+  }
+  if (kappa < 0) {
+    const double e2 = std::exp(2.0 * sc * a), ie2 = 1.0 / e2;
+    const double ch = (e2 + ie2) / 2, sig = (e2 - ie2) / (4.0 * sc);
+    dsig_da = ch;
+    dsig_dk = -(a * ch - sig) / (2.0 * c);  // ∂/∂κ = −∂/∂c
+  } else {
+    const double y = 2.0 * sc * a, co = std::cos(y), sig = std::sin(y) / (2.0 * sc);
+    dsig_da = co;
+    dsig_dk = (a * co - sig) / (2.0 * c);
+  }
+}
+
+inline double row_norm(const float* x, int64_t D) {
+  double s = 0.0;
+  for (int64_t d = 0; d < D; ++d) s += (double)x[d] * x[d];
+  return std::sqrt(s);
+}
+
+// Fill the caller's term buffers (forward only; the backward reads them back).
+void compute_terms(const Problem& P) {
+  const int64_t N = P.B * P.H;
+  int64_t clipped = 0;
+#pragma omp parallel for schedule(static) num_threads(P.nthreads) reduction(+ : clipped)
+  for (int64_t n = 0; n < N; ++n) {
+    const double kappa = P.kind == kStereographic ? (double)P.kappa[n % P.H] : 0.0;
+    for (int side = 0; side < 2; ++side) {
+      const bool key = side == 1;
+      const int64_t rows = key ? P.S : P.L;
+      const View& x = key ? P.k : P.q;
+      float* out = (key ? P.kterms : P.qterms) + n * kTerms * rows;
+      double* norms = (key ? P.knorm : P.qnorm) + n * rows;
+      for (int64_t r = 0; r < rows; ++r) {
+        const double nr = row_norm(row_ptr(x, n, P.H, r), P.D);
+        norms[r] = nr;
+        if (P.kind == kSphere) {
+          out[2 * rows + r] = (float)(nr > 0 ? 1.0 / nr : 0.0);  // ρ, at the stereographic ρ's slot
+          continue;
+        }
+        const TokenTerms t = stereo_token(nr, kappa, P.inv_sqrt_e, P.clip, key);
+        out[0 * rows + r] = (float)t.a;
+        out[1 * rows + r] = (float)t.sig;
+        out[2 * rows + r] = (float)t.rho;
+        out[3 * rows + r] = (float)t.e1;
+        out[4 * rows + r] = (float)t.e2;
+        clipped += t.clipped;
+      }
+    }
+  }
+  if (P.clipped) *P.clipped = clipped;
+}
+
+}  // namespace geoattn_native
