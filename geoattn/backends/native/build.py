@@ -1,12 +1,13 @@
 """Compiling and loading the native kernel: once per machine, cached on disk, never at import time.
 
-The kernel (``kernel.cpp`` with its headers, and ``lift.cpp``, next to this file) is plain C++ with no torch headers, so it compiles in a
-few seconds with the system's C++ compiler (``$CXX`` or ``c++``), ``-O3 -march=native -fopenmp``. The
-shared library is cached under ``$GEOATTN_CACHE`` (default ``~/.cache/geoattn``) in a file named by a
-hash of the source, the flags, the compiler and this CPU's model and flags (a library built with
-``-march=native`` must not be loaded on another CPU), written atomically so parallel processes may
-build at once. Its matrix products go through the BLAS ``sgemm`` that PyTorch's own library exports
-(MKL's ``SGEMM``, or ``sgemm_``), so the kernel uses the same BLAS as the rest of the model.
+The kernel (``kernel.cpp`` with its headers, and ``lift.cpp``, next to this file) is plain C++ with no
+torch headers, so it compiles in a few seconds with the system's C++ compiler (``$CXX`` or ``c++``),
+``-O3 -march=native -fopenmp``. The shared library is cached under ``$GEOATTN_CACHE`` (default
+``~/.cache/geoattn``) in a file named by a hash of the source, the flags, the compiler and this CPU's
+model and flags (a library built with ``-march=native`` must not be loaded on another CPU), written
+atomically so parallel processes may build at once. Its matrix products go through the BLAS ``sgemm``
+that PyTorch's own library exports (MKL's ``SGEMM``, or ``sgemm_``), so the kernel uses the same BLAS as
+the rest of the model.
 
 If anything is missing (no compiler, no exported sgemm, a failed build), :func:`load` returns the
 reason instead of a library; the native backend then declines every call with that reason and
