@@ -109,11 +109,14 @@ def exclude_self(attn_mask: Tensor | None, is_causal: bool, L: int, S: int, devi
 
 
 # -- nn.MultiheadAttention's convention (True = ignore) --------------------------------------------
-def _check_layer_mask(name: str, mask: Tensor, shapes: list[tuple[int, ...]], fix: str) -> None:
+def _check_layer_mask(name: str, mask: Tensor, shapes: list[tuple[int, ...]], fix: str, device) -> None:
     if not isinstance(mask, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor (bool or float), got {type(mask).__name__}")
     if mask.dtype != torch.bool and not mask.is_floating_point():
         raise TypeError(f"{name} must be bool (True = ignore) or floating (added to the scores), got {mask.dtype}")
+    if device is not None and mask.device != torch.device(device):
+        raise ValueError(f"{name} is on {mask.device} but the inputs are on {device}; move it with "
+                         f"{name}.to(query.device)")
     if tuple(mask.shape) not in shapes:
         raise ValueError(f"{name} has shape {tuple(mask.shape)} but must be one of {shapes}; {fix}")
 
@@ -140,11 +143,11 @@ def merge_masks(attn_mask: Tensor | None, key_padding_mask: Tensor | None, B: in
     if attn_mask is not None:
         _check_layer_mask("attn_mask", attn_mask, [(L, S), (B * H, L, S)],
                           f"use (L, S) = ({L}, {S}) for one mask or (B·num_heads, L, S) = ({B * H}, {L}, {S}) "
-                          "per batch and head")
+                          "per batch and head", device)
         parts.append(attn_mask.view(B, H, L, S) if attn_mask.dim() == 3 else attn_mask.view(1, 1, L, S))
     if key_padding_mask is not None:
         _check_layer_mask("key_padding_mask", key_padding_mask, [(B, S)],
-                          f"use (batch, key length) = ({B}, {S}) with True (or -inf) at the padded keys")
+                          f"use (batch, key length) = ({B}, {S}) with True (or -inf) at the padded keys", device)
         parts.append(key_padding_mask.view(B, 1, 1, S))
     if not parts:
         return None

@@ -34,6 +34,10 @@ CASES = {
                                ValueError, r"key_padding_mask has shape \(2, 4\) but must be one of"),
     "mha attn_mask shape": (lambda: MHA()(X, X, X, attn_mask=torch.zeros(4, 4, dtype=torch.bool)), ValueError,
                             r"attn_mask has shape \(4, 4\) but must be one of"),
+    "mha padding mask device": (lambda: MHA()(X, X, X, key_padding_mask=torch.zeros(2, 5, dtype=torch.bool,
+                                                                                   device="meta")),
+                                ValueError, r"key_padding_mask is on meta but the inputs are on cpu; move it with "
+                                            r"key_padding_mask.to\(query.device\)"),
     "mha geometry params with instance": (
         lambda: geoattn.MultiheadAttention(8, 2, geometry=geoattn.Poincare(), curvature=-2.0),
         ValueError, r"geometry parameters \['curvature'\] were given with a Geometry instance"),
