@@ -44,7 +44,8 @@ def attention(
     the weights are uniform over the allowed keys. Gradients flow through these results as in SDPA.
 
     Under :func:`torch.func.vmap` (and ``grad``/``vjp``) the call works on the ``dense`` and ``sdpa``
-    backends (``auto`` picks one of them); the fused ``tiled`` and ``flex`` backends refuse vmap.
+    backends (``auto`` picks one of them); the fused ``tiled`` and ``flex`` backends refuse every
+    ``torch.func`` transform with a ValueError naming ``backend='dense'``.
 
     ``geometry`` is a name from :func:`geoattn.available_geometries` (default parameters) or a
     :class:`geoattn.Geometry`. ``backend`` is ``"auto"`` (the fastest backend that supports the call,
