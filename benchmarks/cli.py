@@ -4,6 +4,7 @@
     python -m benchmarks run --suite standard --tasks listops --geometries euclidean,poincare --seeds 5
     python -m benchmarks report --out benchmarks/results/quick
     python -m benchmarks kernels [kernel-benchmark options]
+    python -m benchmarks throughput [throughput-benchmark options]
     torchrun --nproc_per_node 2 -m benchmarks run --suite quick  # DistributedDataParallel (gloo on CPU)
 """
 from __future__ import annotations
@@ -199,6 +200,8 @@ def _parser() -> argparse.ArgumentParser:
                           "if OUT has one; no plot otherwise)")
     sub.add_parser("kernels", help="the fused-kernel benchmark (benchmarks/kernels.py); options pass through",
                    add_help=False)
+    sub.add_parser("throughput", help="training throughput of the backbone per geometry (benchmarks/throughput.py); "
+                   "options pass through", add_help=False)
     return p
 
 
@@ -323,6 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] == "kernels":
             return cmd_kernels(argv[1:])
+        if argv and argv[0] == "throughput":
+            from . import throughput
+
+            throughput.main(argv[1:])
+            return 0
         try:
             args = _parser().parse_args(argv)
         except SystemExit as stop:  # argparse printed its error (or --help) already

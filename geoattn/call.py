@@ -86,8 +86,13 @@ class AttentionCall:
 
     @cached_property
     def values(self) -> Tensor:
-        """The values the weighted sum runs over: ``geometry.pre_values(v)``, (B, H, S, Ev'), computed once."""
-        return self.geometry.pre_values(self.v)
+        """The values the weighted sum runs over: ``geometry.pre_values(v)``, (B, H, S, Ev'), computed once.
+        Values without features (Ev = 0) stay as they are: the output has no feature to aggregate."""
+        return self.v if self.v.shape[-1] == 0 else self.geometry.pre_values(self.v)
+
+    def post_values(self, out: Tensor) -> Tensor:
+        """The weighted sum of :attr:`values` → the output: ``geometry.post_values(out)`` (nothing for Ev = 0)."""
+        return out if self.v.shape[-1] == 0 else self.geometry.post_values(out)
 
     def map_values(self) -> Tensor:
         """Compute :attr:`values` now: :func:`geoattn.attention` maps the values before the backend lifts

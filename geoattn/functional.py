@@ -61,7 +61,7 @@ def attention(
     with compute_precision(call):
         call.map_values()
         out, weights = empty_attention(call) if call.empty else runner.run(call)
-        out = call.geometry.post_values(out)
+        out = call.post_values(out)
     return call.finish(out, weights)
 
 

@@ -5,6 +5,7 @@ maths, no compile cost); a few tests run the compiled kernels (tiled forward+bac
 """
 from __future__ import annotations
 
+import copy
 import zlib
 
 import pytest
@@ -117,6 +118,10 @@ def test_tiled_gradcheck_float64():
         plan = _Plan(geom.score_from_dot, 1.0, len(lifted.q_terms), len(lifted.k_terms), causal, allowed, None,
                      block_q=4, block_k=3)
         assert torch.autograd.gradcheck(lambda *xs: TiledAttention.apply(plan, *xs), leaves)
+        # the chord form (what the stereographic lift gives): the pairwise tile is ‖q̃ - k̃‖² per pair
+        plan = _Plan(geom.score_from_chord, 1.0, len(lifted.q_terms), len(lifted.k_terms), causal, allowed, None,
+                     block_q=4, block_k=3, chord=True)
+        assert torch.autograd.gradcheck(lambda *xs: TiledAttention.apply(plan, *xs), leaves)
 
 
 def test_tiled_blocks_do_not_change_the_result():
@@ -159,10 +164,11 @@ def test_auto_choice_and_overrides():
     poincare, lorentz = geoattn.Poincare(), geoattn.Lorentz()
     big, small = torch.randn(1, 8, 2048, 16), torch.randn(1, 2, 64, 16)
     assert select_backend("auto", lorentz, big, False, 0.0, True) == "sdpa"
-    assert select_backend("auto", poincare, big, False, 0.0, False) == "tiled"  # CPU: tiled beats flex (measured)
-    assert select_backend("auto", poincare, big, False, 0.0, True) == "tiled"
-    assert select_backend("auto", poincare, big.double(), False, 0.0, False) == "tiled"
-    assert select_backend("auto", poincare, small, False, 0.0, True) == "dense"
+    assert select_backend("auto", poincare, big, False, 0.0, False) == "native"  # CPU float32: the fused kernel
+    assert select_backend("auto", poincare, big, False, 0.0, True) == "native"
+    assert select_backend("auto", poincare, small, False, 0.0, True) == "native"    # at every size
+    assert select_backend("auto", poincare, big.double(), False, 0.0, False) == "tiled"  # float64: portable paths
+    assert select_backend("auto", poincare, small.double(), False, 0.0, True) == "dense"
     assert select_backend("auto", poincare, big, True, 0.0, False) == "dense"  # weights
     with geoattn.default_backend("dense"):
         assert select_backend("auto", poincare, big, False, 0.0, True) == "dense"
@@ -175,7 +181,9 @@ def test_auto_choice_and_overrides():
 def test_auto_explains_its_choice(caplog):
     q = torch.randn(1, 8, 2048, 16)
     assert geoattn.explain_backend(q, q, q, geometry="lorentz").startswith("sdpa: auto: the score is affine")
-    assert geoattn.explain_backend(q, q, q, geometry="poincare").startswith("tiled: auto: on CPU")
+    assert geoattn.explain_backend(q, q, q, geometry="poincare").startswith("native: auto: on CPU")
+    assert geoattn.explain_backend(q.double(), q.double(), q.double(), geometry="poincare").startswith(
+        "tiled: auto: on CPU")
     assert geoattn.explain_backend(q, q, q, geometry="poincare", return_weights=True).startswith("dense: auto: ")
     assert geoattn.explain_backend(q, q, q, geometry="poincare", backend="flex").startswith("flex: named by")
     with caplog.at_level("DEBUG", logger="geoattn"):
@@ -187,10 +195,22 @@ def test_deprecated_backend_names_still_work():
     with pytest.warns(DeprecationWarning, match="select_backend is deprecated"):
         from geoattn.backends import select_backend as old
     big = torch.randn(1, 8, 2048, 16)
-    assert old("auto", geoattn.Poincare(), big, False, 0.0, True).name == "tiled"
+    assert old("auto", geoattn.Poincare(), big, False, 0.0, True).name == "native"
     assert old("auto", geoattn.Poincare(), big, True, 0.0, False).name == "dense"
     with pytest.warns(DeprecationWarning, match="AUTO_ORDER is deprecated"):
         assert geoattn.backends.AUTO_ORDER == ["sdpa", "flex", "tiled", "dense"]
+
+
+def test_auto_falls_back_when_the_native_kernel_is_unavailable(monkeypatch):
+    from geoattn.backends.native import build
+
+    monkeypatch.setattr(build, "_LOADED", "no C++ compiler found (set $CXX or install g++) to build the native kernel")
+    poincare = geoattn.Poincare()
+    big, small = torch.randn(1, 8, 2048, 16), torch.randn(1, 2, 64, 16)
+    assert select_backend("auto", poincare, big, False, 0.0, True) == "tiled"
+    assert select_backend("auto", poincare, small, False, 0.0, True) == "dense"
+    with pytest.raises(ValueError, match="no C.. compiler found"):
+        select_backend("native", poincare, big, False, 0.0, True)
 
 
 def test_tiled_rejects_learnable_float_mask():
@@ -243,3 +263,33 @@ def test_flex_cuda_forward_backward(causal):
     assert (out.double() - ref).abs().max().item() < 1e-4
     for g, r in zip(grads, ref_grads):
         assert (g.double() - r).abs().max().item() < 1e-3 * (r.abs().max().item() + 1)
+
+
+def test_fused_lorentz_lift_matches_the_torch_lift_and_its_gradients():
+    """The C++ lift of the SDPA reduction (geoattn/backends/native/lift.cpp) against Lorentz.affine_lift in
+    float64 autograd: values and the gradients of q, k, κ and τ, with some vectors past the clip."""
+    from geoattn.backends.native import load
+    from geoattn.backends.native.lift import lorentz_lift
+
+    native = load()
+    if isinstance(native, str):
+        pytest.skip(native)
+    gen = torch.Generator().manual_seed(3)
+    g = geoattn.Lorentz(curvature=[-0.5, -2.0], temperature=[0.7, 1.3], num_heads=2, learnable=True)
+    q = (torch.randn(2, 2, 7, 8, generator=gen) * torch.tensor([1.0, 30.0]).view(1, 2, 1, 1)).requires_grad_()
+    k = torch.randn(2, 2, 9, 8, generator=gen).requires_grad_()
+    spec = g.native_spec(q, 1.5)
+    counter = []
+    qf, kf = lorentz_lift(native, q, k, spec.kappa, spec.mu, spec.clip, counter)
+    assert sum(counter) > 0  # the heads of norm ~30/√8 at κ = -2 are clipped
+    g64 = copy.deepcopy(g).double()
+    q64, k64 = (t.detach().double().requires_grad_() for t in (q, k))
+    ref = g64.affine_lift(q64, k64, 1.5)
+    torch.testing.assert_close(qf.double(), ref.q, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(kf.double(), ref.k, rtol=1e-5, atol=1e-5)
+    wq, wk = torch.randn_like(qf), torch.randn_like(kf)
+    ours = torch.autograd.grad((qf * wq).sum() + (kf * wk).sum(), [q, k, *g.parameters()])
+    theirs = torch.autograd.grad((ref.q * wq.double()).sum() + (ref.k * wk.double()).sum(),
+                                 [q64, k64, *g64.parameters()])
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a.double(), b.double(), rtol=1e-4, atol=1e-4 * b.abs().max().item())

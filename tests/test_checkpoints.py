@@ -92,6 +92,6 @@ def test_loading_a_checkpoint_of_another_geometry_fails_clearly(source_case, tar
 def test_loading_a_model_of_another_geometry_fails_clearly():
     make = lambda g: geoattn.models.DecoderLM(geoattn.models.TransformerConfig(  # noqa: E731
         vocab_size=11, d_model=16, n_heads=2, n_layers=1, max_len=8, geometry=g))
-    with pytest.raises(ValueError,
-                       match=r"made with geometry 'poincare\|aggregation=linear' but this module uses 'lorentz"):
+    made_with = r"made with geometry 'poincare\|aggregation=linear\|clip_radius=10.0' but this module uses 'lorentz"
+    with pytest.raises(ValueError, match=made_with):
         make("lorentz").load_state_dict(make("poincare").state_dict())

@@ -170,11 +170,12 @@ def test_per_head_parameters_change_each_head_independently():
 def test_learnable_flag_and_reported_values():
     g = geoattn.Lorentz(curvature=-2.0, temperature=0.5, num_heads=4, learnable=True)
     assert all(p.requires_grad for p in g.parameters())
-    torch.testing.assert_close(g.curvature, torch.full((4,), -2.0))
-    torch.testing.assert_close(g.temperature, torch.full((4,), 0.5))
+    # parameters are stored in float64, so they report exactly the values given
+    torch.testing.assert_close(g.curvature, torch.full((4,), -2.0, dtype=torch.float64), rtol=0, atol=1e-15)
+    torch.testing.assert_close(g.temperature, torch.full((4,), 0.5, dtype=torch.float64), rtol=0, atol=1e-15)
     fixed = geoattn.Stereographic(curvature=0.3)
     assert not any(p.requires_grad for p in fixed.parameters())
-    torch.testing.assert_close(fixed.curvature, torch.tensor([0.3]))
+    torch.testing.assert_close(fixed.curvature, torch.tensor([0.3], dtype=torch.float64), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("case", CASES)

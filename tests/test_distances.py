@@ -35,9 +35,13 @@ def ball_log0(x: torch.Tensor, c: float = 1.0) -> torch.Tensor:
 
 
 def pairwise_distance(geometry, u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``-score · τ``: the geodesic distance matrix a distance geometry attends with (L, S)."""
-    lifted = geometry.lift(u[None, None], w[None, None], None)
-    return -(dense_scores(geometry, lifted) * geometry.temperature.double())[0, 0]
+    """The geodesic distance matrix (L, S) between the points of tangent vectors u (L, D), w (S, D), read
+    off the geometry's score. The scale rule scores inputs ``x = √D·u`` as ``-√D·d/(2τ)`` (stereographic
+    family: its metric is 4× Euclidean at the origin) or ``-√D·d/τ`` (sphere, geodesic angle)."""
+    root = math.sqrt(u.shape[-1])
+    lifted = geometry.lift(root * u[None, None], root * w[None, None], None)
+    per_unit = 1.0 if isinstance(geometry, geoattn.Sphere) else 2.0
+    return -(dense_scores(geometry, lifted) * geometry.temperature.double())[0, 0] * per_unit / root
 
 
 def test_poincare_scores_match_geomstats_including_near_the_boundary(geomstats):
@@ -64,7 +68,8 @@ def test_poincare_at_the_extreme_boundary_against_mpmath():
         return d * angles[torch.randint(len(angles), (n,), generator=g)][:, None]
     u = tangents(10, torch.tensor([8.0, 10.0, 12.0, 14.0], **T64))
     w = tangents(10, torch.tensor([0.0, 0.5, 3.0, 8.0, 14.0], **T64))
-    ours = pairwise_distance(geoattn.Poincare(curvature=torch.tensor(-1.0, **T64)), u, w)
+    # (past the default clip radius 10, which bounds where even nearly parallel pairs keep 1e-10)
+    ours = pairwise_distance(geoattn.Poincare(curvature=torch.tensor(-1.0, **T64), clip_radius=15.0), u, w)
 
     def exact(a, b):
         def point(t):
@@ -113,10 +118,15 @@ def test_lorentz_geometry_matches_geomstats_hyperboloid(geomstats):
     d = geomstats.dist("hyperboloid", DIM, x[:, None].expand(-1, 8, -1).reshape(-1, DIM + 1),
                        y[None].expand(10, -1, -1).reshape(-1, DIM + 1)).reshape(10, 8)
     torch.testing.assert_close(lorentz.distance(x[:, None], y[None], kappa), d, atol=1e-8, rtol=1e-10)
-    # the attention score is minus the squared Lorentzian distance 2cosh(d) - 2 over τ (κ = -1)
-    geometry = geoattn.Lorentz(curvature=kappa, temperature=torch.tensor(0.7, **T64))
-    score = dense_scores(geometry, geometry.lift(u[None, None], w[None, None], None))[0, 0]
-    torch.testing.assert_close(score, -(2 * torch.cosh(d) - 2) / 0.7, atol=1e-8, rtol=1e-10)
+    # the attention score is -√D/(2τ) times the squared Lorentzian distance 2cosh(d) - 2 (κ = -1) of the
+    # tangent vectors u = x/√D (the scale rule), on the exact (dense) path and on SDPA's affine form
+    # (the tangent norms reach 4.5, past the default clip radius 4 of the SDPA-accurate range)
+    geometry = geoattn.Lorentz(curvature=kappa, temperature=torch.tensor(0.7, **T64), clip_radius=15.0)
+    root = math.sqrt(DIM)
+    score = dense_scores(geometry, geometry.lift(root * u[None, None], root * w[None, None], None))[0, 0]
+    torch.testing.assert_close(score, -root * (2 * torch.cosh(d) - 2) / (2 * 0.7), atol=1e-8, rtol=1e-10)
+    affine = dense_scores(geometry, geometry.affine_lift(root * u[None, None], root * w[None, None], None))[0, 0]
+    torch.testing.assert_close(affine, score, atol=1e-7, rtol=1e-9)
     torch.testing.assert_close(lorentz.inner(x, x), torch.full((10,), -1.0, dtype=torch.float64))
     torch.testing.assert_close(lorentz.logmap0(x, kappa), u, atol=1e-10, rtol=1e-10)
 
@@ -131,15 +141,15 @@ def test_sphere_geodesic_matches_geomstats_hypersphere(geomstats):
                        xw[None].expand(9, -1, -1).reshape(-1, DIM)).reshape(9, 7)
     geometry = geoattn.Sphere(score="geodesic", curvature=torch.tensor(1.0, **T64),
                               temperature=torch.tensor(2.0, **T64))
-    # arccos is clamped at ±(1 - 1e-12) for a finite gradient: ≤ 1.5e-6 off at exactly coincident/antipodal points
+    # the angle is clamped below π by √(2e-12) for a finite gradient: ≤ 1.5e-6 off at exactly antipodal points
     torch.testing.assert_close(pairwise_distance(geometry, u, w), d, atol=2e-6, rtol=0)
     generic = torch.ones_like(d, dtype=torch.bool)
     generic[0, 0] = generic[1, 1] = False
     torch.testing.assert_close(pairwise_distance(geometry, u, w)[generic], d[generic], atol=1e-8, rtol=1e-10)
-    # cosine score is ⟨x̂, ŷ⟩/τ
+    # cosine score is √D·⟨x̂, ŷ⟩/τ
     cosine = geoattn.Sphere(temperature=torch.tensor(0.25, **T64))
     torch.testing.assert_close(dense_scores(cosine, cosine.lift(u[None, None], w[None, None], None))[0, 0],
-                               torch.cos(d) / 0.25, atol=1e-10, rtol=1e-10)
+                               math.sqrt(DIM) * torch.cos(d) / 0.25, atol=1e-10, rtol=1e-10)
 
 
 @pytest.mark.parametrize("kappa", [0.3, 1.0, 4.0])
@@ -161,7 +171,7 @@ def test_positive_stereographic_matches_sphere_through_inverse_projection(geomst
 
 @pytest.mark.parametrize("kappa", [-2.0, -0.3, 0.0, 0.5, 1.7])
 def test_stereographic_attention_scores_match_geoopt(kappa):
-    """Scores from tangent vectors equal ``-geoopt.Stereographic(k).dist(expmap0(q), expmap0(k))/τ``."""
+    """Scores of inputs ``√D·u`` equal ``-√D·geoopt.Stereographic(k).dist(expmap0(u), expmap0(w))/(2τ)``."""
     import geoopt
 
     g = torch.Generator().manual_seed(9)
@@ -202,7 +212,9 @@ def test_midpoint_aggregation_matches_geoopt_weighted_midpoint():
         key = torch.randn(1, 1, 5, DIM, generator=g, dtype=torch.float64)
         v = torch.randn(1, 1, 5, DIM, generator=g, dtype=torch.float64) * 0.5
         out, w = geoattn.attention(q, key, v, geometry=geometry, return_weights=True, backend="dense")
-        points = gmath.expmap0(v[0, 0], k=k)                                     # (S, D)
+        # the scale rule: values enter as tangent vectors v/√D and the midpoint leaves as √D·log₀
+        root = math.sqrt(DIM)
+        points = gmath.expmap0(v[0, 0] / root, k=k)                              # (S, D)
         lam = gmath.lambda_x(points, k=k, keepdim=True)                          # (S, 1)
         for i in range(3):
             if kappa < 0:
@@ -211,7 +223,7 @@ def test_midpoint_aggregation_matches_geoopt_weighted_midpoint():
                 weights = w[0, 0, i][:, None]
                 two_mean = (weights * lam * points).sum(0) / (weights * (lam - 1)).sum(0)
                 mid = gmath.mobius_scalar_mul(torch.tensor(0.5, **T64), two_mean, k=k)
-            torch.testing.assert_close(out[0, 0, i], gmath.logmap0(mid, k=k), atol=1e-9, rtol=1e-8)
+            torch.testing.assert_close(out[0, 0, i], root * gmath.logmap0(mid, k=k), atol=1e-9, rtol=1e-8)
 
 
 def test_lorentz_centroid_aggregation_is_the_normalised_weighted_sum():
@@ -220,10 +232,11 @@ def test_lorentz_centroid_aggregation_is_the_normalised_weighted_sum():
     geometry = geoattn.Lorentz(curvature=kappa, aggregation="centroid")
     q, k, v = (torch.randn(1, 1, n, DIM, generator=g, dtype=torch.float64) for n in (3, 4, 4))
     out, w = geoattn.attention(q, k, v, geometry=geometry, return_weights=True, backend="dense")
-    a = w[0, 0] @ lorentz.expmap0(v[0, 0], kappa)                                   # (L, D+1)
+    root = math.sqrt(DIM)  # the scale rule: values enter as v/√D, the centroid leaves as √D·log_o
+    a = w[0, 0] @ lorentz.expmap0(v[0, 0] / root, kappa)                            # (L, D+1)
     mu = a / ((-kappa) * -lorentz.inner(a, a)).sqrt()[:, None]
     torch.testing.assert_close(lorentz.inner(mu, mu), torch.full((3,), 1 / kappa.item(), dtype=torch.float64))
-    torch.testing.assert_close(lorentz.expmap0(out[0, 0], kappa), mu, atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(lorentz.expmap0(out[0, 0] / root, kappa), mu, atol=1e-9, rtol=1e-9)
 
 
 def test_metric_geometry_is_the_mahalanobis_distance():
@@ -236,4 +249,7 @@ def test_metric_geometry_is_the_mahalanobis_distance():
     assert torch.linalg.eigvalsh(G).min() > 0
     diff = u[:, None] - w[None]
     expected = torch.einsum("lsd,de,lse->ls", diff, G, diff)
-    torch.testing.assert_close(pairwise_distance(geometry, u, w), expected, atol=1e-10, rtol=1e-10)
+    # the score is -(q - k)ᵀG(q - k)/(2√D τ), exact on the dense path and on SDPA's affine form
+    for lift in (geometry.lift, geometry.affine_lift):
+        score = dense_scores(geometry, lift(u[None, None], w[None, None], None))[0, 0]
+        torch.testing.assert_close(-score * 0.5 * 2 * math.sqrt(DIM), expected, atol=1e-10, rtol=1e-10)

@@ -67,12 +67,13 @@ def test_dropout_is_applied_like_sdpa():
 
 @pytest.mark.parametrize("kappa", [0.0, 1e-9, -1e-9, 1e-5, -1e-5])
 def test_stereographic_at_zero_curvature_is_euclidean_distance_attention(kappa):
-    """At κ → 0: ``score = -2‖q - k‖/τ`` (the κ = 0 model's metric is 4× the Euclidean one)."""
+    """At κ → 0: ``score = -‖q - k‖/τ`` (the scale rule's ``-√E·d/2`` with ``d = 2‖q - k‖/√E``: the κ = 0
+    model's metric is 4× the Euclidean one)."""
     q, k, v = qkv(seed=6, dtype=torch.float64)
     tau = 1.7
     geometry = geoattn.Stereographic(curvature=torch.tensor(kappa, **T64), temperature=torch.tensor(tau, **T64))
     out = geoattn.attention(q, k, v, geometry=geometry, backend="dense")
-    weights = torch.softmax(-2 * torch.cdist(q, k) / tau, dim=-1)
+    weights = torch.softmax(-torch.cdist(q, k) / tau, dim=-1)
     # exact at κ = 0, and the deviation shrinks linearly with κ (measured slope ≈ 5.4 here)
     torch.testing.assert_close(out, weights @ v, atol=1e-10 + 20 * abs(kappa), rtol=0)
 

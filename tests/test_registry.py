@@ -18,7 +18,7 @@ def test_every_geometry_takes_num_heads_and_head_dim(name):
     assert g.name == name and g.num_heads == H
     q = torch.randn(2, H, 5, D)
     assert geoattn.attention(q, q, q, geometry=g).shape == (2, H, 5, D)
-    assert geoattn.make_geometry("poincare", head_dim=8).tag() == "poincare|aggregation=linear"
+    assert geoattn.make_geometry("poincare", head_dim=8).tag() == "poincare|aggregation=linear|clip_radius=10.0"
 
 
 @pytest.mark.parametrize("case", sorted(GEOMETRY_CASES))
@@ -99,4 +99,4 @@ def test_kernel_benchmark_cases_come_from_the_registry():
     cases = geometries()
     assert sorted(cases) == ["euclidean", "lorentz", "metric", "poincare", "sphere-geodesic", "stereographic"]
     assert cases["metric"](16).rank == 8 and cases["sphere-geodesic"](16).score == "geodesic"
-    torch.testing.assert_close(cases["stereographic"](16).curvature, torch.tensor([-0.5]))
+    torch.testing.assert_close(cases["stereographic"](16).curvature, torch.tensor([-0.5], dtype=torch.float64))

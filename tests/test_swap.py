@@ -37,7 +37,7 @@ def test_swap_replaces_every_multihead_attention_and_keeps_weights():
     attns = [layer.self_attn for layer in model.layers]
     assert all(type(a) is geoattn.MultiheadAttention for a in attns)
     assert attns[0].geometry is not attns[1].geometry  # parameters per layer
-    torch.testing.assert_close(attns[0].geometry.curvature, torch.full((H,), -0.5))
+    torch.testing.assert_close(attns[0].geometry.curvature, torch.full((H,), -0.5, dtype=torch.float64))
     after = model.state_dict()
     for key, value in before.items():
         assert torch.equal(after[key], value), key
@@ -142,7 +142,7 @@ def test_geometry_instance_is_copied_per_layer():
     model = geoattn.swap(encoder(), geoattn.Poincare(curvature=-2.0, num_heads=H, learnable=True))
     g0, g1 = model.layers[0].self_attn.geometry, model.layers[1].self_attn.geometry
     assert g0 is not g1 and g0.raw_curvature is not g1.raw_curvature
-    torch.testing.assert_close(g1.curvature, torch.full((H,), -2.0))
+    torch.testing.assert_close(g1.curvature, torch.full((H,), -2.0, dtype=torch.float64))
 
 
 def test_shared_module_is_replaced_once():
@@ -205,7 +205,7 @@ def test_swapping_again_replaces_the_geometry():
     layer = model.layers[0].self_attn
     geoattn.swap(model, "sphere", temperature=0.5)
     assert model.layers[0].self_attn is layer and layer.geometry.name == "sphere"
-    torch.testing.assert_close(layer.geometry.temperature, torch.full((H,), 0.5))
+    torch.testing.assert_close(layer.geometry.temperature, torch.full((H,), 0.5, dtype=torch.float64))
 
 
 def test_geoattn_backbone_gets_the_new_geometry():

@@ -107,7 +107,7 @@ def test_grad_without_vmap_under_auto_runs_dense_and_equals_autograd(no_dense_li
     assert seen[0].startswith("dense:") and "under a torch.func transform" in seen[0]
     qs = q.detach().requires_grad_()
     theirs, = torch.autograd.grad(loss(qs), qs)
-    assert seen[1].startswith("tiled:")  # the same call outside torch.func
+    assert seen[1].split(":")[0] in ("native", "tiled")  # the same call outside torch.func: a fused backend
     torch.testing.assert_close(ours, theirs)
 
 

@@ -21,11 +21,12 @@ from ..masks import Mask, masked_softmax
 from .base import Backend
 from .dense import DenseBackend, dense_scores
 from .flex import FlexBackend
+from .native import NativeBackend
 from .policy import DENSE_MAX_SCORES, RULES, Choice, Rule, available_backends, choose, register_backend, set_default
 from .sdpa import SDPABackend
 from .tiled import TiledBackend, set_tiled_compile
 
-for _backend in (SDPABackend(), DenseBackend(), FlexBackend(), TiledBackend()):
+for _backend in (SDPABackend(), DenseBackend(), FlexBackend(), TiledBackend(), NativeBackend()):
     register_backend(_backend)
 
 

@@ -39,6 +39,14 @@ def fused_unsupported(name: str, call: AttentionCall) -> str | None:
     return None
 
 
+def gram_terms(lifted) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+    """The per-token terms of :meth:`Geometry.score_from_gram`: the lift's, plus ``‖q̃‖²`` and ``‖k̃‖²`` for a
+    chord lift (each (B, H, L) and (B, H, S))."""
+    if not lifted.chord:
+        return lifted.q_terms, lifted.k_terms
+    return (*lifted.q_terms, (lifted.q * lifted.q).sum(-1)), (*lifted.k_terms, (lifted.k * lifted.k).sum(-1))
+
+
 def broadcast_heads(head: tuple[Tensor, ...], dims: int) -> tuple[Tensor, ...]:
     """Per-head ``(H,)`` constants reshaped to ``(H, 1, …)`` for broadcasting against (B, H, …) of ``dims`` dims."""
     return tuple(h.view(-1, *([1] * (dims - 2))) for h in head)

@@ -3,7 +3,7 @@
 ``flex_attention(q̃, k̃, v, score_mod)`` computes ``softmax(score_mod(q̃·k̃ᵀ)) · v`` in blocks inside
 one compiled kernel (C++ on CPU, Triton on GPU) and never materialises the L×S matrix (He et al.,
 "FlexAttention: A Programming Model for Generating Optimized Attention Kernels", MLSys 2025). The
-``score_mod`` here is the geometry's own :meth:`~geoattn.Geometry.score_from_dot` on scalars, with
+``score_mod`` here is the geometry's own :meth:`~geoattn.Geometry.score_from_gram` on scalars, with
 the per-token terms captured as (B, H, L|S) tensors indexed ``t[b, h, idx]`` and the per-head
 constants as (H,) tensors indexed ``t[h]`` (a captured Python float would break the recompiles of
 dynamic shapes). Masks: causal and boolean masks become a ``mask_mod``/``BlockMask`` (fully masked
@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.nn.attention.flex_attention import and_masks, create_block_mask, flex_attention
 
 from ..masks import Mask, causal_mod
-from .base import Backend, fused_unsupported
+from .base import Backend, fused_unsupported, gram_terms
 from .compile_cache import compiled
 
 
@@ -84,12 +84,13 @@ def flex_geometric_attention(call) -> Tensor:
     L, S = _padded(L0), _padded(S0)  # compiled CPU flex with dynamic shapes is wrong for ragged lengths
     qa = _pad(lifted.q * lifted.scale, L, -2).contiguous()                 # (B, H, L, Dl): flex scale = 1
     ka = _pad(lifted.k, S, -2).contiguous()                                # (B, H, S, Dl)
-    q_terms = tuple(_pad(t.expand(B, H, L0).to(cd), L, -1) for t in lifted.q_terms)   # each (B, H, L)
-    k_terms = tuple(_pad(t.expand(B, H, S0).to(cd), S, -1) for t in lifted.k_terms)   # each (B, H, S)
+    q_terms, k_terms = gram_terms(lifted)
+    q_terms = tuple(_pad(t.expand(B, H, L0).to(cd), L, -1) for t in q_terms)          # each (B, H, L)
+    k_terms = tuple(_pad(t.expand(B, H, S0).to(cd), S, -1) for t in k_terms)          # each (B, H, S)
     head = tuple(h.to(cd).expand(H).contiguous() for h in lifted.head)     # each (H,)
     bias = mask.bias
     bias = None if bias is None else _pad(_pad(_full(bias.to(cd), B, H, L0, S0), L, -2), S, -1)
-    score_fn = geometry.score_from_dot
+    score_fn = geometry.score_from_gram
 
     def score_mod(score, b, h, q_idx, kv_idx):
         s = score_fn(score, tuple(t[b, h, q_idx] for t in q_terms), tuple(t[b, h, kv_idx] for t in k_terms),

@@ -38,6 +38,8 @@ RULES: list[Rule] = [
     Rule(lambda c: c.under_transform, "dense",
          "under a torch.func transform (vmap, grad, ...), which the fused backends do not support"),
     Rule(lambda c: c.dropout_p > 0, "dense", "attention dropout (only the dense backend applies it to this score)"),
+    Rule(lambda c: _BACKENDS["native"].unsupported(c) is None, "native",
+         "on CPU the native kernel fuses this geometry's score exactly, at any size (measured fastest)"),
     Rule(lambda c: c.num_scores <= DENSE_MAX_SCORES, "dense",
          f"the score matrix is small (B·H·L·S ≤ {DENSE_MAX_SCORES}): dense is faster than compiling a fused kernel"),
     Rule(lambda c: c.device.type != "cpu", "flex",

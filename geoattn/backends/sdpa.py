@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Backend
+from .native import fused_affine_lift
 
 
 class SDPABackend(Backend):
@@ -27,7 +28,7 @@ class SDPABackend(Backend):
         return None
 
     def run(self, call):
-        lifted = call.geometry.lift(call.q, call.k, call.scale)
+        lifted = fused_affine_lift(call) or call.geometry.affine_lift(call.q, call.k, call.scale)
         qa, ka, s = lifted.q, lifted.k, lifted.scale
         if lifted.k_terms:  # [q̃, 1, …] · [k̃·s, b_k, …]: the per-key terms ride along as extra columns
             ones = torch.ones(*qa.shape[:-1], len(lifted.k_terms), dtype=qa.dtype, device=qa.device)

@@ -2,7 +2,9 @@
 
 Forward (Dao et al., "FlashAttention", NeurIPS 2022, Alg. 1, with whole-row blocks): queries are
 processed in blocks of ``bq`` rows; for each block the scores against all keys,
-``s = f(scale·q̃ k̃ᵀ, a, b, θ)`` (the geometry's pointwise :meth:`~geoattn.Geometry.score_from_dot`),
+``s = f(x, a, b, θ)`` of the pairwise tile ``x = scale·q̃ k̃ᵀ`` (:meth:`~geoattn.Geometry.score_from_dot`)
+or, for a chord lift, ``x = ‖q̃ − k̃‖²`` formed per pair (:meth:`~geoattn.Geometry.score_from_chord`: no
+cancellation, the same exactness as the dense reference),
 get a numerically stable softmax (row max subtracted) and only the output and the row's
 log-sum-exp ``lse`` are kept. Backward (Alg. 2, key-block outer loop) recomputes the scores of one
 block of ``bk`` keys against all queries, ``p = exp(s - lse)``, and
@@ -10,7 +12,8 @@ block of ``bk`` keys against all queries, ``p = exp(s - lse)``, and
     dV_j = pᵀ dO,   dP = dO V_jᵀ,   dS = p ⊙ (dP - rowsum(dO ⊙ O)),
 
 then pulls ``dS`` back through ``f`` with :func:`torch.func.vjp`, which yields the gradients of the
-Gram entry (→ dq̃, dk̃ by two matmuls), of the per-token terms and of the per-head constants, so
+pairwise tile (→ dq̃, dk̃ by matmuls, :func:`pairwise_backward`), of the per-token terms and of the
+per-head constants, so
 the geometry's parameters (curvature, temperature, metric) get gradients through the ordinary
 autograd graph of :meth:`~geoattn.Geometry.lift` outside this function. Block sizes keep each
 block's score tile under ``block_elements`` numbers, so memory is O((L + S)·D) plus one tile; no
@@ -29,7 +32,7 @@ from .base import Backend, broadcast_heads, fused_unsupported
 from .compile_cache import compiled
 
 _COMPILE = True
-BLOCK_ELEMENTS = 1 << 21  # score-tile budget (numbers): 8 MiB in float32
+BLOCK_ELEMENTS = 1 << 20  # score-tile budget (numbers): 4 MiB in float32 (the backward holds ~20 such tiles)
 
 
 def set_tiled_compile(enabled: bool) -> None:
@@ -41,11 +44,22 @@ def set_tiled_compile(enabled: bool) -> None:
 ScoreFn = Callable[[Tensor, tuple, tuple, tuple], Tensor]
 
 
-def _scores(score_fn: ScoreFn, scale: float, q, k, q_terms, k_terms, head, q_pos, k_pos, allowed, bias,
-            causal: bool) -> Tensor:
-    """The masked score tile (B, H, bq, bk) of one block; masked entries are -inf."""
-    dot = torch.matmul(q, k.transpose(-1, -2)) * scale                      # (B, H, bq, bk)
-    return _masked(score_fn(dot, q_terms, k_terms, head), q_pos, k_pos, allowed, bias, causal)
+def pairwise(q: Tensor, k: Tensor, scale: float, chord: bool) -> Tensor:
+    """The pairwise tile the score reads (B, H, bq, bk): ``scale·⟨q̃, k̃⟩``, or for a chord lift the squared
+    chord ``‖q̃ - k̃‖²`` formed per pair (``torch.cdist`` without its Gram shortcut: no cancellation)."""
+    if chord:
+        c = torch.cdist(q, k, compute_mode="donot_use_mm_for_euclid_dist")
+        return c * c
+    return torch.matmul(q, k.transpose(-1, -2)) * scale
+
+
+def pairwise_backward(d_x: Tensor, q: Tensor, k: Tensor, scale: float, chord: bool) -> tuple[Tensor, Tensor]:
+    """dq, dk from the gradient of the pairwise tile: ``∂‖q - k‖²/∂q = 2(q - k)``, ``∂⟨q, k⟩/∂q = k``."""
+    if chord:
+        dq = 2 * (d_x.sum(-1, keepdim=True) * q - torch.matmul(d_x, k))
+        dk = 2 * (d_x.sum(-2).unsqueeze(-1) * k - torch.matmul(d_x.transpose(-1, -2), q))
+        return dq, dk
+    return torch.matmul(d_x, k) * scale, torch.matmul(d_x.transpose(-1, -2), q) * scale
 
 
 def _masked(s: Tensor, q_pos, k_pos, allowed, bias, causal: bool) -> Tensor:
@@ -59,9 +73,10 @@ def _masked(s: Tensor, q_pos, k_pos, allowed, bias, causal: bool) -> Tensor:
     return s
 
 
-def block_forward(score_fn, scale, q, k, v, q_terms, k_terms, head, q_pos, k_pos, allowed, bias, causal):
-    """Output (B, H, bq, Ev) and log-sum-exp (B, H, bq, 1) of one query block (+inf where all keys are masked)."""
-    s = _scores(score_fn, scale, q, k, q_terms, k_terms, head, q_pos, k_pos, allowed, bias, causal)
+def block_forward(score_fn, x, v, q_terms, k_terms, head, q_pos, k_pos, allowed, bias, causal):
+    """Output (B, H, bq, Ev) and log-sum-exp (B, H, bq, 1) of one query block from its pairwise tile x
+    (+inf where all keys are masked)."""
+    s = _masked(score_fn(x, q_terms, k_terms, head), q_pos, k_pos, allowed, bias, causal)
     m = s.amax(dim=-1, keepdim=True)
     m = torch.where(m > float("-inf"), m, torch.zeros_like(m))
     p = torch.exp(s - m)
@@ -71,23 +86,19 @@ def block_forward(score_fn, scale, q, k, v, q_terms, k_terms, head, q_pos, k_pos
     return out, lse
 
 
-def block_backward(score_fn, scale, q, k, v, q_terms, k_terms, head, q_pos, k_pos, allowed, bias, causal,
-                   lse, dout, delta):
-    """Gradients from one key block against all (remaining) queries: see the module docstring."""
-    def score(dot, qt, kt, h):
-        return _masked(score_fn(dot, qt, kt, h), q_pos, k_pos, allowed, bias, causal)
+def block_backward(score_fn, x, v, q_terms, k_terms, head, q_pos, k_pos, allowed, bias, causal, lse, dout, delta):
+    """Gradients from one key block against all (remaining) queries, given its pairwise tile x: the
+    gradient of x (dq, dk follow from it by :func:`pairwise_backward`), dv and the terms' gradients."""
+    def score(pair, qt, kt, h):
+        return _masked(score_fn(pair, qt, kt, h), q_pos, k_pos, allowed, bias, causal)
 
-    dot = torch.matmul(q, k.transpose(-1, -2)) * scale                      # (B, H, L', bk)
-    s, pullback = torch.func.vjp(score, dot, q_terms, k_terms, head)
+    s, pullback = torch.func.vjp(score, x, q_terms, k_terms, head)
     p = torch.exp(s - lse)                                                  # 0 where masked
     dv = torch.matmul(p.transpose(-1, -2), dout)                            # (B, H, bk, Ev)
     dp = torch.matmul(dout, v.transpose(-1, -2))                            # (B, H, L', bk)
     ds = p * (dp - delta)
-    d_dot, d_qt, d_kt, d_head = pullback(ds)
-    d_dot = d_dot * scale
-    dq = torch.matmul(d_dot, k)                                             # (B, H, L', Dl)
-    dk = torch.matmul(d_dot.transpose(-1, -2), q)                           # (B, H, bk, Dl)
-    return dq, dk, dv, d_qt, d_kt, d_head
+    d_x, d_qt, d_kt, d_head = pullback(ds)
+    return d_x, dv, d_qt, d_kt, d_head
 
 
 def _fn(f, family):
@@ -113,6 +124,7 @@ class _Plan:
     block_q: int
     block_k: int
     family: tuple = ()
+    chord: bool = False  # the pairwise tile is ‖q̃ − k̃‖² (score_fn = score_from_chord), not scale·⟨q̃, k̃⟩
 
 
 def _block_size(other: int, batch_heads: int, budget: int) -> int:
@@ -136,8 +148,9 @@ class TiledAttention(torch.autograd.Function):
         for i0 in range(0, L, plan.block_q):
             i1 = min(L, i0 + plan.block_q)
             s1 = min(S, i1) if plan.causal else S  # causal: keys after the block's last query never count
+            x = pairwise(q[..., i0:i1, :], k[..., :s1, :], plan.scale, plan.chord)          # (B, H, bq, s1)
             out[..., i0:i1, :], lse[..., i0:i1, :] = fwd(
-                plan.score_fn, plan.scale, q[..., i0:i1, :], k[..., :s1, :], v[..., :s1, :],
+                plan.score_fn, x, v[..., :s1, :],
                 tuple(t[..., i0:i1, None] for t in q_terms), tuple(t[..., :s1] for t in kt), hb,
                 q_pos[i0:i1], k_pos[:s1], _slice(plan.allowed, i0, i1, 0, s1), _slice(plan.bias, i0, i1, 0, s1),
                 plan.causal,
@@ -172,12 +185,14 @@ class TiledAttention(torch.autograd.Function):
                 for g in d_kterms:
                     g[..., j0:j1] = 0
                 continue
-            g_q, g_k, g_v, g_qt, g_kt, g_h = bwd(
-                plan.score_fn, plan.scale, q[..., r0:, :], k[..., j0:j1, :], v[..., j0:j1, :],
+            qb, kb = q[..., r0:, :], k[..., j0:j1, :]
+            g_x, g_v, g_qt, g_kt, g_h = bwd(
+                plan.score_fn, pairwise(qb, kb, plan.scale, plan.chord), v[..., j0:j1, :],
                 tuple(t[..., r0:, :] for t in qt), tuple(t[..., None, j0:j1] for t in k_terms), hb,
                 q_pos[r0:], k_pos[j0:j1], _slice(plan.allowed, r0, L, j0, j1), _slice(plan.bias, r0, L, j0, j1),
                 plan.causal, lse[..., r0:, :], dout[..., r0:, :], delta[..., r0:, :],
             )
+            g_q, g_k = pairwise_backward(g_x, qb, kb, plan.scale, plan.chord)
             dq[..., r0:, :] += g_q
             dk[..., j0:j1, :], dv[..., j0:j1, :] = g_k, g_v
             for acc, g in zip(d_qterms, g_qt):
@@ -207,13 +222,14 @@ def tiled_attention(call, block_elements: int = BLOCK_ELEMENTS) -> Tensor:
     cd = qa.dtype
     bias = None if mask.bias is None else mask.bias.to(cd)
     B, H, L, S = qa.shape[0], qa.shape[1], qa.shape[-2], ka.shape[-2]
+    q_terms, k_terms = lifted.q_terms, lifted.k_terms
     plan = _Plan(
-        score_fn=geometry.score_from_dot, scale=float(lifted.scale), n_q=len(lifted.q_terms),
-        n_k=len(lifted.k_terms), causal=mask.is_causal, allowed=mask.boolean, bias=bias,
-        block_q=_block_size(S, B * H, block_elements), block_k=_block_size(L, B * H, block_elements),
-        family=call.family(cd),
+        score_fn=geometry.score_from_chord if lifted.chord else geometry.score_from_dot, scale=float(lifted.scale),
+        chord=lifted.chord, n_q=len(q_terms), n_k=len(k_terms), causal=mask.is_causal, allowed=mask.boolean,
+        bias=bias, block_q=_block_size(S, B * H, block_elements), block_k=_block_size(L, B * H, block_elements),
+        family=(*call.family(cd), lifted.chord),
     )
-    terms = (*lifted.q_terms, *lifted.k_terms, *(h.to(cd) for h in lifted.head))
+    terms = (*q_terms, *k_terms, *(h.to(cd) for h in lifted.head))
     return TiledAttention.apply(plan, qa.contiguous(), ka.contiguous(), call.values.to(cd).contiguous(), *terms)
 
 

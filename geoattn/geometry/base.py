@@ -1,17 +1,31 @@
 """The one abstraction: a :class:`Geometry` turns queries and keys into attention scores.
 
-Every score in geoattn has the form ``score = f(⟨q̃, k̃⟩, a_q, b_k, θ_h)``: a pointwise function of
-the Gram entry of *lifted* queries and keys, a few per-query terms ``a_q``, a few per-key terms
-``b_k`` and a few per-head constants ``θ_h`` (curvature, temperature). A geometry provides
+Every score in geoattn has the form ``score = f(x_qk, a_q, b_k, θ_h)``: a pointwise function of one
+pairwise number ``x_qk`` of *lifted* queries and keys, a few per-query terms ``a_q``, a few per-key
+terms ``b_k`` and a few per-head constants ``θ_h`` (curvature, temperature). The pairwise number is
 
-* :meth:`Geometry.lift` – ``(q, k) → Lifted`` (the vectors and the terms), and
-* :meth:`Geometry.score_from_dot` – the pointwise ``f``, written with broadcasting torch ops so the
-  very same function serves the dense reference (on ``(B, H, L, S)`` tensors) and a fused
-  kernel's ``score_mod`` (on scalars).
+* the Gram entry ``⟨q̃, k̃⟩`` (:meth:`Geometry.score_from_dot`), or
+* the squared chord ``‖q̃ − k̃‖²`` (:meth:`Geometry.score_from_chord`, ``Lifted.chord = True``): for
+  distances, where the Gram form ``‖q̃‖² + ‖k̃‖² − 2⟨q̃, k̃⟩`` would cancel for nearby points. The dense
+  reference forms it per pair (exact); fused backends either form it from the Gram entry (bound in
+  :mod:`geoattn.math.eps`) or recompute nearby pairs exactly (the native kernel).
 
-Where ``f`` is *affine* – ``score = ⟨q̃, k̃⟩ + a_q + b_k`` – the geometry sets ``affine = True`` and
-attention reduces exactly to :func:`torch.nn.functional.scaled_dot_product_attention` on
-augmented vectors ``[q̃, 1]·[k̃, b_k]`` (``a_q`` cancels in the softmax).
+A geometry provides :meth:`Geometry.lift` – ``(q, k) → Lifted`` (the vectors and the terms) – and the
+pointwise ``f``, written with broadcasting torch ops so the very same function serves the dense
+reference (on ``(B, H, L, S)`` tensors) and a fused kernel's ``score_mod`` (on scalars).
+
+Where the score is *affine* in a dot product – ``score = ⟨q̃, k̃⟩ + a_q + b_k`` – the geometry sets
+``affine = True`` and :meth:`Geometry.affine_lift` gives that form: attention then reduces exactly to
+:func:`torch.nn.functional.scaled_dot_product_attention` on augmented vectors ``[q̃, 1]·[k̃, b_k]``
+(``a_q`` cancels in the softmax).
+
+**Scale rule** (the analogue of SDPA's ``1/√E``): with E the head size, a geometry scores RMS-normalised
+vectors ``u = q/√E`` (so a unit-variance activation has ``‖u‖ ≈ 1``) and multiplies its similarity by
+``√E``: ``score = √E · sim(q/√E, k/√E) / τ``. For the dot product that *is* ``⟨q, k⟩/√E``; every other
+similarity is written in units in which the model is Euclidean at the origin (``−½‖x − y‖²`` for
+squared distances, ``−d/2`` for the stereographic distance, whose metric is 4× Euclidean there,
+``cos θ`` on the sphere), so each geometry's initial attention is as sharp as SDPA's at every head
+size (tested for E = 2 … 128 in ``tests/test_defaults.py``).
 
 Aggregation is ``post(attend(pre(v)))``: :meth:`pre_values` maps values before the weighted sum,
 :meth:`post_values` finishes after it (midpoints, centroids, normalised means).
@@ -22,6 +36,7 @@ spherical, κ = 0 flat). Temperatures τ > 0 divide the score.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Sequence
 
@@ -29,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from ..math import eps
+from ..math.vectors import clip_radius as clip_norm, robust_norm, unit
 from . import registry
 
 register = registry.register  # geometry modules written against geometry.base keep importing it from here
@@ -44,7 +60,24 @@ class Lifted:
     q_terms: tuple[Tensor, ...] = ()       # each (B, H, L)
     k_terms: tuple[Tensor, ...] = ()       # each (B, H, S)
     head: tuple[Tensor, ...] = ()          # each (H,): per-head constants of the score formula
-    scale: float = 1.0                     # multiplies ⟨q̃, k̃⟩ before ``score_from_dot``
+    scale: float = 1.0                     # multiplies ⟨q̃, k̃⟩ before ``score_from_dot`` (1 for chord lifts)
+    chord: bool = False                    # the score takes ‖q̃ − k̃‖² (``score_from_chord``), not ⟨q̃, k̃⟩
+
+
+@dataclass
+class NativeSpec:
+    """What the native CPU kernel needs from a geometry (:mod:`geoattn.backends.native`): the kernel ``kind``
+    (``"stereographic"`` or ``"sphere"``), per-head ``kappa`` and score multiplier ``mu`` (H,) in float32
+    (differentiable: the kernel returns their gradients) and the tangent ``clip`` (√|κ|·‖u‖ ≤ clip, κ < 0)."""
+
+    kind: str
+    kappa: Tensor
+    mu: Tensor
+    clip: float
+
+
+class ClipWarning(UserWarning):
+    """A hyperbolic geometry shortened some tangent vectors (feature clipping); shown once per geometry."""
 
 
 def per_head(name: str, value: Number | Sequence[Number] | Tensor, num_heads: int) -> Tensor:
@@ -77,10 +110,10 @@ def _real_tensor(name: str, value) -> Tensor:
 
     items = list(value) if isinstance(value, (list, tuple)) else [value]
     for item in items:
-        if isinstance(item, (bool, str, bytes)):
+        if isinstance(item, (bool, str, bytes, complex)):
             raise bad(item)
-    try:
-        t = torch.as_tensor(value)
+    try:  # Python numbers straight to float64 (no float32 rounding); arrays and tensors keep their dtype here
+        t = torch.as_tensor(value) if hasattr(value, "dtype") else torch.as_tensor(value, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError):
         raise bad(value) from None
     if t.dtype == torch.bool or t.is_complex() or not (t.is_floating_point() or t.dtype in _INT_DTYPES):
@@ -109,6 +142,8 @@ class Geometry(nn.Module):
 
     name: ClassVar[str] = "geometry"
     affine: bool = False  # a class default; a geometry whose form depends on its options sets it per instance
+    chord: bool = False   # whether :meth:`lift` gives the chord form (per instance where options decide it)
+    native_kind: str | None = None  # the native CPU kernel that computes this score (see :meth:`native_spec`)
     # the non-tensor constructor options that define the geometry: its checkpoint tag, the Hugging Face config
     options: ClassVar[tuple[str, ...]] = ()
 
@@ -146,9 +181,11 @@ class Geometry(nn.Module):
 
     # -- parameters --------------------------------------------------------------------------
     def _parameter(self, raw: Tensor, given=None) -> nn.Parameter:
-        """A (possibly frozen) parameter in the default dtype, or in the dtype of a ``given`` float tensor
-        (so ``curvature=torch.tensor(-1., dtype=torch.float64)`` keeps full float64 precision)."""
-        dtype = given.dtype if isinstance(given, Tensor) and given.is_floating_point() else torch.get_default_dtype()
+        """A (possibly frozen) per-head parameter, stored in float64 so it keeps the value the user gave
+        (``curvature=-0.1`` stored as ``log 0.1`` in float32 would read back as -0.09999999404); every call
+        casts it to the compute dtype. A ``given`` float tensor keeps its own dtype. ``module.float()``
+        casts it like any parameter."""
+        dtype = given.dtype if isinstance(given, Tensor) and given.is_floating_point() else torch.float64
         return nn.Parameter(raw.to(dtype), requires_grad=self.learnable)
 
     def _head(self, p: Tensor, ref: Tensor) -> Tensor:
@@ -174,6 +211,35 @@ class Geometry(nn.Module):
         for t in (*q_terms, *k_terms):
             dot = dot + t
         return dot
+
+    def score_from_chord(
+        self, chord2: Tensor, q_terms: tuple[Tensor, ...], k_terms: tuple[Tensor, ...], head: tuple[Tensor, ...]
+    ) -> Tensor:
+        """Pointwise score from the squared chord ``‖q̃ − k̃‖²`` (geometries whose :meth:`lift` sets ``chord``)."""
+        raise NotImplementedError(f"geometry {self.name!r} lifts to a chord but defines no score_from_chord")
+
+    def score_from_gram(
+        self, dot: Tensor, q_terms: tuple[Tensor, ...], k_terms: tuple[Tensor, ...], head: tuple[Tensor, ...]
+    ) -> Tensor:
+        """The pointwise score as the fused backends (tiled, flex) evaluate it, from the Gram entry: for a
+        dot-form lift :meth:`score_from_dot`; for a chord lift :meth:`score_from_chord` of the Gram form
+        ``‖q̃‖² + ‖k̃‖² − 2⟨q̃, k̃⟩`` (the squared norms are the last per-token terms, see
+        :func:`geoattn.backends.base.gram_terms`), which cancels for nearby points (bound in
+        :mod:`geoattn.math.eps`)."""
+        if not self.chord:
+            return self.score_from_dot(dot, q_terms, k_terms, head)
+        chord2 = (q_terms[-1] + k_terms[-1] - 2 * dot).clamp(min=0)
+        return self.score_from_chord(chord2, q_terms[:-1], k_terms[:-1], head)
+
+    def affine_lift(self, q: Tensor, k: Tensor, scale: float | None) -> Lifted:
+        """The affine form of the score (dot form, ``score = ⟨q̃, k̃⟩·scale + a_q + b_k``) that SDPA runs;
+        only for ``affine`` geometries. The default is :meth:`lift` itself."""
+        return self.lift(q, k, scale)
+
+    def native_spec(self, q: Tensor, scale: float | None):
+        """The parameters of the native CPU kernel for this geometry (:mod:`geoattn.backends.native`), or
+        None when it has none (then ``auto`` uses the other backends)."""
+        return None
 
     # -- aggregation -------------------------------------------------------------------------
     def pre_values(self, v: Tensor) -> Tensor:
@@ -236,14 +302,23 @@ class CurvedGeometry(TemperedGeometry):
     spherical sign, else -1. ``aggregations`` names the ways values may be combined: ``"linear"`` (the
     weighted sum) and those the geometry implements with :meth:`manifold_values` (before the weighted
     sum) and :meth:`manifold_output` (after it).
+
+    Geometries that can be negatively curved clip their tangent vectors (feature clipping, Guo et al.,
+    "Clipped Hyperbolic Classifiers Are Super-Hyperbolic Classifiers", CVPR 2022): with ``u = x/√E`` (the
+    scale rule), ``‖u‖ ← min(‖u‖, clip_radius/√|κ|)`` where κ < 0, i.e. points stay within hyperbolic
+    radius ``2·clip_radius/√|κ|`` (stereographic) or ``clip_radius/√|κ|`` (Lorentz) of the origin. The
+    class sets ``default_clip``; ``clip_radius=`` overrides it. When the clip acts, :attr:`clipped` counts
+    the vectors it shortened and a :class:`ClipWarning` is shown once per geometry (counted on CPU in
+    eager mode; not under ``torch.compile`` or ``torch.func`` transforms).
     """
 
     curvature_sign: ClassVar[int] = 0
     aggregations: ClassVar[tuple[str, ...]] = ("linear",)
+    default_clip: ClassVar[float | None] = None  # set by geometries that can be negatively curved
     options = ("aggregation",)
 
     def __init__(self, curvature=None, temperature=1.0, num_heads: int = 1, learnable: bool = False,
-                 aggregation: str = "linear", head_dim: int | None = None) -> None:
+                 aggregation: str = "linear", head_dim: int | None = None, clip_radius: float | None = None) -> None:
         super().__init__(temperature=temperature, num_heads=num_heads, learnable=learnable, head_dim=head_dim)
         if curvature is None:
             curvature = 1.0 if self.curvature_sign > 0 else -1.0
@@ -258,6 +333,23 @@ class CurvedGeometry(TemperedGeometry):
             )
         self.raw_curvature = self._parameter((kappa * sign).log() if sign else kappa, given=curvature)
         self.aggregation = check_choice("aggregation", aggregation, self.aggregations)
+        self.clip_radius = self._check_clip(clip_radius)
+        self.clipped = 0            # vectors the clip shortened (CPU, eager)
+        self._clip_warned = False
+
+    def _check_clip(self, clip_radius) -> float | None:
+        if self.default_clip is None:
+            if clip_radius is not None:
+                raise ValueError(f"geometry {self.name!r} is never negatively curved, so it has no tangent clip; "
+                                 "drop clip_radius")
+            return None
+        value = self.default_clip if clip_radius is None else clip_radius
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"clip_radius must be a positive number (the bound on √|κ|·‖u‖), got {value!r}")
+        if not 0 < value < math.inf:
+            raise ValueError(f"clip_radius must be positive and finite (the bound on √|κ|·‖u‖), got {value!r}; the "
+                             f"default is {self.default_clip}")
+        return float(value)
 
     @property
     def curvature(self) -> Tensor:
@@ -268,6 +360,42 @@ class CurvedGeometry(TemperedGeometry):
         """κ per head as ``(H,)`` in ``ref``'s compute dtype."""
         return self._head(self.curvature, ref)
 
+    # -- tangent vectors ---------------------------------------------------------------------
+    def radial(self, x: Tensor, kappa: Tensor, input_dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+        """Direction and tangent norm of ``x`` (B, H, N, E) under the scale rule and the clip:
+        ``(x̂ (B, H, N, E), a = min(‖x‖/√E, clip/√|κ|) (B, H, N, 1))``; ``kappa`` is (H,). ``input_dtype``:
+        the dtype x came in (it sets the floor under ‖x‖, see :func:`geoattn.math.vectors.unit`)."""
+        norm = robust_norm(x)                                                    # (B, H, N, 1)
+        a = norm / math.sqrt(x.shape[-1])
+        if self.clip_radius is not None:
+            a, shortened = clip_norm(a, kappa.view(-1, 1, 1), self.clip_radius)
+            self.record_clip(shortened)
+        return unit(x, norm, input_dtype), a
+
+    def tangent(self, x: Tensor, kappa: Tensor, input_dtype: torch.dtype | None = None) -> Tensor:
+        """The clipped tangent vector ``u = x̂·a`` of ``x`` (see :meth:`radial`), (B, H, N, E)."""
+        direction, a = self.radial(x, kappa, input_dtype)
+        return direction * a
+
+    def record_clip(self, shortened: Tensor | int) -> None:
+        """Count the vectors a clip shortened (a bool tensor, or a count from the native kernel) and warn once."""
+        if isinstance(shortened, Tensor):
+            if (shortened.device.type != "cpu" or torch.compiler.is_compiling()
+                    or torch._C._functorch.is_functorch_wrapped_tensor(shortened)):
+                return
+            shortened = int(shortened.sum())
+        if not shortened:
+            return
+        self.clipped += shortened
+        if not self._clip_warned:
+            self._clip_warned = True
+            warnings.warn(
+                f"geoattn: the {self.name!r} geometry clipped {shortened} tangent vector(s) to √|κ|·‖u‖ = "
+                f"{self.clip_radius} (u = x/√E; feature clipping, which changes their scores). Pass a larger "
+                "clip_radius= to the geometry, or scale the inputs down; geometry.clipped counts every clipped "
+                "vector (this warning is shown once per geometry)", ClipWarning, stacklevel=4)
+
+    # -- aggregation -------------------------------------------------------------------------
     def pre_values(self, v: Tensor) -> Tensor:
         return v if self.aggregation == "linear" else self.manifold_values(v)
 

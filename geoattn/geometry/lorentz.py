@@ -1,41 +1,86 @@
 """Hyperboloid (Lorentz model) attention: the squared Lorentzian distance, exactly on SDPA."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from ..math import eps, lorentz
-from .base import CurvedGeometry, Lifted
+from ..math.functions import cos_sqrt
+from .base import CurvedGeometry, Lifted, NativeSpec
 from .registry import register
 
 
 @register
 class Lorentz(CurvedGeometry):
-    """``score = -d²_L(x, y)/τ = (2/τ)(⟨x, y⟩_L + 1/c)`` for ``x = exp_o(q)``, ``y = exp_o(k)``, κ = -c < 0.
+    """``score = -√E · d²_L(x, y) / (2τ) = (√E/τ)(⟨x, y⟩_L + 1/c)`` for ``x = exp_o(q/√E)``, ``y = exp_o(k/√E)``,
+    κ = -c < 0 (the scale rule of :mod:`geoattn.geometry.base`: near the origin ``d²_L ≈ ‖u - v‖²``, so
+    the score is SDPA's ``⟨q, k⟩/√E`` up to per-token terms).
 
-    Affine in the Lorentz inner product, so it runs on SDPA with ``q̃ = (2/τ)(-x₀, x_s)``,
-    ``k̃ = (y₀, y_s)``. Aggregation ``"linear"`` or ``"centroid"`` (Lorentz centroid of ``exp_o(v)``,
-    mapped back with ``log_o``). Source: Law, Liao, Snell, Zemel, "Lorentzian Distance Learning for
-    Hyperbolic Representations", ICML 2019; Chen et al., "Fully Hyperbolic Neural Networks", ACL 2022.
+    Affine in the Lorentz inner product, so :meth:`affine_lift` runs it on SDPA with
+    ``q̃ = (√E/τ)(-x₀, x_s)``, ``k̃ = (y₀, y_s)``. That form loses ``ε·cosh(√c a)·cosh(√c b)`` to
+    cancellation (a, b the tangent norms): float32 keeps nearest-neighbour order up to ``√c·‖u‖ ≈ 4``,
+    which is why the tangent clip defaults to ``clip_radius = 4`` here (typical activations have
+    ``‖u‖ ≈ 1``; counted and warned about when it acts). The dense reference (:meth:`lift`) computes
+    ``d²_L = (a - b)² sinc_sqrt(κ(a - b)²/4)² + σ_a σ_b ‖q̂ - k̂‖²`` with no cancellation at any radius.
+
+    Aggregation ``"linear"`` or ``"centroid"`` (Lorentz centroid of ``exp_o(v/√E)``, mapped back with
+    ``√E·log_o``). Source: Law, Liao, Snell, Zemel, "Lorentzian Distance Learning for Hyperbolic
+    Representations", ICML 2019; Chen et al., "Fully Hyperbolic Neural Networks", ACL 2022.
     """
 
     name = "lorentz"
     affine = True
     curvature_sign = -1
     aggregations = ("linear", "centroid")
+    default_clip = 4.0
+    chord = True
+    native_kind = "lorentz"  # the fused C++ lift of the SDPA reduction (geoattn/backends/native/lift.cpp)
+    options = ("aggregation", "clip_radius")
+
+    def _radial_terms(self, x: Tensor, kappa: Tensor) -> tuple[Tensor, Tensor]:
+        """(direction (B, H, N, E), tangent norm a (B, H, N, 1)) of raw vectors x."""
+        return self.radial(x.to(eps.compute_dtype(x.dtype)), kappa, x.dtype)
 
     def lift(self, q: Tensor, k: Tensor, scale: float | None) -> Lifted:
-        cd = eps.compute_dtype(q.dtype)
-        kb = self.kappa(q).view(-1, 1, 1)                                  # κ, (H, 1, 1)
-        x, y = lorentz.expmap0(q.to(cd), kb), lorentz.expmap0(k.to(cd), kb)
-        coef = (2 * self.inverse_temperature(q, scale)).view(-1, 1, 1)
+        kappa = self.kappa(q)
+        kb = kappa.view(-1, 1, 1)
+        (qd, a), (kd, b) = self._radial_terms(q, kappa), self._radial_terms(k, kappa)
+        sig_a, sig_b = lorentz.radial_factor(a, kb), lorentz.radial_factor(b, kb)
+        mu = -math.sqrt(q.shape[-1]) / 2 * self.inverse_temperature(q, scale)   # score = μ d²_L
+        terms = (a.squeeze(-1), sig_a.squeeze(-1)), (b.squeeze(-1), sig_b.squeeze(-1))
+        return Lifted(qd, kd, terms[0], terms[1], head=(kappa, mu), chord=True)
+
+    def score_from_chord(self, chord2, q_terms, k_terms, head):
+        kappa, mu = head
+        return mu * lorentz.squared_distance_from_chord(chord2, q_terms[0], q_terms[1], k_terms[0], k_terms[1],
+                                                        kappa)
+
+    def affine_lift(self, q: Tensor, k: Tensor, scale: float | None) -> Lifted:
+        kappa = self.kappa(q)
+        kb = kappa.view(-1, 1, 1)
+        x, y = (self._expmap(*self._radial_terms(t, kappa), kb) for t in (q, k))
+        coef = (math.sqrt(q.shape[-1]) * self.inverse_temperature(q, scale)).view(-1, 1, 1)
         q_vec = coef * torch.cat([-x[..., :1], x[..., 1:]], dim=-1)
-        q_bias = (coef / -kb).squeeze(-1).expand(x.shape[:-1])  # 2/(cτ): constant, kept so energies are exact
+        q_bias = (coef / -kb).squeeze(-1).expand(x.shape[:-1])  # √E/(cτ): constant, kept so energies are exact
         return Lifted(q_vec, y, q_terms=(q_bias,))
 
+    def native_spec(self, q: Tensor, scale: float | None) -> NativeSpec:
+        """κ, the coefficient √E·scale/τ of :meth:`affine_lift` and the clip, for the fused lift."""
+        coef = math.sqrt(q.shape[-1]) * self.inverse_temperature(q, scale)
+        return NativeSpec(self.native_kind, self.kappa(q).float(), coef.float(), self.clip_radius)
+
+    @staticmethod
+    def _expmap(direction: Tensor, a: Tensor, kb: Tensor) -> Tensor:
+        """``exp_o(a·x̂) = (cosh(√c a)/√c, sinh(√c a)/√c · x̂)``, (B, H, N, E + 1)."""
+        x0 = cos_sqrt(kb * a * a) / (-kb).sqrt()
+        return torch.cat([x0, lorentz.radial_factor(a, kb) * direction], dim=-1)
+
     def manifold_values(self, v: Tensor) -> Tensor:
-        return lorentz.expmap0(v.to(eps.compute_dtype(v.dtype)), self.kappa(v).view(-1, 1, 1))
+        kappa = self.kappa(v)
+        return self._expmap(*self._radial_terms(v, kappa), kappa.view(-1, 1, 1))
 
     def manifold_output(self, out: Tensor) -> Tensor:
         kb = self.kappa(out).view(-1, 1, 1)
-        return lorentz.logmap0(lorentz.centroid(out, kb), kb)
+        return math.sqrt(out.shape[-1] - 1) * lorentz.logmap0(lorentz.centroid(out, kb), kb)

@@ -1,22 +1,26 @@
 """Spherical attention: queries and keys as directions, on the sphere of curvature κ > 0."""
 from __future__ import annotations
 
+import math
+
 from torch import Tensor
 
 from ..math import eps, sphere
-from .base import CurvedGeometry, Lifted, check_choice
+from ..math.vectors import unit
+from .base import CurvedGeometry, Lifted, NativeSpec, check_choice
 from .registry import register
 
 
 @register
 class Sphere(CurvedGeometry):
-    """Queries and keys on the sphere (``x̂ = q/‖q‖``). Two scores:
+    """Queries and keys on the sphere (``x̂ = q/‖q‖``). Two scores, both √E-scaled like SDPA's dot product:
 
-    * ``score="cosine"`` (default): ``⟨x̂, ŷ⟩ / τ`` with a per-head learnable scale ``1/τ`` (cosine
-      attention: Henry et al., "Query-Key Normalization for Transformers", 2020; Loshchilov et al.,
-      "nGPT", 2024). On the sphere the ambient dot product *is* consistent with the manifold, so this is
-      affine and runs on SDPA. The cosine does not depend on the radius, so κ is unused here.
-    * ``score="geodesic"``: ``-arccos(⟨x̂, ŷ⟩) / (√κ τ)``, the great-circle distance.
+    * ``score="cosine"`` (default): ``√E·⟨x̂, ŷ⟩ / τ`` (cosine attention: Henry et al., "Query-Key
+      Normalization for Transformers", 2020; nGPT's ``s_qk = √E``: Loshchilov et al., 2024). On the sphere
+      the ambient dot product *is* consistent with the manifold, so this is affine and runs on SDPA.
+      The cosine does not depend on the radius, so κ is unused here.
+    * ``score="geodesic"``: ``-√E·θ / (√κ τ)`` with the great-circle angle θ formed without cancellation,
+      ``θ = 2 arcsin(‖x̂ - ŷ‖/2)`` (``arccos`` of the cosine would lose ``√ε`` for nearby directions).
 
     Aggregation ``"linear"`` or ``"mean"`` (normalised spherical mean of unit values,
     ``Σ pᵢ v̂ᵢ / ‖Σ pᵢ v̂ᵢ‖``; a zero row stays zero).
@@ -32,22 +36,32 @@ class Sphere(CurvedGeometry):
         super().__init__(curvature, temperature, num_heads, learnable, aggregation, head_dim)
         self.score = check_choice("sphere score", score, ("cosine", "geodesic"))
         self.affine = self.score == "cosine"
+        self.chord = not self.affine
+        self.native_kind = None if self.affine else "sphere"
+
+    def score_multiplier(self, ref: Tensor, scale: float | None) -> Tensor:
+        """√E·scale/τ (cosine) or -√E·scale/(√κ τ) (geodesic) per head, (H,)."""
+        inv_t = math.sqrt(ref.shape[-1]) * self.inverse_temperature(ref, scale)
+        return inv_t if self.affine else -inv_t / self.kappa(ref).sqrt()
 
     def lift(self, q: Tensor, k: Tensor, scale: float | None) -> Lifted:
         cd = eps.compute_dtype(q.dtype)
-        x, y = sphere.normalize(q.to(cd), q.dtype), sphere.normalize(k.to(cd), k.dtype)
-        inv_t = self.inverse_temperature(q, scale)
+        x, y = unit(q.to(cd), input_dtype=q.dtype), unit(k.to(cd), input_dtype=k.dtype)
+        mu = self.score_multiplier(q, scale)
         if self.affine:
-            return Lifted(inv_t.view(-1, 1, 1) * x, y)
-        return Lifted(x, y, head=(inv_t / self.kappa(q).sqrt(),))
+            return Lifted(mu.view(-1, 1, 1) * x, y)
+        return Lifted(x, y, head=(mu,), chord=True)
 
-    def score_from_dot(self, dot, q_terms, k_terms, head):
-        if self.affine:
-            return super().score_from_dot(dot, q_terms, k_terms, head)
-        return -head[0] * sphere.angle_from_cosine(dot)
+    def score_from_chord(self, chord2, q_terms, k_terms, head):
+        return head[0] * sphere.angle_from_chord(chord2)
+
+    def native_spec(self, q: Tensor, scale: float | None) -> NativeSpec | None:
+        if self.native_kind is None:
+            return None
+        return NativeSpec(self.native_kind, self.kappa(q).float(), self.score_multiplier(q, scale).float(), 0.0)
 
     def manifold_values(self, v: Tensor) -> Tensor:
-        return sphere.normalize(v.to(eps.compute_dtype(v.dtype)), v.dtype)
+        return unit(v.to(eps.compute_dtype(v.dtype)), input_dtype=v.dtype)
 
     def manifold_output(self, out: Tensor) -> Tensor:
-        return sphere.normalize(out)
+        return unit(out)

@@ -20,11 +20,32 @@ from .functions import arcsinc_sqrt, cos_sqrt, sinc_sqrt
 from .stereographic import clip_tangent
 
 
-def expmap0(u: Tensor, kappa: Tensor) -> Tensor:
-    """Tangent vectors at the origin (..., D) → hyperboloid points (..., D+1), time coordinate first."""
-    u = clip_tangent(u, kappa)
+def expmap0(u: Tensor, kappa: Tensor, clip: float | None = eps.MAX_HYPERBOLIC_ANGLE) -> Tensor:
+    """Tangent vectors at the origin (..., D) → hyperboloid points (..., D+1), time coordinate first.
+    ``clip``: :func:`~geoattn.math.stereographic.clip_tangent` first (None: u is used as given)."""
+    if clip is not None:
+        u = clip_tangent(u, kappa, clip)
     v = kappa * (u * u).sum(-1, keepdim=True)
     return torch.cat([cos_sqrt(v) / (-kappa).sqrt(), sinc_sqrt(v) * u], dim=-1)
+
+
+def radial_factor(a: Tensor, kappa: Tensor) -> Tensor:
+    """``σ_L(a) = sinh(√c a)/√c = a·sinc_sqrt(κa²)`` (κ = -c): the spatial norm of ``expmap0`` at radius a."""
+    return a * sinc_sqrt(kappa * a * a)
+
+
+def squared_distance_from_chord(chord2: Tensor, a: Tensor, sig_a: Tensor, b: Tensor, sig_b: Tensor,
+                                kappa: Tensor) -> Tensor:
+    """``d²_L = -2/c - 2⟨x, y⟩_L`` for ``x = expmap0(u)``, ``y = expmap0(v)`` from tangent norms ``a, b``,
+    their :func:`radial_factor` s and the direction chord ``chord2 = ‖û − v̂‖²``, with no cancellation::
+
+        d²_L = (a − b)² sinc_sqrt(κ(a − b)²/4)² + σ_a σ_b · chord2
+
+    (``d²_L = (2/c)(cosh(√c d) − 1)`` and the law of cosines at radii a, b). The affine form
+    ``-2/c - 2⟨x, y⟩_L`` that SDPA computes loses ``ε·cosh(√c a)·cosh(√c b)`` to cancellation instead.
+    """
+    delta = a - b
+    return delta * delta * sinc_sqrt(kappa * delta * delta / 4) ** 2 + sig_a * sig_b * chord2
 
 
 def logmap0(x: Tensor, kappa: Tensor) -> Tensor:

@@ -32,19 +32,22 @@ from . import eps
 from .functions import arcsinc_sqrt, cos_sqrt, sinc_sqrt, safe_sqrt
 
 
-def clip_tangent(u: Tensor, kappa: Tensor) -> Tensor:
-    """Clip ``√|κ|‖u‖ ≤ MAX_HYPERBOLIC_ANGLE`` where κ < 0 (κ broadcastable to ``u[..., :1]``)."""
+def clip_tangent(u: Tensor, kappa: Tensor, clip: float = eps.MAX_HYPERBOLIC_ANGLE) -> Tensor:
+    """Clip ``√|κ|‖u‖ ≤ clip`` where κ < 0 (κ broadcastable to ``u[..., :1]``). The geometries clip
+    explicitly (their ``clip_radius``, counted) and call the functions below with ``clip=None``."""
     norm = u.norm(dim=-1, keepdim=True)
-    limit = eps.MAX_HYPERBOLIC_ANGLE / (-kappa).clamp(min=1e-30).sqrt()
+    limit = clip / (-kappa).clamp(min=1e-30).sqrt()
     # min(1, limit/‖u‖) as limit/max(‖u‖, limit): its derivative stays bounded (1/limit), where the
     # clamped quotient's would overflow for tiny ‖u‖ and give 0·inf = NaN gradients
     factor = limit / torch.maximum(norm, limit)
     return torch.where(kappa < 0, u * factor, u)
 
 
-def lift(u: Tensor, kappa: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Tangent vectors ``u`` (..., D) → ``(x̃, n, w)``: (..., D), (...), (...). See the module doc."""
-    u = clip_tangent(u, kappa)
+def lift(u: Tensor, kappa: Tensor, clip: float | None = eps.MAX_HYPERBOLIC_ANGLE) -> tuple[Tensor, Tensor, Tensor]:
+    """Tangent vectors ``u`` (..., D) → ``(x̃, n, w)``: (..., D), (...), (...). See the module doc.
+    ``clip``: :func:`clip_tangent` first (None: u is used as given)."""
+    if clip is not None:
+        u = clip_tangent(u, kappa, clip)
     sq = (u * u).sum(-1, keepdim=True)
     v = kappa * sq
     c, s = cos_sqrt(v), sinc_sqrt(v)
@@ -63,10 +66,31 @@ def distance_from_half_chord_sq(s2: Tensor, kappa: Tensor) -> Tensor:
     return 2 * s * arcsinc_sqrt(arg)
 
 
+def radial_factor(a: Tensor, kappa: Tensor) -> Tensor:
+    """``σ(a) = a·sinc_sqrt(4κa²)``: ``sinh(2√c a)/(2√c)`` for κ = -c < 0, ``sin(2√κ a)/(2√κ)`` for κ > 0,
+    ``a`` at κ = 0 (the circumference factor at hyperbolic radius 2a, divided by 2)."""
+    return a * sinc_sqrt(4 * kappa * a * a)
+
+
+def half_chord_sq_from_chord(chord2: Tensor, a: Tensor, sig_a: Tensor, b: Tensor, sig_b: Tensor,
+                             kappa: Tensor) -> Tensor:
+    """``s²`` from tangent norms ``a, b``, their :func:`radial_factor` s and the direction chord
+    ``chord2 = ‖û − v̂‖² = 2(1 − cos θ)``, with no cancellation::
+
+        s² = (a − b)² sinc_sqrt(κ(a − b)²)² + σ_a σ_b · chord2
+
+    (the law of cosines at hyperbolic radii 2a, 2b: ``sinh²(√c d/2) = sinh²(√c(a − b)) + ½ sinh(2√c a)
+    sinh(2√c b)(1 − cos θ)``, divided by c; likewise with sin for κ > 0). Both terms are ≥ 0, so with an
+    exact chord (formed per pair from the directions) the distance is exact at every radius.
+    """
+    delta = a - b
+    return delta * delta * sinc_sqrt(kappa * delta * delta) ** 2 + sig_a * sig_b * chord2
+
+
 def distance(x: Tensor, y: Tensor, kappa: Tensor | float) -> Tensor:
     """Geodesic distance between *points* ``x`` and ``y`` of the κ-stereographic model (last dim).
 
-    Broadcasts over leading dims. Formula in the module docstring.
+    Broadcasts over leading dims. Formula in the module docstring (the Gram form, for tests).
     """
     kappa = torch.as_tensor(kappa, dtype=x.dtype, device=x.device)
     diff = ((x - y) ** 2).sum(-1)
@@ -74,13 +98,13 @@ def distance(x: Tensor, y: Tensor, kappa: Tensor | float) -> Tensor:
     return distance_from_half_chord_sq(diff / den, kappa)
 
 
-def midpoint_values(u: Tensor, kappa: Tensor) -> Tensor:
+def midpoint_values(u: Tensor, kappa: Tensor, clip: float | None = eps.MAX_HYPERBOLIC_ANGLE) -> Tensor:
     """Values → ``[λ x, λ - 1]`` so that attention computes the gyromidpoint's two sums.
 
     Ungar's gyromidpoint ``m = ½ ⊗ (Σ pᵢ λᵢ xᵢ / Σ pᵢ (λᵢ - 1))`` with ``λ = 2/(1 + κ‖x‖²)``.
     In tangent terms ``λx = 2x̃`` and ``λ - 1 = w - κ n``.
     """
-    xt, n, w = lift(u, kappa)
+    xt, n, w = lift(u, kappa, clip)
     return torch.cat([2 * xt, (w - kappa.squeeze(-1) * n).unsqueeze(-1)], dim=-1)
 
 
