@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -65,24 +66,108 @@ def parse_data(items: list[str], tasks: list[str]) -> dict[str, str]:
     return paths
 
 
+# --set values are checked against the type of the suite's default for the key: a count (int) must be ≥ 1
+# unless listed here (≥ 0), a float must be finite and ≥ 0 (the rates and fractions below have tighter bounds)
+NONNEGATIVE_INTS = {"warmup_iters", "lr_decay_iters", "split_seed", "data_seed"}
+FLOAT_RANGES = {  # key: (low, high, low inclusive, high inclusive, what)
+    "lr": (0.0, math.inf, False, False, "a learning rate > 0"),
+    "beta2": (0.0, 1.0, True, False, "Adam's beta2 in [0, 1)"),
+    "dropout": (0.0, 1.0, True, False, "a dropout probability in [0, 1)"),
+    "test_frac": (0.0, 1.0, False, False, "a fraction in (0, 1)"),
+}
+
+
+def _type_name(default: Any) -> str:
+    return {bool: "true or false", int: "an int", float: "a number", str: "a string"}.get(type(default),
+                                                                                        type(default).__name__)
+
+
+def check_value(item: str, key: str, value: Any, default: Any) -> Any:
+    """One ``--set`` value against the suite's ``default`` for ``key``: the same type (an int is also a float), a
+    count ≥ 1 (or ≥ 0, see :data:`NONNEGATIVE_INTS`), a float finite and ≥ 0 (or in its :data:`FLOAT_RANGES`)."""
+    if default is None:  # no default to compare with: taken as given
+        return value
+    fix = f"e.g. --set {key}={json.dumps(default)} (the suite's default)"
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise ValueError(f"--set {item!r}: {key} takes {_type_name(default)}, got {value!r}; {fix}")
+    if isinstance(default, int) and not isinstance(default, bool):
+        low = 0 if key in NONNEGATIVE_INTS else 1
+        if value < low:
+            raise ValueError(f"--set {item!r}: {key} must be an int ≥ {low}, got {value}; {fix}")
+    if isinstance(default, float):
+        lo, hi, lo_in, hi_in, what = FLOAT_RANGES.get(key, (0.0, math.inf, True, False, "a finite number ≥ 0"))
+        inside = math.isfinite(value) and (value >= lo if lo_in else value > lo) and (value <= hi if hi_in
+                                                                                       else value < hi)
+        if not inside:
+            raise ValueError(f"--set {item!r}: {key} must be {what}, got {value}; {fix}")
+        value = float(value)
+    return value
+
+
+def check_override(item: str, key: str, value: Any, default: Any) -> Any:
+    """A scalar, or a non-empty list (a sweep), each value checked by :func:`check_value` against the default
+    (the default's first value when the suite sweeps the key)."""
+    scalar_default = default[0] if isinstance(default, tuple) and default else default
+    if isinstance(value, list):
+        if not value:
+            example = list(default) if isinstance(default, tuple) else [default, default]
+            raise ValueError(f"--set {item!r}: an empty list sweeps nothing, so no run would start; give one value "
+                             f"or a non-empty list, e.g. --set {key}={json.dumps(example)}")
+        return tuple(check_value(item, key, v, scalar_default) for v in value)
+    return check_value(item, key, value, scalar_default)
+
+
 def parse_overrides(items: list[str], configs: dict[str, dict[str, Any]]) -> None:
-    """``--set [TASK:]KEY=VALUE`` (VALUE as JSON, else a string; a JSON list sets a sweep) applied in place."""
+    """``--set [TASK:]KEY=VALUE`` (VALUE as JSON, else a string; a JSON list sets a sweep) applied in place.
+
+    Every value is checked against the type of the suite's default for the key (see :func:`check_value`),
+    a ``TASK:`` prefix must name a selected task, and each task sweeps at most one key."""
+    from .tasks import TASKS
+
     for item in items:
         target, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE or TASK:KEY=VALUE, e.g. --set iters=10")
         task, _, key = target.rpartition(":")
+        if task and task not in configs:
+            if task in TASKS:
+                raise ValueError(f"--set {item!r}: task {task!r} is not selected (selected: {', '.join(configs)}); "
+                                 f"add it with --tasks, or drop the {task + ':'!r} prefix")
+            raise ValueError(f"--set {item!r}: unknown task {task!r}; available tasks: {', '.join(TASKS)}")
         try:
             parsed = json.loads(value)
         except json.JSONDecodeError:
             parsed = value
-        parsed = tuple(parsed) if isinstance(parsed, list) else parsed
         hits = [t for t in configs if (not task or t == task) and key in configs[t]]
         if not hits:
             raise ValueError(f"--set {item!r}: no selected task has a config key {key!r}; keys: "
                              + "; ".join(f"{t}: {', '.join(sorted(c))}" for t, c in configs.items()))
         for t in hits:
-            configs[t][key] = parsed
+            configs[t][key] = check_override(item, key, parsed, configs[t][key])
+    for t, config in configs.items():
+        sweeps = [k for k, v in config.items() if isinstance(v, tuple)]
+        if len(sweeps) > 1:
+            raise ValueError(f"--set: task {t!r} would sweep {', '.join(sweeps)}, but a run sweeps one key; give the "
+                             "others one value each")
+
+
+def positive_int(text: str) -> int:
+    """argparse type of ``--jobs`` and ``--threads``: an int ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int ≥ 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}; leave it out for the suite's default")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -101,9 +186,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="replace a task's data file with another of the same format")
     run.add_argument("--set", action="append", default=[], metavar="[TASK:]KEY=VALUE", dest="overrides",
                      help="override a config value (e.g. --set iters=20, --set wordnet-hierarchy:head_dim=[2,8])")
-    run.add_argument("--jobs", type=int, default=None,
+    run.add_argument("--jobs", type=positive_int, default=None,
                      help="runs trained at once in worker processes (default: the suite's; quick: 2)")
-    run.add_argument("--threads", type=int, default=None,
+    run.add_argument("--threads", type=positive_int, default=None,
                      help="torch threads per process (default: the suite's; quick: 1, which on 2 shared cores is "
                           "several times faster than 2 for these small models)")
     run.add_argument("--no-report", action="store_true", help="skip writing the report after the runs")
@@ -111,7 +196,8 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="rebuild the Markdown table, CSV and plots from a results log")
     rep.add_argument("--out", type=Path, default=RESULTS / "quick", help="folder holding results.jsonl")
     rep.add_argument("--kernels", type=Path, default=None,
-                     help="kernel-benchmark results (CSV/JSON) for the speed-vs-length plot (default OUT/kernels.csv)")
+                     help="kernel-benchmark results (CSV/JSON) for the speed-vs-length plot (default: OUT/kernels.csv "
+                          "if OUT has one; no plot otherwise)")
     sub.add_parser("kernels", help="the fused-kernel benchmark (benchmarks/kernels.py); options pass through",
                    add_help=False)
     sub.add_parser("throughput", help="training throughput of the backbone per geometry (benchmarks/throughput.py); "
@@ -158,20 +244,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if "euclidean" not in geometries:
         print("note: euclidean is not among --geometries, so the report has no baseline to compare with")
     seeds = parse_seeds(args.seeds) if args.seeds else list(range(suite["seeds"]))
+    configs = {t: copy.deepcopy(suite["configs"][t]) for t in tasks}
+    parse_overrides(args.overrides, configs)
     data = parse_data(args.data, tasks)
     loaders = {"text": load_text, "closure": load_closure}
     for t in tasks:  # validate every data file before any training starts
         if TASKS[t].data_kind:
             loaders[TASKS[t].data_kind](data.get(t, TASKS[t].default_data))
     device = _device(args.device)
-    threads = args.threads or suite.get("threads")
-    jobs = args.jobs or suite.get("jobs", 1)
-    if jobs < 1 or (threads is not None and threads < 1):
-        raise ValueError(f"--jobs and --threads must be positive, got {jobs} and {threads}")
+    threads = args.threads if args.threads is not None else suite.get("threads")
+    jobs = args.jobs if args.jobs is not None else suite.get("jobs", 1)
     if threads:
         torch.set_num_threads(threads)
-    configs = {t: copy.deepcopy(suite["configs"][t]) for t in tasks}
-    parse_overrides(args.overrides, configs)
     specs = build_specs(args.suite, tasks, geometries, seeds, data, configs=configs)
     info = dist.init(device)
     if device.type == "cuda" and info.enabled:
@@ -199,10 +283,9 @@ def _kernels_path(out: Path, given: Path | None) -> Path | None:
             raise ValueError(f"--kernels {str(given)!r} does not exist; run `python -m benchmarks kernels` first "
                              "or drop it")
         return given
-    for name in ("kernels.csv", "kernels.json", "kernels.jsonl"):
-        for folder in (out, RESULTS / "kernels", RESULTS):
-            if (folder / name).exists():
-                return folder / name
+    for name in ("kernels.csv", "kernels.json", "kernels.jsonl"):  # only OUT's own: never another folder's results
+        if (out / name).exists():
+            return out / name
     return None
 
 
@@ -248,7 +331,10 @@ def main(argv: list[str] | None = None) -> int:
 
             throughput.main(argv[1:])
             return 0
-        args = _parser().parse_args(argv)
+        try:
+            args = _parser().parse_args(argv)
+        except SystemExit as stop:  # argparse printed its error (or --help) already
+            return stop.code if isinstance(stop.code, int) else 2
         return cmd_run(args) if args.command == "run" else cmd_report(args)
     except ValueError as err:  # includes DataError: a clear message, no traceback
         print(f"error: {err}", file=sys.stderr)

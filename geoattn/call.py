@@ -7,6 +7,7 @@ and the score count. Queries and keys stay as given (each backend lifts them wit
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -15,16 +16,17 @@ from torch import Tensor
 
 from .geometry import Geometry, make_geometry
 from .masks import Mask, exclude_self as fold_exclude_self, mask_to_4d
-from .validation import check_attention_inputs, check_geometry
+from .validation import check_attention_inputs, check_empty, check_geometry, check_scale, under_transform, under_vmap
 
 
 def to_4d(x: Tensor) -> Tensor:
-    """(..., L, E) → (B, H, L, E): a missing head dim becomes 1, extra batch dims are flattened."""
+    """(..., L, E) → (B, H, L, E): a missing head dim becomes 1, extra batch dims are flattened (also when
+    a dim is 0: the batch size is written out, a reshape to -1 of an empty tensor is ambiguous)."""
     if x.dim() == 2:
         return x[None, None]
     if x.dim() == 3:
         return x[None]
-    return x.reshape(-1, *x.shape[-3:])
+    return x.reshape(math.prod(x.shape[:-3]), *x.shape[-3:])
 
 
 @dataclass
@@ -52,6 +54,29 @@ class AttentionCall:
         return self.k.shape[-2]
 
     @property
+    def E(self) -> int:
+        return self.q.shape[-1]
+
+    @property
+    def empty(self) -> bool:
+        """No score to compute: a dim of the score matrix is 0 (B, H, L or S), or queries and keys have no
+        features (E = 0). :func:`geoattn.attention` answers such a call itself, before any backend runs."""
+        return self.num_scores == 0 or self.E == 0
+
+    @cached_property
+    def under_vmap(self) -> bool:
+        """Whether the call runs under :func:`torch.func.vmap` (any of q, k, v or the mask is batched by it, at
+        any level of nested transforms). Backends without a batching rule refuse such calls in their
+        ``unsupported`` and ``auto`` sends them to ``dense``."""
+        return under_vmap(self.q, self.k, self.v, self.mask.tensor)
+
+    @cached_property
+    def under_transform(self) -> bool:
+        """Whether the call runs under any :mod:`torch.func` transform (``vmap``, ``grad``, ``vjp``, ``jacrev``,
+        ...); the fused backends' ``torch.autograd.Function`` and compiled kernels support none of them."""
+        return under_transform(self.q, self.k, self.v, self.mask.tensor)
+
+    @property
     def device(self) -> torch.device:
         return self.q.device
 
@@ -61,8 +86,13 @@ class AttentionCall:
 
     @cached_property
     def values(self) -> Tensor:
-        """The values the weighted sum runs over: ``geometry.pre_values(v)``, (B, H, S, Ev'), computed once."""
-        return self.geometry.pre_values(self.v)
+        """The values the weighted sum runs over: ``geometry.pre_values(v)``, (B, H, S, Ev'), computed once.
+        Values without features (Ev = 0) stay as they are: the output has no feature to aggregate."""
+        return self.v if self.v.shape[-1] == 0 else self.geometry.pre_values(self.v)
+
+    def post_values(self, out: Tensor) -> Tensor:
+        """The weighted sum of :attr:`values` → the output: ``geometry.post_values(out)`` (nothing for Ev = 0)."""
+        return out if self.v.shape[-1] == 0 else self.geometry.post_values(out)
 
     def map_values(self) -> Tensor:
         """Compute :attr:`values` now: :func:`geoattn.attention` maps the values before the backend lifts
@@ -77,7 +107,7 @@ class AttentionCall:
 
     def finish(self, out: Tensor, weights: Tensor | None) -> Tensor | tuple[Tensor, Tensor]:
         """(B, H, L, Ev) output (and weights) → the caller's leading dims, in the values' dtype."""
-        out = out.to(self.v.dtype).reshape(*self.lead, self.L, -1)
+        out = out.to(self.v.dtype).reshape(*self.lead, self.L, out.shape[-1])
         if self.return_weights:
             return out, weights.reshape(*self.lead, self.L, self.S)
         return out
@@ -90,7 +120,9 @@ def prepare_call(query: Tensor, key: Tensor, value: Tensor, geometry: str | Geom
     """Validate the arguments of :func:`geoattn.attention` and prepare its call (conventions there)."""
     check_attention_inputs(query, key, value, attn_mask, is_causal, dropout_p, enable_gqa)
     check_geometry(geometry)
+    check_empty(query, geometry)
     geom = make_geometry(geometry, head_dim=query.shape[-1])
+    scale = check_scale(scale, geom)
     L, S = query.shape[-2], key.shape[-2]
     lead = tuple(query.shape[:-2])
     if exclude_self:

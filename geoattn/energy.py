@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from .backends import default_backend
 from .backends.dense import masked_scores
 from .call import prepare_call
-from .functional import attention
+from .functional import attention, empty_scores
 from .geometry import Geometry
 
 
@@ -37,12 +37,13 @@ def energy(query: Tensor, key: Tensor, geometry: str | Geometry = "euclidean", a
     Same conventions as :func:`geoattn.attention` (``query`` (..., L, E), ``key`` (..., S, E), bool mask
     True = take part or float added, ``is_causal``, ``scale``, ``exclude_self``), computed on the dense
     score path (:func:`geoattn.backends.dense.masked_scores`) in float32 or wider. A query with no
-    allowed key gets ``-inf`` (and a zero gradient). ``softmax`` of the same scores is what
-    ``attention`` returns as weights, so ``∇_q E`` is the attention-weighted score gradient.
+    allowed key gets ``-inf`` (and a zero gradient), also when there is no key (S = 0); empty inputs give
+    an empty result, and E = 0 (euclidean only) gives ``log`` of the number of allowed keys. ``softmax``
+    of the same scores is what ``attention`` returns as weights, so ``∇_q E`` is the attention-weighted score gradient.
     """
     call = prepare_call(query, key, key, geometry, attn_mask, is_causal=is_causal, scale=scale,
                         exclude_self=exclude_self)
-    score = masked_scores(call)                                              # (B, H, L, S)
+    score = empty_scores(call) if call.empty else masked_scores(call)      # (B, H, L, S)
     alive = torch.isfinite(score).any(dim=-1, keepdim=True)                  # (B, H, L, 1)
     lse = torch.logsumexp(torch.where(alive, score, torch.zeros_like(score)), dim=-1)
     out = torch.where(alive.squeeze(-1), lse, torch.full_like(lse, float("-inf")))  # (B, H, L)

@@ -9,6 +9,7 @@ from torch import Tensor
 from .backends import policy
 from .call import AttentionCall, prepare_call
 from .geometry import Euclidean, Geometry
+from .masks import masked_softmax
 
 
 def attention(
@@ -32,8 +33,19 @@ def attention(
     or float (added to the scores), broadcastable to (..., L, S); ``is_causal`` top-left aligned;
     ``enable_gqa`` lets key/value have fewer heads than query. ``scale`` defaults to ``1/√E`` for the
     Euclidean geometry and multiplies the score of every other geometry (default 1, their temperature
-    sets the sharpness). Rows whose keys are all masked give zeros. ``dropout_p`` is applied whenever
-    it is > 0, as in SDPA.
+    sets the sharpness). ``scale`` is a finite float: for the Euclidean geometry any value SDPA takes
+    (a negative scale reverses the ranking of the keys, as in SDPA); for every other geometry it must
+    be > 0 (it multiplies a distance-based score). Rows whose keys are all masked give zeros.
+    ``dropout_p`` is applied whenever it is > 0, as in SDPA.
+
+    Empty inputs behave as in SDPA, for every geometry and with ``return_weights``: an empty output
+    when B, H or L is 0, zeros (B, H, L, Ev) when S = 0 (no key: a fully masked row), and for E = 0
+    (queries and keys without features; euclidean only, other geometries raise) every score is 0, so
+    the weights are uniform over the allowed keys. Gradients flow through these results as in SDPA.
+
+    Under :func:`torch.func.vmap` (and ``grad``/``vjp``) the call works on the ``dense`` and ``sdpa``
+    backends (``auto`` picks one of them); the fused ``tiled`` and ``flex`` backends refuse every
+    ``torch.func`` transform with a ValueError naming ``backend='dense'``.
 
     ``geometry`` is a name from :func:`geoattn.available_geometries` (default parameters) or a
     :class:`geoattn.Geometry`. ``backend`` is ``"auto"`` (the fastest backend that supports the call,
@@ -45,12 +57,33 @@ def attention(
     """
     call = prepare_call(query, key, value, geometry, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                         return_weights, exclude_self)
-    runner = policy.backend_for(call, backend)
+    runner = policy.backend_for(call, backend)  # also for an empty call: the same errors as for any other
     with compute_precision(call):
         call.map_values()
-        out, weights = runner.run(call)
-        out = call.geometry.post_values(out)
+        out, weights = empty_attention(call) if call.empty else runner.run(call)
+        out = call.post_values(out)
     return call.finish(out, weights)
+
+
+def empty_scores(call: AttentionCall) -> Tensor:
+    """The masked scores (B, H, L, S) of an empty call (:attr:`AttentionCall.empty`), as SDPA computes them:
+    ``q kᵀ`` is an empty tensor when a dim is 0 and exactly 0 when E = 0 (only the euclidean geometry gets
+    here with E = 0, see :func:`geoattn.validation.check_empty`); the float mask is added, disallowed keys
+    are -inf. Every input stays in the autograd graph, as in SDPA."""
+    score = call.q @ call.k.transpose(-1, -2)                              # (B, H, L, S)
+    mask = call.mask
+    if mask.bias is not None:
+        score = score + mask.bias.to(score.dtype)
+    if mask.allowed is not None:
+        score = score.masked_fill(~mask.allowed, float("-inf"))
+    return score
+
+
+def empty_attention(call: AttentionCall) -> tuple[Tensor, Tensor]:
+    """An empty call answered as SDPA answers it, without a backend: uniform weights over the allowed keys
+    (none when S = 0) and ``weights @ values`` (zeros when S = 0)."""
+    weights = masked_softmax(empty_scores(call))
+    return weights @ call.values.to(weights.dtype), weights
 
 
 def compute_precision(call: AttentionCall) -> contextlib.AbstractContextManager:

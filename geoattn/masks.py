@@ -9,12 +9,14 @@ key gives zeros (not NaN). Everything that builds or converts a mask lives here:
 * :func:`exclude_self`: "query i never attends to key i", folded into the user's mask;
 * :func:`merge_masks`: ``nn.MultiheadAttention``'s ``attn_mask`` + ``key_padding_mask`` (True = *ignore*);
 * :func:`padding_to_allowed`, :func:`self_mask`: the backbone's padding and (cached) causal masks;
+* :func:`attention_mask_to_keep`: Hugging Face's ``attention_mask`` (1 = real token) of :class:`DecoderLM`;
 * :class:`Mask`: one call's mask, 4-D, with its boolean (:attr:`Mask.allowed`) and additive
   (:attr:`Mask.bias`) parts, used by every backend and by :func:`geoattn.energy`;
 * :func:`masked_softmax`: the softmax whose fully masked rows are zeros.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -70,13 +72,16 @@ def mask_to_4d(mask: Tensor | None, lead: torch.Size, L: int, S: int) -> Tensor 
         return None
     if len(lead) <= 2:  # keep broadcast dims: (…, L, S) → (1|B, 1|H, L|1, S|1)
         return mask.reshape(*([1] * (4 - mask.dim())), *mask.shape)
-    return mask.expand(*lead, L, S).reshape(-1, lead[-1], L, S)
+    return mask.expand(*lead, L, S).reshape(math.prod(lead[:-1]), lead[-1], L, S)
 
 
 def masked_softmax(score: Tensor, allowed: Tensor | None = None) -> Tensor:
-    """Softmax over the last dim with the row max subtracted; rows with no allowed key give zeros."""
+    """Softmax over the last dim with the row max subtracted; rows with no allowed key give zeros (also
+    when there is no key at all: S = 0)."""
     if allowed is not None:
         score = score.masked_fill(~allowed, float("-inf"))
+    if score.shape[-1] == 0:  # amax over an empty dim is an error; there is nothing to normalise
+        return score
     row_max = score.amax(dim=-1, keepdim=True).detach()
     row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
     p = torch.exp(score - row_max)
@@ -104,11 +109,14 @@ def exclude_self(attn_mask: Tensor | None, is_causal: bool, L: int, S: int, devi
 
 
 # -- nn.MultiheadAttention's convention (True = ignore) --------------------------------------------
-def _check_layer_mask(name: str, mask: Tensor, shapes: list[tuple[int, ...]], fix: str) -> None:
+def _check_layer_mask(name: str, mask: Tensor, shapes: list[tuple[int, ...]], fix: str, device) -> None:
     if not isinstance(mask, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor (bool or float), got {type(mask).__name__}")
     if mask.dtype != torch.bool and not mask.is_floating_point():
         raise TypeError(f"{name} must be bool (True = ignore) or floating (added to the scores), got {mask.dtype}")
+    if device is not None and mask.device != torch.device(device):
+        raise ValueError(f"{name} is on {mask.device} but the inputs are on {device}; move it with "
+                         f"{name}.to(query.device)")
     if tuple(mask.shape) not in shapes:
         raise ValueError(f"{name} has shape {tuple(mask.shape)} but must be one of {shapes}; {fix}")
 
@@ -135,11 +143,11 @@ def merge_masks(attn_mask: Tensor | None, key_padding_mask: Tensor | None, B: in
     if attn_mask is not None:
         _check_layer_mask("attn_mask", attn_mask, [(L, S), (B * H, L, S)],
                           f"use (L, S) = ({L}, {S}) for one mask or (B·num_heads, L, S) = ({B * H}, {L}, {S}) "
-                          "per batch and head")
+                          "per batch and head", device)
         parts.append(attn_mask.view(B, H, L, S) if attn_mask.dim() == 3 else attn_mask.view(1, 1, L, S))
     if key_padding_mask is not None:
         _check_layer_mask("key_padding_mask", key_padding_mask, [(B, S)],
-                          f"use (batch, key length) = ({B}, {S}) with True (or -inf) at the padded keys")
+                          f"use (batch, key length) = ({B}, {S}) with True (or -inf) at the padded keys", device)
         parts.append(key_padding_mask.view(B, 1, 1, S))
     if not parts:
         return None
@@ -167,6 +175,27 @@ def padding_to_allowed(padding_mask: Tensor | None, B: int, S: int, name: str = 
         raise ValueError(f"{name} has shape {tuple(padding_mask.shape)} but the tokens are (B, T) = ({B}, {S}); "
                          "give one bool per token, True at padding")
     return ~padding_mask[:, None, None, :]
+
+
+def attention_mask_to_keep(attention_mask: Tensor, B: int, S: int, name: str = "attention_mask") -> Tensor:
+    """Hugging Face's ``attention_mask`` (B, S), 1 (or True) at real tokens and 0 at padding → bool (B, S),
+    True at real tokens. Integer masks must hold 0 and 1 only (checked on CPU tensors)."""
+    from .validation import validation_enabled
+
+    if not isinstance(attention_mask, Tensor) or attention_mask.is_floating_point() or attention_mask.is_complex():
+        raise TypeError(f"{name} must be a bool or integer tensor (1 = real token, 0 = padding, as in Hugging Face), "
+                        f"got {getattr(attention_mask, 'dtype', type(attention_mask).__name__)}")
+    if tuple(attention_mask.shape) != (B, S):
+        raise ValueError(f"{name} has shape {tuple(attention_mask.shape)} but must be (B, positions) = ({B}, {S}): "
+                         "one entry per token, 1 = real token, 0 = padding (with a KV cache: one per cached and new "
+                         "token, as in Hugging Face)")
+    if attention_mask.dtype == torch.bool:
+        return attention_mask
+    if attention_mask.numel() and attention_mask.device.type == "cpu" and validation_enabled():
+        if int(attention_mask.min()) < 0 or int(attention_mask.max()) > 1:
+            raise ValueError(f"{name} may hold 0 (padding) and 1 (real token) only, got values in "
+                             f"[{int(attention_mask.min())}, {int(attention_mask.max())}]")
+    return attention_mask != 0
 
 
 def self_mask(T: int, past: int, causal: bool, allowed_keys: Tensor | None, device) -> tuple[Tensor | None, bool]:

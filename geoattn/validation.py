@@ -11,11 +11,20 @@ On an accelerator, reading the verdict back would synchronise with the host on e
 value checks run on CPU tensors only: on a GPU a NaN or Inf in the inputs is not reported and
 propagates to the output, as in ``F.scaled_dot_product_attention``. :func:`set_validation` turns the
 checks off everywhere.
+
+Under :mod:`torch.func` transforms (``vmap``, ``grad``, ``vjp``) a Python branch on a tensor's value is
+not allowed, so the value checks read the plain tensor underneath the transforms' wrappers
+(:func:`unwrapped`): the same values, every vmapped sample at once. Shape checks see the per-sample
+shapes, as the call does.
 """
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from torch import Tensor
+from torch._C import _functorch
 
 _ENABLED = True
 
@@ -30,6 +39,42 @@ def validation_enabled() -> bool:
     return _ENABLED and not torch.compiler.is_compiling()
 
 
+def _wrapped(t) -> bool:
+    """Whether ``t`` is a :mod:`torch.func` wrapper: vmap's batched tensor or grad's tracking tensor."""
+    return isinstance(t, Tensor) and (_functorch.is_batchedtensor(t) or _functorch.is_gradtrackingtensor(t))
+
+
+def unwrapped(t: Tensor) -> Tensor:
+    """The plain tensor under ``t``'s :mod:`torch.func` wrappers (vmap's batched tensors, grad's tracking
+    tensors), or ``t`` itself: its values can be read in a Python branch (every vmapped sample at once)."""
+    while _wrapped(t):
+        t = _functorch.get_unwrapped(t)
+    return t
+
+
+def _levels(t) -> list[bool]:
+    """For each :mod:`torch.func` wrapper around ``t``, outermost first: whether it is vmap's."""
+    if torch.compiler.is_compiling():  # dynamo sees fake tensors, never these wrappers
+        return []
+    kinds = []
+    while _wrapped(t):
+        kinds.append(_functorch.is_batchedtensor(t))
+        t = _functorch.get_unwrapped(t)
+    return kinds
+
+
+def under_vmap(*tensors: Tensor | None) -> bool:
+    """Whether any of ``tensors`` is batched by :func:`torch.func.vmap`, at any level of nested transforms.
+    The one test of "is this call under vmap?": :attr:`geoattn.call.AttentionCall.under_vmap`."""
+    return any(any(_levels(t)) for t in tensors)
+
+
+def under_transform(*tensors: Tensor | None) -> bool:
+    """Whether any of ``tensors`` is wrapped by a :mod:`torch.func` transform (``vmap``, ``grad``, ``vjp``,
+    ``jacrev``, ...): :attr:`geoattn.call.AttentionCall.under_transform`."""
+    return any(bool(_levels(t)) for t in tensors)
+
+
 def _scan_values(t: Tensor) -> bool:
     """Whether to check ``t``'s values: on CPU only (elsewhere the verdict costs a device synchronisation)."""
     return validation_enabled() and t.device.type == "cpu"
@@ -41,7 +86,10 @@ def _sum(t: Tensor) -> Tensor:
 
 
 def check_finite(name: str, t: Tensor) -> None:
-    if _scan_values(t) and not torch.isfinite(_sum(t)) and not torch.isfinite(t).all():
+    if not _scan_values(t):
+        return
+    t = unwrapped(t)
+    if not torch.isfinite(_sum(t)) and not torch.isfinite(t).all():
         bad = int((~torch.isfinite(t)).sum())
         raise ValueError(
             f"{name} contains {bad} non-finite value(s) (NaN or Inf); attention cannot score them. "
@@ -108,9 +156,10 @@ def _check_leading(query: Tensor, key: Tensor, enable_gqa: bool) -> None:
     qd, kd = tuple(query.shape[:-2]), tuple(key.shape[:-2])
     if qd == kd:
         return
-    if enable_gqa and query.dim() >= 3 and qd[:-1] == kd[:-1] and qd[-1] % kd[-1] == 0:
+    divides = query.dim() >= 3 and qd[:-1] == kd[:-1] and kd[-1] > 0 and qd[-1] % kd[-1] == 0
+    if enable_gqa and divides:
         return
-    if query.dim() >= 3 and qd[:-1] == kd[:-1] and qd[-1] % kd[-1] == 0:
+    if divides:
         raise ValueError(
             f"query has {qd[-1]} heads but key/value have {kd[-1]}; pass enable_gqa=True for grouped-query attention"
         )
@@ -129,6 +178,11 @@ def _check_mask(mask, query: Tensor, key: Tensor, is_causal: bool) -> None:
         raise TypeError(
             f"attn_mask must be bool (True = take part) or floating (added to the scores), got {mask.dtype}"
         )
+    if mask.device != query.device:
+        raise ValueError(
+            f"attn_mask is on {mask.device} but query, key and value are on {query.device}; move it with "
+            "attn_mask.to(query.device)"
+        )
     target = (*query.shape[:-1], key.shape[-2])
     try:
         ok = torch.broadcast_shapes(mask.shape, target) == torch.Size(target)
@@ -146,6 +200,51 @@ def _check_mask(mask, query: Tensor, key: Tensor, is_causal: bool) -> None:
 def check_finite_or_neg_inf(mask: Tensor) -> None:
     if not _scan_values(mask):
         return
+    mask = unwrapped(mask)
     total = _sum(mask)  # -inf or finite unless the mask holds NaN or +inf (or the sum overflows)
     if (torch.isnan(total) or total == float("inf")) and (torch.isnan(mask).any() or (mask == float("inf")).any()):
         raise ValueError("a float attn_mask may hold finite values and -inf only (NaN or +inf found)")
+
+
+def check_scale(scale, geometry) -> float | None:
+    """``scale`` is None or a finite real number; for every geometry but ``euclidean`` also > 0.
+
+    The Euclidean score is SDPA's ``⟨q, k⟩·scale``, where any finite scale is allowed (a negative one
+    reverses the ranking, as in SDPA). Every other geometry's score is ``-distance/τ`` (or a cosine over
+    τ) times ``scale``: a scale ≤ 0 would make the farthest key the most attended (or all keys equal).
+    """
+    from .geometry import Euclidean
+
+    if scale is None:
+        return None
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a float or None (the default), got {type(scale).__name__}"
+                        + ("; pass float(scale)" if isinstance(scale, Tensor) else ""))
+    value = float(scale)
+    if not math.isfinite(value):
+        raise ValueError(f"scale must be a finite float, got {value}; pass scale=None for the default (1/√E for "
+                         "the euclidean geometry, 1 for the others)")
+    if value <= 0 and not isinstance(geometry, Euclidean):
+        effect = "makes every key equally likely" if value == 0 else "makes the farthest key the most attended"
+        raise ValueError(
+            f"scale={value} with geometry {geometry.name!r}: scale multiplies a distance-based score, so a scale "
+            f"≤ 0 {effect}; pass a positive scale (or None for 1), and set the sharpness with the geometry's "
+            "temperature"
+        )
+    return value
+
+
+def check_empty(query: Tensor, geometry) -> None:
+    """Queries and keys with no features (E = 0) are SDPA's: ``⟨q, k⟩ = 0`` for every key, uniform weights.
+    Only the euclidean geometry is that dot product; the others have no point to put a 0-dim vector on."""
+    from .geometry import Euclidean
+
+    if query.shape[-1] != 0:
+        return
+    name = geometry if isinstance(geometry, str) else getattr(geometry, "name", type(geometry).__name__)
+    if not (name == "euclidean" if isinstance(geometry, str) else isinstance(geometry, Euclidean)):
+        raise ValueError(
+            f"query and key have E=0 features (shape {tuple(query.shape)}); geometry {name!r} needs at least one "
+            "feature to place them on its manifold. Only geometry='euclidean' accepts E=0 (as SDPA: every score "
+            "is 0 and the weights are uniform); give the heads at least one feature"
+        )

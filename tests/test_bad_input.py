@@ -11,6 +11,10 @@ def qkv(*shapes):
     return tuple(torch.randn(*s) for s in shapes)
 
 
+def qkv64(*shapes):
+    return tuple(t.double() for t in qkv(*shapes))
+
+
 OK = ((2, 4, 5, 8), (2, 4, 6, 8), (2, 4, 6, 8))
 
 
@@ -79,6 +83,38 @@ OK = ((2, 4, 5, 8), (2, 4, 6, 8), (2, 4, 6, 8))
         (lambda: geoattn.Metric(head_dim=4, rank=9), ValueError,
          r"rank must be None \(full\) or an int in \[1, head_dim=4\]"),
         (lambda: geoattn.set_default_backend("fast"), ValueError, r"unknown backend 'fast'"),
+        # #14 §4: arguments that used to pass unchecked
+        (lambda: geoattn.attention(*qkv64(*OK), geometry="poincare", backend="flex"), ValueError,
+         r"backend 'flex' cannot run this call: the flex backend does not run float64.*use backend='tiled' or "
+         r"'dense'"),
+        (lambda: geoattn.attention(*qkv(*OK), scale=float("nan")), ValueError,
+         r"scale must be a finite float, got nan; pass scale=None for the default"),
+        (lambda: geoattn.attention(*qkv(*OK), geometry="sphere", scale=float("inf")), ValueError,
+         r"scale must be a finite float, got inf"),
+        (lambda: geoattn.attention(*qkv(*OK), geometry="poincare", scale=-1.0), ValueError,
+         r"scale=-1.0 with geometry 'poincare': scale multiplies a distance-based score, so a scale ≤ 0 makes the "
+         r"farthest key the most attended; pass a positive scale"),
+        (lambda: geoattn.attention(*qkv(*OK), geometry="lorentz", scale=0), ValueError,
+         r"scale=0.0 with geometry 'lorentz'.*makes every key equally likely"),
+        (lambda: geoattn.attention(*qkv(*OK), scale="0.5"), TypeError, r"scale must be a float or None.*got str"),
+        (lambda: geoattn.attention(*qkv(*OK), scale=torch.tensor(0.5)), TypeError,
+         r"scale must be a float or None.*got Tensor; pass float\(scale\)"),
+        (lambda: geoattn.attention(*qkv(*OK), attn_mask=torch.ones(5, 6, dtype=torch.bool, device="meta")),
+         ValueError, r"attn_mask is on meta but query, key and value are on cpu; move it with "
+                     r"attn_mask.to\(query.device\)"),
+        (lambda: geoattn.Poincare(curvature="-1"), TypeError,
+         r"curvature must be a real number, a sequence of numbers \(one per head\) or a real tensor, got str '-1'; "
+         r"pass the number itself, e.g. curvature=-1.0"),
+        (lambda: geoattn.Sphere(temperature="hot"), TypeError, r"temperature must be a real number.*got str 'hot'"),
+        (lambda: geoattn.Stereographic(curvature=[-1.0, "x"], num_heads=2), TypeError,
+         r"curvature must be a real number.*got str 'x'"),
+        (lambda: geoattn.Lorentz(curvature=True), TypeError, r"curvature must be a real number.*got bool True"),
+        (lambda: geoattn.Poincare(temperature=torch.tensor([True])), TypeError,
+         r"temperature must be a real number.*got a torch.bool tensor"),
+        (lambda: geoattn.Poincare(curvature=-1j), TypeError, r"curvature must be a real number.*got complex"),
+        (lambda: geoattn.make_geometry("poincare", curvature=None, temperature={"a": 1}), TypeError,
+         r"temperature must be a real number.*got dict"),
+        (lambda: geoattn.Poincare(num_heads=True), ValueError, r"num_heads must be a positive int, got True"),
     ],
 )
 def test_bad_input_is_named_with_its_fix(call, error, pattern):
@@ -125,3 +161,24 @@ def test_value_checks_are_exact_where_their_one_reduction_overflows():
     q[0, 0, 1, 1] = float("nan")
     with pytest.raises(ValueError, match=r"query contains 1 non-finite value\(s\)"):
         geoattn.attention(q, q.nan_to_num(), q.nan_to_num())
+
+
+def test_euclidean_takes_any_finite_scale_as_sdpa_does():
+    """SDPA allows a negative (or zero) scale: the euclidean geometry is SDPA, so it does too (documented)."""
+    import torch.nn.functional as F
+
+    q, k, v = qkv(*OK)
+    for scale in (-0.7, 0.0, 3):
+        torch.testing.assert_close(geoattn.attention(q, k, v, scale=scale),
+                                   F.scaled_dot_product_attention(q, k, v, scale=scale))
+        torch.testing.assert_close(geoattn.attention(q, k, v, scale=scale, backend="dense"),
+                                   F.scaled_dot_product_attention(q, k, v, scale=scale))
+
+
+def test_numeric_parameters_of_other_kinds_still_work():
+    import numpy as np
+
+    assert geoattn.Poincare(curvature=np.float64(-2.0)).curvature.tolist() == [-2.0]
+    assert geoattn.Poincare(curvature=np.array([-1.0, -2.0]), num_heads=2).curvature.tolist() == [-1.0, -2.0]
+    assert geoattn.Sphere(temperature=[1, 2], num_heads=2).temperature.tolist() == [1.0, 2.0]
+    assert geoattn.Lorentz(curvature=torch.tensor(-0.5, dtype=torch.float64)).curvature.dtype == torch.float64

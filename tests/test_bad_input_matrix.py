@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import geoattn
-from geoattn.models import DecoderLM, EncoderClassifier, TransformerConfig
+from geoattn.models import DecoderLM, EncoderClassifier, EncoderDecoder, TransformerConfig
 
 CFG = dict(vocab_size=11, d_model=8, n_heads=2, n_layers=1, max_len=6)
 
@@ -34,6 +34,10 @@ CASES = {
                                ValueError, r"key_padding_mask has shape \(2, 4\) but must be one of"),
     "mha attn_mask shape": (lambda: MHA()(X, X, X, attn_mask=torch.zeros(4, 4, dtype=torch.bool)), ValueError,
                             r"attn_mask has shape \(4, 4\) but must be one of"),
+    "mha padding mask device": (lambda: MHA()(X, X, X, key_padding_mask=torch.zeros(2, 5, dtype=torch.bool,
+                                                                                   device="meta")),
+                                ValueError, r"key_padding_mask is on meta but the inputs are on cpu; move it with "
+                                            r"key_padding_mask.to\(query.device\)"),
     "mha geometry params with instance": (
         lambda: geoattn.MultiheadAttention(8, 2, geometry=geoattn.Poincare(), curvature=-2.0),
         ValueError, r"geometry parameters \['curvature'\] were given with a Geometry instance"),
@@ -74,6 +78,31 @@ CASES = {
                              r"built for head_dim=3 but the model's heads have 4 features.*head_dim=4"),
     "optimizer frozen model": (lambda: geoattn.riemannian_optimizer(torch.nn.Linear(2, 2).requires_grad_(False)),
                                ValueError, r"no trainable parameters"),
+    "generate token id >= vocab": (lambda: lm().generate(torch.tensor([[3, 11, 2]]), 1), ValueError,
+                                   r"idx holds the token id 11, outside the vocabulary \[0, 11\) "
+                                   r"\(TransformerConfig.vocab_size=11\); map such tokens to an id in range"),
+    "generate negative token id": (lambda: lm().generate(torch.tensor([[3, -1]]), 1), ValueError,
+                                   r"idx holds the token id -1, outside the vocabulary \[0, 11\)"),
+    "forward token id >= vocab": (lambda: lm()(torch.tensor([[12]])), ValueError, r"token id 12, outside the vocab"),
+    "encoder token id": (lambda: EncoderClassifier(TransformerConfig(**CFG, num_classes=2))(torch.tensor([[-3, 1]])),
+                         ValueError, r"tokens holds the token id -3"),
+    "seq2seq src token id": (lambda: EncoderDecoder(TransformerConfig(**CFG)).generate(torch.tensor([[11]]), 2, 1),
+                             ValueError, r"src holds the token id 11"),
+    "seq2seq bos id": (lambda: EncoderDecoder(TransformerConfig(**CFG)).generate(tokens(), 2, bos_id=11), ValueError,
+                       r"bos_id must be a token id \(an int\) in \[0, 11\)"),
+    "generate mask right-padded": (lambda: lm().generate(tokens(), 1, attention_mask=torch.tensor([[1, 1, 1, 0],
+                                                                                                  [1, 1, 1, 1]])),
+                                   ValueError, r"attention_mask row 0 has padding after a real token.*pad prompts on "
+                                               r"the left"),
+    "generate mask all padding": (lambda: lm().generate(tokens(), 1, attention_mask=torch.tensor([[0, 0, 0, 0],
+                                                                                                 [1, 1, 1, 1]])),
+                                  ValueError, r"attention_mask row 0 is all padding"),
+    "mask shape": (lambda: lm()(tokens(), attention_mask=torch.ones(2, 3)), TypeError,
+                   r"attention_mask must be a bool or integer tensor"),
+    "mask length": (lambda: lm()(tokens(), attention_mask=torch.ones(2, 3, dtype=torch.long)), ValueError,
+                    r"attention_mask has shape \(2, 3\) but must be \(B, positions\) = \(2, 4\)"),
+    "mask values": (lambda: lm()(tokens(), attention_mask=torch.full((2, 4), 2)), ValueError,
+                    r"attention_mask may hold 0 \(padding\) and 1 \(real token\) only"),
     "load another geometry": (lambda: lm(geometry="lorentz").load_state_dict(lm(geometry="sphere").state_dict()),
                               ValueError, r"made with geometry 'sphere\|score=cosine\|aggregation=linear' "
                                           r"but this module uses 'lorentz"),

@@ -45,6 +45,79 @@ def test_cli_errors(capsys, argv, match):
     assert match in _err(capsys, argv)
 
 
+@pytest.fixture
+def no_training(monkeypatch):
+    """Fail the test if any run would start: the CLI must refuse bad arguments before training."""
+    import benchmarks.runner
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("training started")
+    monkeypatch.setattr(benchmarks.runner, "run_all", refuse)
+    monkeypatch.setattr(benchmarks.runner, "train_one", refuse)
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--set", "iters=abc"], "--set 'iters=abc': iters takes an int, got 'abc'; e.g. --set iters=200"),
+    (["--set", "iters=0"], "--set 'iters=0': iters must be an int ≥ 1, got 0"),
+    (["--set", "iters=-5"], "iters must be an int ≥ 1, got -5"),
+    (["--set", "iters=2.5"], "iters takes an int, got 2.5"),
+    (["--set", "batch_size=0"], "batch_size must be an int ≥ 1, got 0"),
+    (["--set", "warmup_iters=-1"], "warmup_iters must be an int ≥ 0, got -1"),
+    (["--set", "lr=0"], "lr must be a learning rate > 0, got 0"),
+    (["--set", "lr=nan"], "lr takes a number, got 'nan'"),
+    (["--set", "weight_decay=-0.1"], "weight_decay must be a finite number ≥ 0, got -0.1"),
+    (["--set", "bias=1"], "bias takes true or false, got 1"),
+    (["--set", "wordnet-hierarchy:head_dim=[]"], "an empty list sweeps nothing, so no run would start; give one "
+                                                 "value or a non-empty list, e.g. --set head_dim=[2, 8, 32]"),
+    (["--set", "wordnet-hierarchy:head_dim=[2, 0]"], "head_dim must be an int ≥ 1, got 0"),
+    (["--set", "iters=[]"], "an empty list sweeps nothing"),
+    (["--set", "wordnet-hierarchy:iters=[5, 10]"], "task 'wordnet-hierarchy' would sweep head_dim, iters, but a run "
+                                                   "sweeps one key"),
+    (["--set", "listops:iters=5"], "--set 'listops:iters=5': task 'listops' is not selected (selected: "
+                                   "shakespeare-char, wordnet-hierarchy); add it with --tasks, or drop the 'listops:' "
+                                   "prefix"),
+    (["--set", "lisops:iters=5"], "unknown task 'lisops'; available tasks: shakespeare-char"),
+    (["--jobs", "0"], "argument --jobs: must be ≥ 1, got 0"),
+    (["--threads", "0"], "argument --threads: must be ≥ 1, got 0"),
+    (["--jobs", "-2"], "argument --jobs: must be ≥ 1, got -2"),
+    (["--threads", "two"], "argument --threads: expected an int ≥ 1, got 'two'"),
+])
+def test_cli_bad_values_are_refused_before_training(capsys, no_training, argv, match):
+    assert match in _err(capsys, ["run", "--quiet", *argv])
+
+
+def test_cli_valid_overrides_are_applied(no_training):
+    from benchmarks.cli import parse_overrides
+    from benchmarks.suites import SUITES
+
+    configs = {t: dict(SUITES["quick"]["configs"][t]) for t in ("shakespeare-char", "wordnet-hierarchy")}
+    parse_overrides(["iters=7", "lr=1", "wordnet-hierarchy:head_dim=4", "shakespeare-char:n_layers=[1, 2]",
+                     "warmup_iters=0", "bias=true"], configs)
+    assert configs["shakespeare-char"]["iters"] == configs["wordnet-hierarchy"]["iters"] == 7
+    assert configs["shakespeare-char"]["lr"] == 1.0 and isinstance(configs["shakespeare-char"]["lr"], float)
+    assert configs["wordnet-hierarchy"]["head_dim"] == 4 and configs["shakespeare-char"]["n_layers"] == (1, 2)
+    assert configs["shakespeare-char"]["warmup_iters"] == 0 and configs["shakespeare-char"]["bias"] is True
+
+
+def test_report_writes_the_speed_plot_only_from_its_own_or_given_kernel_results(tmp_path, capsys):
+    import shutil
+
+    from benchmarks.cli import RESULTS
+
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "results.jsonl").write_bytes((RESULTS / "quick" / "results.jsonl").read_bytes())
+    assert main(["report", "--out", str(out)]) == 0
+    assert not (out / "speed_vs_length.png").exists()  # the committed kernel results are another folder's
+    assert "speed_vs_length" not in capsys.readouterr().out
+    assert main(["report", "--out", str(out), "--kernels", str(RESULTS / "kernels" / "kernels.csv")]) == 0
+    assert (out / "speed_vs_length.png").exists()
+    (out / "speed_vs_length.png").unlink()
+    shutil.copy(RESULTS / "kernels" / "kernels.csv", out / "kernels.csv")
+    assert main(["report", "--out", str(out)]) == 0
+    assert (out / "speed_vs_length.png").exists()
+
+
 def test_cli_missing_and_malformed_data(capsys, tmp_path):
     err = _err(capsys, ["run", "--tasks", "shakespeare-char", "--data", str(tmp_path / "missing.txt")])
     assert "does not exist" in err and "--data" in err

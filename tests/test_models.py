@@ -257,3 +257,72 @@ def test_cache_equals_full_forward_cuda(geometry):
     inc = chunked(lambda t: model.decode(t, memory, cache=cache), tgt, [3, 1, 1, 2])
     torch.testing.assert_close(inc, model(src, tgt), atol=1e-5, rtol=0)
     assert model.generate(src, 4, bos_id=1).shape == (2, 5)
+
+
+# -- left-padded batches (#14 §4) ------------------------------------------------------------------
+def left_padded(prompts, pad_id=0):
+    """Prompts of different lengths → (idx, attention_mask) left-padded as Hugging Face does (1 = real token)."""
+    T = max(len(p) for p in prompts)
+    idx = torch.full((len(prompts), T), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(prompts), T, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        idx[i, T - len(p):], mask[i, T - len(p):] = p, 1
+    return idx, mask
+
+
+def prompts(lengths=(5, 2, 4), seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, V, (n,), generator=g) for n in lengths]
+
+
+@pytest.mark.parametrize("positional", ["learned", "sinusoidal", "rotary"])
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_left_padded_batch_generates_what_each_prompt_generates_alone(geometry, positional):
+    torch.manual_seed(0)
+    lm = DecoderLM(cfg(geometry=geometry, positional=positional, max_len=12)).eval()
+    ps = prompts()
+    idx, mask = left_padded(ps, pad_id=7)
+    T = idx.shape[1]
+    for sliding, n in ((False, 7), (True, 12)):  # within max_len, and past it with the sliding window
+        alone = [lm.generate(p[None], n, sliding_window=sliding)[0, len(p):] for p in ps]
+        for use_cache in (True, False):
+            out = lm.generate(idx, n, attention_mask=mask, use_cache=use_cache, sliding_window=sliding)
+            assert out.shape == (3, T + n) and torch.equal(out[:, :T], idx)  # padding columns returned as given
+            for i in range(3):
+                assert torch.equal(out[i, T:], alone[i]), (i, sliding, use_cache)
+
+
+@pytest.mark.parametrize("positional", ["learned", "rotary"])
+def test_padded_forward_and_cache_equal_each_row_alone(positional):
+    torch.manual_seed(0)
+    lm = DecoderLM(cfg(geometry="poincare", positional=positional)).eval()
+    ps = prompts((6, 3))
+    idx, mask = left_padded(ps)
+    logits, _ = lm(idx, attention_mask=mask)
+    for i, p in enumerate(ps):
+        torch.testing.assert_close(logits[i, -len(p):], lm(p[None])[0][0], atol=1e-5, rtol=0)
+    cache = lm.new_cache(2)  # cached steps take the mask of every position seen so far, as in Hugging Face
+    steps = [lm(idx[:, :4], cache=cache, attention_mask=mask[:, :4])[0]]
+    steps.append(lm(idx[:, 4:], cache=cache, attention_mask=mask)[0])
+    torch.testing.assert_close(torch.cat(steps, 1)[mask.bool()], logits[mask.bool()], atol=1e-5, rtol=0)
+    bool_mask = lm(idx, attention_mask=mask.bool())[0]
+    torch.testing.assert_close(bool_mask, logits)
+
+
+def test_generate_without_cache_equals_cached_and_checks_before_any_forward():
+    torch.manual_seed(0)
+    lm = DecoderLM(cfg(geometry="sphere", max_len=8)).eval()
+    idx = tokens(T=3)
+    assert torch.equal(lm.generate(idx, 9, sliding_window=True, use_cache=False),
+                       lm.generate(idx, 9, sliding_window=True))
+    s2s = EncoderDecoder(cfg(geometry="lorentz", max_len=6)).eval()
+    src = tokens(T=5)
+    assert torch.equal(s2s.generate(src, 8, bos_id=1, sliding_window=True, use_cache=False),
+                       s2s.generate(src, 8, bos_id=1, sliding_window=True))
+    calls = []
+    lm.register_forward_pre_hook(lambda m, args: calls.append(1))
+    with pytest.raises(ValueError, match="token id 13"):
+        lm.generate(torch.tensor([[1, 13]]), 2)
+    with pytest.raises(ValueError, match="padding after a real token"):
+        lm.generate(idx, 2, attention_mask=torch.tensor([[1, 0, 1], [1, 1, 1]]))
+    assert not calls

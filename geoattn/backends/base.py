@@ -27,7 +27,11 @@ class Backend:
 
 
 def fused_unsupported(name: str, call: AttentionCall) -> str | None:
-    """What a fused backend (no L×S matrix) cannot do: return weights, or apply attention dropout."""
+    """What a fused backend (no L×S matrix) cannot do: return weights, apply attention dropout, or run under
+    a torch.func transform."""
+    if call.under_transform:
+        what = "torch.func.vmap is" if call.under_vmap else "torch.func transforms (grad, vjp, jacrev, ...) are"
+        return f"{what} not supported by the {name} backend; use backend='dense' (or 'auto')"
     if call.return_weights:
         return f"the {name} backend does not return attention weights; use backend='dense' (or 'auto')"
     if call.dropout_p > 0:

@@ -111,6 +111,9 @@ class FlexBackend(Backend):
 
     def unsupported(self, call):
         fused = fused_unsupported(self.name, call)
+        if fused is None and call.dtype == torch.float64:
+            return ("the flex backend does not run float64 (FlexAttention computes in float32, float16 or bfloat16); "
+                    "use backend='tiled' or 'dense' (both run float64), or cast the inputs with .float()")
         if fused is None and call.needs_grad and call.device.type == "cpu":
             return ("FlexAttention has no backward on CPU in this torch version; use backend='tiled' (what "
                     "'auto' picks for CPU training) or run under torch.no_grad()")

@@ -35,6 +35,8 @@ RULES: list[Rule] = [
     Rule(lambda c: c.geometry.affine and not c.return_weights, "sdpa",
          "the score is affine in a dot product, so F.scaled_dot_product_attention computes it exactly"),
     Rule(lambda c: c.return_weights, "dense", "attention weights were asked for (only the dense backend returns them)"),
+    Rule(lambda c: c.under_transform, "dense",
+         "under a torch.func transform (vmap, grad, ...), which the fused backends do not support"),
     Rule(lambda c: c.dropout_p > 0, "dense", "attention dropout (only the dense backend applies it to this score)"),
     Rule(lambda c: _BACKENDS["native"].unsupported(c) is None, "native",
          "on CPU the native kernel fuses this geometry's score exactly, at any size (measured fastest)"),

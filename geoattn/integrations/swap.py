@@ -87,7 +87,16 @@ def swap(model: nn.Module, geometry: str | Geometry, **geometry_params) -> nn.Mo
     ``geometry`` is a name from :func:`geoattn.available_geometries` (built per attention module with
     ``num_heads`` = its heads and ``**geometry_params``, e.g. ``curvature=-1.0, learnable=True``) or a
     :class:`geoattn.Geometry` (deep-copied per module, so every layer trains its own parameters).
-    ``geometry="euclidean"`` reproduces the original model's outputs. A bare ``nn.MultiheadAttention``
+
+    ``geometry="euclidean"`` reproduces the original model's outputs, padding included (measured, float32,
+    CPU, torch 2.13): exactly (max |Δ| = 0) where PyTorch runs its ordinary path (training, or autograd
+    on) and against a Hugging Face model on its default ``attn_implementation="sdpa"``; to within 2e-6
+    (measured max 1.4e-6: eval-mode ``nn.TransformerEncoder`` under ``no_grad``, d_model up to 256, 6
+    layers, 128 tokens) where PyTorch would take its fused inference fast path, because the swapped
+    layers stay off that path (it computes Euclidean attention itself, bypassing the geometry) and the
+    fused kernel rounds differently; to within 5e-6 at real tokens (measured max 3.0e-6, all-MiniLM-L6-v2)
+    against ``attn_implementation="eager"``, whose softmax and matmuls are not SDPA's.
+    A bare ``nn.MultiheadAttention``
     cannot change its class in place: it is returned as a new :class:`geoattn.MultiheadAttention`
     (use the return value).
 

@@ -31,7 +31,7 @@ class Encoder(nn.Module):
 
     def forward(self, tokens: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         """``tokens`` (B, T) long, ``padding_mask`` (B, T) bool with True = padding → hidden (B, T, d_model)."""
-        check_tokens("tokens", tokens)
+        check_tokens("tokens", tokens, self.cfg.vocab_size)
         allowed = padding_to_allowed(padding_mask, *tokens.shape)           # (B, 1, 1, T)
         x = self.embed(tokens)                                              # (B, T, d)
         for block in self.blocks:
@@ -54,6 +54,10 @@ class EncoderClassifier(nn.Module):
         init_weights(self.head, cfg.n_layers)
 
     def forward(self, tokens: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        """``tokens`` (B, T), ``padding_mask`` (B, T) True = padding → logits (B, num_classes)."""
+        if isinstance(tokens, Tensor) and tokens.dim() == 2 and tokens.shape[1] == 0:
+            raise ValueError(f"tokens has no positions (shape {tuple(tokens.shape)}): a sequence of no tokens has "
+                             "nothing to pool into a class; give every sequence at least one token")
         h = self.encoder(tokens, padding_mask)                              # (B, T, d)
         if self.cfg.pooling == "cls":
             pooled = h[:, 0]

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from ..functional import attention
 from ..geometry import Geometry
+from ..validation import validation_enabled
 from .cache import LayerKV
 from .config import TransformerConfig
 
@@ -41,10 +42,15 @@ class Rotary(nn.Module):
         self.register_buffer("cos", angles.cos().to(dt), persistent=False)
         self.register_buffer("sin", angles.sin().to(dt), persistent=False)
 
-    def forward(self, x: Tensor, start: int) -> Tensor:
-        """``x`` (B, H, T, D) at positions ``start .. start+T-1``."""
-        T = x.shape[-2]
-        cos, sin = self.cos[start:start + T].to(x.dtype), self.sin[start:start + T].to(x.dtype)
+    def forward(self, x: Tensor, start: int = 0, positions: Tensor | None = None) -> Tensor:
+        """``x`` (B, H, T, D) at positions ``start .. start+T-1``, or at per-token ``positions`` (B, T)
+        (each row's own positions, e.g. after left padding)."""
+        if positions is None:
+            T = x.shape[-2]
+            cos, sin = self.cos[start:start + T], self.sin[start:start + T]                  # (T, D)
+        else:
+            cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)    # (B, 1, T, D)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
@@ -61,18 +67,20 @@ class Embedder(nn.Module):
         self.register_buffer("table", table, persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, idx: Tensor, start: int = 0) -> Tensor:
-        """``idx`` (B, T) at positions ``start ..`` → (B, T, d_model)."""
+    def forward(self, idx: Tensor, start: int = 0, positions: Tensor | None = None) -> Tensor:
+        """``idx`` (B, T) at positions ``start ..``, or at per-token ``positions`` (B, T) → (B, T, d_model)."""
         T = idx.shape[1]
-        if start + T > self.max_len:
-            raise ValueError(f"sequence reaches position {start + T} but the model's max_len is {self.max_len}; "
+        end = start + T if positions is None else (int(positions.max()) + 1 if positions.numel() else 0)
+        if end > self.max_len:
+            raise ValueError(f"sequence reaches position {end} but the model's max_len is {self.max_len}; "
                              "shorten the input, raise TransformerConfig.max_len, or pass sliding_window=True "
                              "to generate()")
         x = self.tok(idx)
+        at = slice(start, start + T) if positions is None else positions
         if self.pos is not None:
-            x = x + self.pos.weight[start:start + T]
+            x = x + self.pos.weight[at]
         elif self.table is not None:
-            x = x + self.table[start:start + T].to(x.dtype)
+            x = x + self.table[at].to(x.dtype)
         return self.drop(x)
 
 
@@ -113,9 +121,10 @@ class Attention(nn.Module):
         return x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, is_causal: bool = False, start: int = 0,
-                kv: LayerKV | None = None, memory: Tensor | None = None) -> Tensor:
-        """``x`` (B, T, d) at positions ``start ..``; ``memory`` (B, S, d) for cross-attention (ignored once
-        ``kv`` holds its keys). ``mask`` is geoattn's (True = take part) over all keys seen."""
+                kv: LayerKV | None = None, memory: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
+        """``x`` (B, T, d) at positions ``start ..`` (or at per-token ``positions`` (B, T), for rotary
+        positions); ``memory`` (B, S, d) for cross-attention (ignored once ``kv`` holds its keys). ``mask``
+        is geoattn's (True = take part) over all keys seen."""
         if self.cross:
             q = self._heads(self.q_proj(x))
             if kv is not None and kv.k is not None:
@@ -127,13 +136,13 @@ class Attention(nn.Module):
         else:
             q, k, v = (self._heads(t) for t in self.qkv_proj(x).chunk(3, dim=-1))
             if self.rotary is not None:
-                q, k = self.rotary(q, start), self.rotary(k, start)
+                q, k = self.rotary(q, start, positions), self.rotary(k, start, positions)
             if kv is not None:
                 k, v = kv.append(k, v)
         dropout_p = self.dropout if self.training else 0.0
         out = self.attend(q, k, v, self.geometry, mask, is_causal, dropout_p, self.backend)   # (B, H, T, D)
-        B, _, T, _ = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(B, T, -1))
+        B, H, T, D = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(B, T, H * D))
 
 
 class FeedForward(nn.Module):
@@ -172,8 +181,8 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None, is_causal: bool = False, start: int = 0,
                 kv: LayerKV | None = None, memory: Tensor | None = None, memory_mask: Tensor | None = None,
-                cross_kv: LayerKV | None = None) -> Tensor:
-        x = self._sub(x, self.ln1, lambda h: self.attn(h, mask, is_causal, start, kv))
+                cross_kv: LayerKV | None = None, positions: Tensor | None = None) -> Tensor:
+        x = self._sub(x, self.ln1, lambda h: self.attn(h, mask, is_causal, start, kv, positions=positions))
         if self.cross is not None:
             x = self._sub(x, self.ln_cross, lambda h: self.cross(h, memory_mask, kv=cross_kv, memory=memory))
         return self._sub(x, self.ln2, self.ff)
@@ -204,9 +213,19 @@ def lm_head(cfg: TransformerConfig, token: nn.Embedding) -> nn.Linear:
     return head
 
 
-def check_tokens(name: str, idx: Tensor) -> None:
+def check_tokens(name: str, idx: Tensor, vocab_size: int | None = None, always: bool = False) -> None:
+    """``idx`` is a (B, T) integer tensor; with ``vocab_size`` its ids are also checked to lie in
+    [0, vocab_size): always when ``always`` (generation: once, before any forward), else where the input
+    checks of :mod:`geoattn.validation` read values (CPU tensors, validation on, not compiling)."""
     if not isinstance(idx, Tensor) or idx.dtype not in (torch.long, torch.int32, torch.int64):
         raise TypeError(f"{name} must be an integer (long) tensor of token ids, got "
                         f"{getattr(idx, 'dtype', type(idx).__name__)}")
     if idx.dim() != 2:
         raise ValueError(f"{name} must have shape (B, T), got {tuple(idx.shape)}; add a batch dim with [None]")
+    if vocab_size is not None and idx.numel() and (always or (idx.device.type == "cpu" and validation_enabled())):
+        low, high = int(idx.min()), int(idx.max())
+        if low < 0 or high >= vocab_size:
+            bad = low if low < 0 else high
+            raise ValueError(f"{name} holds the token id {bad}, outside the vocabulary [0, {vocab_size}) "
+                             f"(TransformerConfig.vocab_size={vocab_size}); map such tokens to an id in range "
+                             "(e.g. an unknown-token id), or build the model with a larger vocab_size")

@@ -1,6 +1,8 @@
 """Sequence-to-sequence: encoder, causal decoder with cross-attention, cached incremental decoding."""
 from __future__ import annotations
 
+import operator
+
 import torch
 from torch import Tensor, nn
 
@@ -42,7 +44,7 @@ class EncoderDecoder(nn.Module):
                tgt_padding_mask: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
         """``tgt`` (B, T) against ``memory`` (B, S, d) → logits (B, T, V). With ``cache``, ``tgt`` continues
         the cached target and cross-attention reuses the memory's keys/values from the first call."""
-        check_tokens("tgt", tgt)
+        check_tokens("tgt", tgt, self.cfg.vocab_size)
         B, T = tgt.shape
         if memory.dim() != 3 or memory.shape[0] != B:
             raise ValueError(f"memory must be (B={B}, S, d_model), got {tuple(memory.shape)}")
@@ -74,15 +76,27 @@ class EncoderDecoder(nn.Module):
     @torch.no_grad()
     def generate(self, src: Tensor, max_new_tokens: int, bos_id: int, src_padding_mask: Tensor | None = None,
                  temperature: float = 1.0, top_k: int | None = None, do_sample: bool = False,
-                 sliding_window: bool = False) -> Tensor:
+                 sliding_window: bool = False, use_cache: bool = True) -> Tensor:
         """Decode from ``bos_id`` → (B, 1 + max_new_tokens) (BOS first), encoding ``src`` once and caching
-        decoder self- and cross-attention keys/values. ``sliding_window`` as in :meth:`DecoderLM.generate`
-        (the cross-attention cache stays valid, only the self-attention cache restarts)."""
-        check_tokens("src", src)
+        decoder self- and cross-attention keys/values (``use_cache=False``: every step re-decodes the
+        target; the same tokens). ``sliding_window`` as in :meth:`DecoderLM.generate` (the cross-attention
+        cache stays valid, only the self-attention cache restarts). An empty batch gives an empty result."""
+        check_tokens("src", src, self.cfg.vocab_size, always=True)
         check_generate_args(max_new_tokens, temperature, top_k)
+        try:
+            bos = None if isinstance(bos_id, bool) else operator.index(bos_id)
+        except TypeError:
+            bos = None
+        if bos is None or not 0 <= bos < self.cfg.vocab_size:
+            raise ValueError(f"bos_id must be a token id (an int) in [0, {self.cfg.vocab_size}) "
+                             f"(TransformerConfig.vocab_size), got {bos_id!r}")
         check_window(1 + max_new_tokens, self.cfg.max_len, sliding_window)
         B = src.shape[0]
+        if B == 0:
+            return src.new_empty(0, 1 + max_new_tokens)
         memory = self.encode(src, src_padding_mask)
-        tgt = torch.full((B, 1), int(bos_id), dtype=torch.long, device=src.device)
-        return generate_tokens(tgt, lambda tokens, cache: self.decode(tokens, memory, src_padding_mask, cache=cache),
-                               self.new_cache(B), self.cfg.max_len, max_new_tokens, temperature, top_k, do_sample)
+        tgt = torch.full((B, 1), bos, dtype=torch.long, device=src.device)
+        return generate_tokens(tgt, lambda tokens, cache, keep: self.decode(tokens, memory, src_padding_mask,
+                                                                             cache=cache),
+                               self.new_cache(B) if use_cache else None, self.cfg.max_len, max_new_tokens,
+                               temperature, top_k, do_sample)
