@@ -8,6 +8,7 @@ from .backends import available_backends, default_backend, set_default_backend, 
 from .energy import Trace, energy, trace
 from .functional import attention, explain_backend
 from .geometry import (
+    ClipWarning,
     CurvedGeometry,
     Euclidean,
     Geometry,
@@ -30,8 +31,8 @@ from . import models  # noqa: F401  (the backbone: geoattn.models.DecoderLM, ...
 __version__ = "0.1.0"
 
 __all__ = [
-    "CurvedGeometry", "Euclidean", "Geometry", "Lifted", "Lorentz", "Metric", "MultiheadAttention", "Poincare",
-    "Sphere", "Stereographic", "TemperedGeometry", "Trace", "attention", "available_backends", "available_geometries",
-    "default_backend", "energy", "explain_backend", "make_geometry", "register", "riemannian_optimizer",
-    "set_default_backend", "set_tiled_compile", "set_validation", "swap", "trace",
+    "ClipWarning", "CurvedGeometry", "Euclidean", "Geometry", "Lifted", "Lorentz", "Metric", "MultiheadAttention",
+    "Poincare", "Sphere", "Stereographic", "TemperedGeometry", "Trace", "attention", "available_backends",
+    "available_geometries", "default_backend", "energy", "explain_backend", "make_geometry", "register",
+    "riemannian_optimizer", "set_default_backend", "set_tiled_compile", "set_validation", "swap", "trace",
 ]

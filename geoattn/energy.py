@@ -47,6 +47,7 @@ def energy(query: Tensor, key: Tensor, geometry: str | Geometry = "euclidean", a
     alive = torch.isfinite(score).any(dim=-1, keepdim=True)                  # (B, H, L, 1)
     lse = torch.logsumexp(torch.where(alive, score, torch.zeros_like(score)), dim=-1)
     out = torch.where(alive.squeeze(-1), lse, torch.full_like(lse, float("-inf")))  # (B, H, L)
+    out = out.to(torch.promote_types(call.q.dtype, torch.float32))
     return out.reshape(*call.lead, call.L)
 
 

@@ -31,16 +31,15 @@ def dense_scores(geometry: Geometry, lifted: Lifted) -> Tensor:
 def masked_scores(call) -> Tensor:
     """The call's scores plus the float mask, -inf where a key does not take part: (B, H, L, S).
 
-    A chord lift is formed in float64 whatever the input dtype (and the scores cast back to float32), so
-    the reference stays exact where a float32 direction would already carry ``ε·sinh(radius)`` of error."""
+    A chord lift is formed and scored in float64 whatever the input dtype, and the scores stay float64:
+    the caller casts after the softmax (or log-sum-exp), so the reference stays exact where a float32
+    direction would already carry ``ε·sinh(radius)`` of error, and where scores are so large (``q·1e10``
+    under the metric) that a float32 score would round away their differences."""
     geometry, mask = call.geometry, call.mask
     q, k = call.q, call.k
-    exact = geometry.chord and q.dtype != torch.float64
-    if exact:
+    if geometry.chord and q.dtype != torch.float64:
         q, k = q.double(), k.double()
     score = dense_scores(geometry, geometry.lift(q, k, call.scale))
-    if exact:
-        score = score.float()
     if mask.bias is not None:
         score = score + mask.bias.to(score.dtype)
     if mask.allowed is not None:
@@ -53,6 +52,7 @@ class DenseBackend(Backend):
 
     def run(self, call):
         weights = masked_softmax(masked_scores(call))                      # (B, H, L, S)
+        weights = weights.to(torch.promote_types(call.q.dtype, torch.float32))
         dropped = F.dropout(weights, call.dropout_p) if call.dropout_p > 0 else weights
         out = dropped @ call.values.to(weights.dtype)                       # (B, H, L, Ev)
         return out, (weights if call.return_weights else None)

@@ -1,5 +1,5 @@
 """Geometries: one small module each, registered by name in :mod:`geoattn.geometry.registry`."""
-from .base import CurvedGeometry, Geometry, Lifted, TemperedGeometry
+from .base import ClipWarning, CurvedGeometry, Geometry, Lifted, TemperedGeometry
 from .euclidean import Euclidean
 from .lorentz import Lorentz
 from .metric import Metric
@@ -8,7 +8,7 @@ from .sphere import Sphere
 from .stereographic import Poincare, Stereographic
 
 __all__ = [
-    "CurvedGeometry", "Euclidean", "Geometry", "Lifted", "Lorentz", "Metric", "Poincare", "Sphere",
+    "ClipWarning", "CurvedGeometry", "Euclidean", "Geometry", "Lifted", "Lorentz", "Metric", "Poincare", "Sphere",
     "Stereographic", "TemperedGeometry", "available_geometries", "geometry_class", "geometry_for_module",
     "make_geometry", "register",
 ]
