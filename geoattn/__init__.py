@@ -11,6 +11,7 @@ from .geometry import (
     CurvedGeometry,
     Euclidean,
     Geometry,
+    L2,
     Lifted,
     Lorentz,
     Metric,
@@ -30,7 +31,7 @@ from . import models  # noqa: E402  (the backbone: geoattn.models.DecoderLM, ...
 __version__ = "0.1.0"
 
 __all__ = [
-    "CurvedGeometry", "Euclidean", "Geometry", "Lifted", "Lorentz", "Metric", "MultiheadAttention", "Poincare",
+    "CurvedGeometry", "Euclidean", "Geometry", "L2", "Lifted", "Lorentz", "Metric", "MultiheadAttention", "Poincare",
     "Sphere", "Stereographic", "TemperedGeometry", "Trace", "attention", "available_backends", "available_geometries",
     "default_backend", "energy", "make_geometry", "register", "riemannian_optimizer", "set_default_backend",
     "set_tiled_compile", "set_validation", "swap", "trace",

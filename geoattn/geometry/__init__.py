@@ -10,13 +10,14 @@ from .base import (
     resolve_geometry,
 )
 from .euclidean import Euclidean
+from .l2 import L2
 from .lorentz import Lorentz
 from .metric import Metric
 from .sphere import Sphere
 from .stereographic import Poincare, Stereographic
 
 __all__ = [
-    "CurvedGeometry", "Euclidean", "Geometry", "Lifted", "Lorentz", "Metric", "Poincare", "Sphere",
+    "CurvedGeometry", "Euclidean", "Geometry", "L2", "Lifted", "Lorentz", "Metric", "Poincare", "Sphere",
     "Stereographic", "TemperedGeometry", "available_geometries", "make_geometry", "register",
     "resolve_geometry",
 ]
