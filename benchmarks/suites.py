@@ -13,6 +13,9 @@ from .runner import RunSpec
 # nanoGPT's optimiser for shakespeare_char (config/train_shakespeare_char.py + train.py defaults)
 NANOGPT_OPT = dict(lr=1e-3, min_lr=1e-4, warmup_iters=100, beta2=0.99, weight_decay=0.1, grad_clip=1.0)
 GEOMETRY_PARAMS: dict[str, Any] = {"learnable": True}
+# Nickel & Kiela's reconstruction through attention scores: Adam (AdamW without weight decay: decay would
+# pull the embedding table to the origin), lr 0.01, batch 256, 50 negatives, no clipping
+RECON_OPT = dict(lr=1e-2, min_lr=1e-2, warmup_iters=0, beta2=0.999, weight_decay=0.0, grad_clip=0.0)
 HEAD_DIMS = (2, 4, 8, 16, 32)
 QUICK_HEAD_DIMS = (2, 8, 32)  # the quick suite's budget; standard and full sweep all of HEAD_DIMS
 
@@ -26,8 +29,10 @@ SUITES: dict[str, dict[str, Any]] = {
             "shakespeare-char": dict(NANOGPT_OPT, warmup_iters=20, n_layers=2, n_heads=4, d_model=64, block_size=64,
                                      max_len=64, batch_size=12, iters=200, eval_interval=50, eval_iters=10, bias=False),
             "wordnet-hierarchy": dict(NANOGPT_OPT, lr=1e-2, min_lr=1e-3, warmup_iters=15, n_layers=1, d_model=32,
-                                      head_dim=QUICK_HEAD_DIMS, set_size=8, max_dist=4, test_frac=0.2, split_seed=0,
+                                      head_dim=QUICK_HEAD_DIMS, subtree=None, set_size=8, max_dist=4, test_frac=0.2, split_seed=0,
                                       n_train=20000, n_test=1000, batch_size=256, iters=150, eval_interval=50),
+            "wordnet-reconstruction": dict(RECON_OPT, dim=(2, 5, 10), n_negatives=50, batch_size=256, init_range=1e-3,
+                                           iters=2550, eval_interval=255),
             "listops": dict(NANOGPT_OPT, lr=1e-3, warmup_iters=20, n_layers=2, n_heads=4, d_model=64, max_len=100,
                             min_length=20, max_length=100, n_train=2000, n_test=500, data_seed=0, batch_size=32,
                             iters=200, eval_interval=100),

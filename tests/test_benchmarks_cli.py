@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 TINY = {  # seconds-long configurations of each task
     "shakespeare-char": ["iters=4", "eval_interval=2", "eval_iters=2", "n_layers=1", "d_model=16", "block_size=16"],
     "wordnet-hierarchy": ["iters=4", "eval_interval=2", "n_train=256", "n_test=64", "head_dim=[2]", "d_model=8"],
+    "wordnet-reconstruction": ["iters=4", "eval_interval=2", "dim=[2]", "batch_size=64", "n_negatives=10"],
     "listops": ["iters=3", "eval_interval=2", "n_train=32", "n_test=16", "n_layers=1", "d_model=16",
                 "min_length=5", "max_length=30", "max_len=30"],
     "shakespeare-seq2seq": ["iters=3", "eval_interval=2", "n_layers=1", "d_model=16", "eval_pairs=16",
