@@ -49,21 +49,36 @@ def _line(ax, runs: list[dict[str, Any]], key: str, color, **kwargs) -> None:
     ax.fill_between(steps, mean - half, mean + half, color=color, alpha=0.15)
 
 
+def _config_labels(records: list[dict[str, Any]]) -> dict[str, str]:
+    """``{config json: "key=value, ..."}`` naming what differs between the configurations of one task's runs
+    (empty when they share one configuration)."""
+    configs = {json.dumps(_base_config(r), sort_keys=True): _base_config(r) for r in records}
+    differ = sorted({k for c in configs.values() for k in c if len({json.dumps(o.get(k)) for o in configs.values()}) > 1})
+    return {key: ", ".join(f"{k}={c.get(k)}" for k in differ) for key, c in configs.items()}
+
+
+def _base_config(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record["config"].items() if k not in ("geometry_params", record.get("sweep"))}
+
+
 def curves(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """One figure per task, a column per sweep value: training loss (top) and the headline metric on held-out
-    data (bottom; for ``wordnet-hierarchy`` also the training accuracy, dashed), a line per geometry."""
+    """One figure per task, a column per sweep value (and configuration, when a log holds several): training
+    loss (top) and the headline metric on held-out data (bottom; for ``wordnet-hierarchy`` also the training
+    accuracy, dashed), a line per geometry."""
     plt = _plt()
     by_task: dict[str, dict] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for r in records:
-        by_task[r["task"]][r.get("sweep_value")][r["geometry"]].append(r)
+        config = json.dumps(_base_config(r), sort_keys=True)
+        by_task[r["task"]][(r.get("sweep_value"), config)][r["geometry"]].append(r)
     colors = _colors({r["geometry"] for r in records})
     written = []
     for task, panels in by_task.items():
-        keys = sorted(panels, key=lambda v: v or 0)
+        labels = _config_labels([r for r in records if r["task"] == task])
+        keys = sorted(panels, key=lambda v: (v[0] or 0, v[1]))
         fig, axes = plt.subplots(2, len(keys), figsize=(4.2 * len(keys), 6.4), squeeze=False, sharex="col")
-        for col, value in enumerate(keys):
+        for col, (value, config) in enumerate(keys):
             top, bottom = axes[0][col], axes[1][col]
-            for geometry, runs in sorted(panels[value].items()):
+            for geometry, runs in sorted(panels[(value, config)].items()):
                 metric = runs[0]["metric"]
                 _line(top, runs, "train_loss", colors[geometry], label=geometry)
                 _line(bottom, runs, metric, colors[geometry], label=geometry)
@@ -73,7 +88,8 @@ def curves(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
             bottom.set_ylabel(metric + (" (solid) / train_acc (dashed)" if task == "wordnet-hierarchy" else ""))
             bottom.set_xlabel("training step")
             sweep_key = runs[0]["sweep"]
-            top.set_title(f"{task}" + (f", {sweep_key}={value}" if value is not None else ""), fontsize=9)
+            title = f"{task}" + (f", {sweep_key}={value}" if value is not None else "")
+            top.set_title(title + (f"\n{labels[config]}" if labels[config] else ""), fontsize=9)
             for ax in (top, bottom):
                 ax.grid(alpha=0.3)
         axes[0][-1].legend(fontsize=7)
