@@ -18,7 +18,7 @@ OK = ((2, 4, 5, 8), (2, 4, 6, 8), (2, 4, 6, 8))
     "call, error, pattern",
     [
         (lambda: geoattn.attention(*qkv(*OK), geometry="hyperbolic"), ValueError,
-         r"unknown geometry 'hyperbolic'; available geometries: euclidean, lorentz, metric, poincare, sphere, stereographic"),
+         r"unknown geometry 'hyperbolic'; available geometries: euclidean, l2, lorentz, metric, poincare, sphere, stereographic"),
         (lambda: geoattn.make_geometry("klein"), ValueError, r"unknown geometry 'klein'.*available"),
         (lambda: geoattn.attention(*qkv(*OK), geometry=3), TypeError, r"geometry must be a name .* or a geoattn.Geometry"),
         (lambda: geoattn.attention(*qkv((2, 4, 5, 8), (3, 4, 6, 8), (3, 4, 6, 8))), ValueError,

@@ -12,7 +12,9 @@ Negatives, ranks and MAP follow facebookresearch/poincare-embeddings (``hype/gra
 ``hype/graph.py``): see :mod:`.reconstruction_data`. The paper reports mean rank 1.26 and MAP 0.927 for
 Poincaré at d = 5 (Figure 2 caption). Headline metric: ``map`` (↑); ``mean_rank`` (↓) beside it. The
 optimiser is the runner's (AdamW with the suite's schedule), with ``weight_decay=0`` for this task:
-every geometry gets the same one. Swept over the embedding dimension ``dim``.
+every geometry gets the same one. Swept over the embedding dimension ``dim``. Config keys: ``dim``,
+``n_negatives``, ``batch_size``, ``init_range`` and ``dtype`` (``"float32"``, or ``"float64"`` for the table
+and the geometry); evaluation always scores in float64.
 """
 from __future__ import annotations
 
@@ -54,9 +56,9 @@ class ReconstructionModel(nn.Module):
         q, k = e[:, None, :1], e[:, None, 1:]                           # (B, 1, 1, d), (B, 1, K, d)
         return scores(self.geometry, q, k)[:, 0, 0]
 
-    def all_scores(self) -> Tensor:
-        """Every node against every node → (N, N)."""
-        e = self.embedding.weight[None, None]                           # (1, 1, N, d)
+    def all_scores(self, dtype: torch.dtype | None = None) -> Tensor:
+        """Every node against every node → (N, N), computed in ``dtype`` (default: the table's)."""
+        e = self.embedding.weight.to(dtype or self.embedding.weight.dtype)[None, None]   # (1, 1, N, d)
         return scores(self.geometry, e, e)[0, 0]
 
 
@@ -86,7 +88,8 @@ class WordNetReconstruction(Task):
                                    c.get("init_range", 1e-3), self.dtype)
 
     def train_batch(self, gen):
-        """The next ``batch_size`` pairs of a per-epoch random permutation, each with its negatives."""
+        """The next ``batch_size`` pairs of a per-epoch random permutation, each with its negatives (an epoch's
+        last, partial batch is dropped: the next epoch starts a fresh permutation)."""
         B = self.config["batch_size"]
         if self._order is None or self._pos + B > len(self._order):
             self._order, self._pos = torch.randperm(len(self.pairs), generator=gen).to(self.device), 0
@@ -99,12 +102,11 @@ class WordNetReconstruction(Task):
 
     def loss(self, model, batch):
         u, keys = batch.tensors
-        logits = model(u, keys)
-        return F.cross_entropy(logits.float() if logits.dtype != torch.float64 else logits,
-                               torch.zeros(len(u), dtype=torch.long, device=logits.device))
+        logits = model(u, keys)                                         # (B, 1 + n), the ancestor at 0
+        return F.cross_entropy(logits, torch.zeros(len(u), dtype=torch.long, device=logits.device))
 
     @torch.no_grad()
     def evaluate(self, model):
         raw = model.module if hasattr(model, "module") else model
-        s = raw.all_scores().double().cpu().numpy()
+        s = raw.all_scores(torch.float64).cpu().numpy()
         return reconstruction_metrics(s, self.ancestors)
