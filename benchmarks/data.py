@@ -91,3 +91,19 @@ def load_closure(path: str | Path = MAMMAL_CLOSURE) -> list[tuple[str, str]]:
             "exactly one node that is an ancestor of every other node"
         )
     return pairs
+
+
+def restrict_to_subtree(pairs: list[tuple[str, str]], root: str | None) -> list[tuple[str, str]]:
+    """The closure of the subtree under ``root`` (``root`` and its descendants); ``None`` keeps every pair.
+
+    A closure of a subtree is again a closure with one root, so the same checks hold for it.
+    """
+    if root is None:
+        return pairs
+    below = {child for child, anc in pairs if anc == root}
+    if not below:
+        nodes = sorted({n for p in pairs for n in p})
+        raise DataError(f"subtree root {root!r} has no descendants in the closure ({len(nodes)} nodes); pick an inner "
+                        f"node, e.g. {sorted({a for _, a in pairs})[:3]}")
+    keep = below | {root}
+    return [(child, anc) for child, anc in pairs if child in keep and anc in keep]

@@ -88,6 +88,7 @@ def train_one(spec: RunSpec, device: torch.device, info: dist.DistInfo,
     from geoattn.models import count_parameters
 
     c = spec.config
+    cpu0, wall0 = time.process_time(), time.perf_counter()  # the whole run: data, model, training, evaluation
     task = TASKS[spec.task](c, spec.data_path, device)
     torch.manual_seed(spec.seed)
     model = task.build_model(spec.geometry).to(device)
@@ -150,7 +151,8 @@ def train_one(spec: RunSpec, device: torch.device, info: dist.DistInfo,
         "sweep_value": c.get(task.sweep) if task.sweep else None,
         "metric": task.metric, "higher_is_better": task.higher_is_better, "metrics": final, "curve": curve,
         "params": params,
-        "timings": {"train_s": train_s, "eval_s": eval_s, "tokens": world_tokens,
+        "timings": {"train_s": train_s, "eval_s": eval_s, "cpu_s": time.process_time() - cpu0,
+                    "run_s": time.perf_counter() - wall0, "tokens": world_tokens,
                     "tokens_per_s": world_tokens / train_s, "ms_per_step": 1000 * train_s / c["iters"]},
         "memory": {"activation_mb": activation_mb, "cuda_peak_mb": mem.peak_mb},
         "ddp": {"world_size": info.world_size, "param_checksums": checksums, "rank_metric": rank_metric,
@@ -201,7 +203,8 @@ def run_all(specs: list[RunSpec], log_path: Path, device: torch.device, info: di
                smoothing=0.05)
 
     def label(i: int, spec: RunSpec) -> str:
-        sweep = f" head_dim={spec.config['head_dim']}" if "head_dim" in spec.config else ""
+        key = TASKS[spec.task].sweep
+        sweep = f" {key}={spec.config[key]}" if key in spec.config else ""
         return f"run {i + 1}/{len(pending)}: {spec.task} {spec.geometry}{sweep} seed={spec.seed}"
 
     with bar:

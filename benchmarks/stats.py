@@ -1,7 +1,10 @@
-"""Statistics across seeds: mean ± 95% t confidence interval and Welch's t-test against the baseline.
+"""Statistics across seeds: mean ± 95% t confidence interval, Welch's t-test against the baseline, the
+difference of means with its Welch confidence interval, Benjamini–Hochberg adjusted p-values over a
+family of comparisons, and the plateau check of a learning curve.
 
-Both come from :mod:`scipy.stats` (``t.interval`` with the standard error of the mean, and
-``ttest_ind(equal_var=False)``, Welch 1947).
+All come from :mod:`scipy.stats`: ``t.interval`` with the standard error of the mean,
+``ttest_ind(equal_var=False)`` (Welch 1947) and its ``confidence_interval()``, and
+``false_discovery_control(method="bh")`` (Benjamini & Hochberg 1995).
 """
 from __future__ import annotations
 
@@ -52,12 +55,59 @@ def welch(values: Sequence[float], baseline: Sequence[float]) -> float:
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
-def verdict(values: Sequence[float], baseline: Sequence[float], higher_is_better: bool, alpha: float = ALPHA) -> str:
-    """``better`` / ``no different`` / ``worse`` than the baseline at level ``alpha`` (direction-aware)."""
-    p = welch(values, baseline)
+def verdict(values: Sequence[float], baseline: Sequence[float], higher_is_better: bool, alpha: float = ALPHA,
+            p: float | None = None) -> str:
+    """``better`` / ``no different`` / ``worse`` than the baseline at level ``alpha`` (direction-aware).
+
+    ``p`` is the p-value to decide on (e.g. a multiplicity-adjusted one); default: Welch's raw p.
+    """
+    p = welch(values, baseline) if p is None else p
     if math.isnan(p):
         return "n/a (needs ≥2 seeds)"
     if p >= alpha:
         return "no different"
     improved = np.mean(values) > np.mean(baseline)
     return "better" if improved == higher_is_better else "worse"
+
+
+def mean_difference(values: Sequence[float], baseline: Sequence[float],
+                    confidence: float = 0.95) -> tuple[float, float, float]:
+    """Effect size: ``mean(values) - mean(baseline)`` and its Welch ``confidence`` interval (``nan`` bounds
+    with fewer than 2 values on a side; a zero-width interval when neither side varies)."""
+    a, b = np.asarray(values, dtype=float), np.asarray(baseline, dtype=float)
+    diff = float(a.mean() - b.mean())
+    if a.size < 2 or b.size < 2:
+        return diff, math.nan, math.nan
+    if a.var() == 0 and b.var() == 0:
+        return diff, diff, diff
+    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(confidence)
+    return diff, float(ci.low), float(ci.high)
+
+
+def bh_adjust(pvalues: Sequence[float]) -> np.ndarray:
+    """Benjamini–Hochberg adjusted p-values (``scipy.stats.false_discovery_control``); ``nan`` entries are
+    left out of the family and stay ``nan``."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = ~np.isnan(p)
+    if ok.any():
+        out[ok] = stats.false_discovery_control(p[ok], method="bh")
+    return out
+
+
+PLATEAU_FRACTION = 0.2   # the last 20% of the training steps ...
+PLATEAU_TOLERANCE = 0.02  # ... improve the headline metric by less than 2% (relative)
+
+
+def late_improvement(curve: Sequence[dict], metric: str, higher_is_better: bool, iters: int,
+                     fraction: float = PLATEAU_FRACTION) -> float:
+    """Relative improvement of ``metric`` over the last ``fraction`` of the steps: from the last curve point at
+    or before step ``(1 - fraction)·iters`` to the final point, in the good direction (a loss that rose
+    gives a negative value). ``nan`` when the curve has no point that early."""
+    points = [p for p in curve if metric in p]
+    early = [p for p in points if p["step"] <= (1 - fraction) * iters]
+    if not early or not points:
+        return math.nan
+    start, end = early[-1][metric], points[-1][metric]
+    gain = end - start if higher_is_better else start - end
+    return gain / abs(start) if start else math.nan

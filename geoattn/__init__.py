@@ -5,13 +5,14 @@ of a chosen manifold (Poincaré ball, Lorentz hyperboloid, sphere, learned metri
 instead of the flat dot product, on the fastest backend that computes it exactly.
 """
 from .backends import available_backends, default_backend, set_default_backend, set_tiled_compile
-from .energy import Trace, energy, trace
+from .energy import Trace, energy, scores, trace
 from .functional import attention, explain_backend
 from .geometry import (
     ClipWarning,
     CurvedGeometry,
     Euclidean,
     Geometry,
+    L2,
     Lifted,
     Lorentz,
     Metric,
@@ -31,8 +32,8 @@ from . import models  # noqa: F401  (the backbone: geoattn.models.DecoderLM, ...
 __version__ = "0.1.0"
 
 __all__ = [
-    "ClipWarning", "CurvedGeometry", "Euclidean", "Geometry", "Lifted", "Lorentz", "Metric", "MultiheadAttention",
+    "ClipWarning", "CurvedGeometry", "Euclidean", "Geometry", "L2", "Lifted", "Lorentz", "Metric", "MultiheadAttention",
     "Poincare", "Sphere", "Stereographic", "TemperedGeometry", "Trace", "attention", "available_backends",
     "available_geometries", "default_backend", "energy", "explain_backend", "make_geometry", "register",
-    "riemannian_optimizer", "set_default_backend", "set_tiled_compile", "set_validation", "swap", "trace",
+    "riemannian_optimizer", "scores", "set_default_backend", "set_tiled_compile", "set_validation", "swap", "trace",
 ]

@@ -30,6 +30,22 @@ from .functional import attention, empty_scores
 from .geometry import Geometry
 
 
+def scores(query: Tensor, key: Tensor, geometry: str | Geometry = "euclidean", attn_mask: Tensor | None = None,
+           exclude_self: bool = False, scale: float | None = None, is_causal: bool = False) -> Tensor:
+    """The attention scores ``score(q_i, k_j) + mask_ij`` → (..., L, S), ``-inf`` where a key does not take part.
+
+    Same conventions as :func:`geoattn.attention`; ``softmax`` of these scores is what it returns as
+    weights. Computed on the dense reference path (:func:`geoattn.backends.dense.masked_scores`), in
+    float32 or wider (float64 for float64 inputs), so it serves as a score oracle and as the head of
+    pointer and ranking models (the WordNet tasks of :mod:`benchmarks`).
+    """
+    call = prepare_call(query, key, key, geometry, attn_mask, is_causal=is_causal, scale=scale,
+                        exclude_self=exclude_self)
+    score = empty_scores(call) if call.empty else masked_scores(call)      # (B, H, L, S)
+    score = score.to(torch.promote_types(call.q.dtype, torch.float32))
+    return score.reshape(*call.lead, call.L, call.S)
+
+
 def energy(query: Tensor, key: Tensor, geometry: str | Geometry = "euclidean", attn_mask: Tensor | None = None,
            exclude_self: bool = False, scale: float | None = None, is_causal: bool = False) -> Tensor:
     """Per-query potential ``E_i = log Σ_k exp(score(q_i, k_k) + mask_ik)`` → (..., L).

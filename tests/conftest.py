@@ -68,6 +68,7 @@ GEOMETRY_CASES = {
     "euclidean": lambda d, h: geoattn.Euclidean(num_heads=h),
     "poincare": lambda d, h: geoattn.Poincare(curvature=-0.7, temperature=0.8, num_heads=h),
     "poincare-midpoint": lambda d, h: geoattn.Poincare(curvature=-1.3, num_heads=h, aggregation="midpoint"),
+    "l2": lambda d, h: geoattn.L2(temperature=0.8, num_heads=h),
     "lorentz": lambda d, h: geoattn.Lorentz(curvature=-0.6, temperature=1.5, num_heads=h),
     "lorentz-centroid": lambda d, h: geoattn.Lorentz(num_heads=h, aggregation="centroid"),
     "sphere-cosine": lambda d, h: geoattn.Sphere(temperature=0.3, num_heads=h),

@@ -15,6 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 TINY = {  # seconds-long configurations of each task
     "shakespeare-char": ["iters=4", "eval_interval=2", "eval_iters=2", "n_layers=1", "d_model=16", "block_size=16"],
     "wordnet-hierarchy": ["iters=4", "eval_interval=2", "n_train=256", "n_test=64", "head_dim=[2]", "d_model=8"],
+    "wordnet-reconstruction": ["iters=4", "eval_interval=2", "dim=[2]", "batch_size=64", "n_negatives=10"],
     "listops": ["iters=3", "eval_interval=2", "n_train=32", "n_test=16", "n_layers=1", "d_model=16",
                 "min_length=5", "max_length=30", "max_len=30"],
     "shakespeare-seq2seq": ["iters=3", "eval_interval=2", "n_layers=1", "d_model=16", "eval_pairs=16",
@@ -57,7 +58,7 @@ def no_training(monkeypatch):
 
 
 @pytest.mark.parametrize("argv, match", [
-    (["--set", "iters=abc"], "--set 'iters=abc': iters takes an int, got 'abc'; e.g. --set iters=200"),
+    (["--set", "iters=abc"], "--set 'iters=abc': iters takes an int, got 'abc'; e.g. --set iters="),
     (["--set", "iters=0"], "--set 'iters=0': iters must be an int ≥ 1, got 0"),
     (["--set", "iters=-5"], "iters must be an int ≥ 1, got -5"),
     (["--set", "iters=2.5"], "iters takes an int, got 2.5"),
@@ -74,7 +75,8 @@ def no_training(monkeypatch):
     (["--set", "wordnet-hierarchy:iters=[5, 10]"], "task 'wordnet-hierarchy' would sweep head_dim, iters, but a run "
                                                    "sweeps one key"),
     (["--set", "listops:iters=5"], "--set 'listops:iters=5': task 'listops' is not selected (selected: "
-                                   "shakespeare-char, wordnet-hierarchy); add it with --tasks, or drop the 'listops:' "
+                                   "shakespeare-char, wordnet-hierarchy, wordnet-reconstruction); add it with --tasks, "
+                                   "or drop the 'listops:' "
                                    "prefix"),
     (["--set", "lisops:iters=5"], "unknown task 'lisops'; available tasks: shakespeare-char"),
     (["--jobs", "0"], "argument --jobs: must be ≥ 1, got 0"),

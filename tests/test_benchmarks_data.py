@@ -7,7 +7,7 @@ import statistics
 import numpy as np
 import pytest
 
-from benchmarks.data import DataError, load_closure, load_text
+from benchmarks.data import DataError, load_closure, load_text, restrict_to_subtree
 from benchmarks.tasks import listops_gen
 from benchmarks.tasks.wordnet_data import build_hierarchy, make_examples, split_pairs
 
@@ -40,6 +40,20 @@ def test_malformed_closure(tmp_path, content, match):
     path.write_text(content)
     with pytest.raises(DataError, match=match):
         load_closure(path)
+
+
+def test_subtree_of_a_closure(tmp_path):
+    pairs = load_closure()
+    sub = restrict_to_subtree(pairs, "carnivore.n.01")
+    nodes = {n for p in sub for n in p}
+    assert len(nodes) == 366 and all(anc in nodes and child != "carnivore.n.01" for child, anc in sub)
+    assert {a for c, a in sub if c == "dog.n.01"} == {a for c, a in pairs if c == "dog.n.01"} & nodes
+    path = tmp_path / "sub.tsv"
+    path.write_text("".join(f"{c}\t{a}\n" for c, a in sub))
+    assert sorted(load_closure(path)) == sorted(sub)  # still a valid closure with one root
+    assert restrict_to_subtree(pairs, None) is pairs
+    with pytest.raises(DataError, match="no descendants"):
+        restrict_to_subtree(pairs, "dog.n.99")
 
 
 def test_malformed_text(tmp_path):

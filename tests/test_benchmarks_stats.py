@@ -10,7 +10,7 @@ from scipy import stats
 
 from benchmarks.log import append_record, finished_keys, read_log, run_key
 from benchmarks.report import markdown, rows
-from benchmarks.stats import summarize, verdict, welch
+from benchmarks.stats import bh_adjust, late_improvement, mean_difference, summarize, verdict, welch
 
 A = [1.90, 1.93, 1.88, 1.91, 1.95]
 B = [1.80, 1.82, 1.79, 1.84, 1.81]
@@ -40,9 +40,46 @@ def test_welch_matches_scipy_and_verdicts():
     assert verdict([1.0, 1.1, 0.9], [1.05, 0.95, 1.0], True) == "no different"
 
 
-def _record(key: str, task="wordnet-hierarchy", geometry="euclidean", seed=0, acc=0.5) -> dict:
-    return {"key": key, "task": task, "geometry": geometry, "seed": seed, "config": {"iters": 1},
-            "sweep": None, "sweep_value": None, "metric": "test_acc", "higher_is_better": True,
+def test_bh_adjusted_p_values_against_scipy_and_by_hand():
+    # by hand, m = 4: sorted 0.01, 0.03, 0.04, 0.20 → p·m/rank = 0.04, 0.06, 0.0533, 0.20 → running minimum from
+    # the largest: 0.04, 0.0533, 0.0533, 0.20 (in the original order below)
+    p = [0.01, 0.04, 0.03, 0.20]
+    assert bh_adjust(p) == pytest.approx([0.04, 0.16 / 3, 0.16 / 3, 0.20])
+    rng = np.random.default_rng(0)
+    q = rng.uniform(size=40) ** 3
+    assert bh_adjust(q) == pytest.approx(stats.false_discovery_control(q, method="bh"))
+    # nan entries (undefined tests) are outside the family
+    with_nan = bh_adjust([0.01, math.nan, 0.04, 0.03, 0.20])
+    assert math.isnan(with_nan[1]) and np.delete(with_nan, 1) == pytest.approx(bh_adjust(p))
+
+
+def test_mean_difference_and_its_welch_interval():
+    diff, low, high = mean_difference(B, A)
+    ci = stats.ttest_ind(B, A, equal_var=False).confidence_interval(0.95)
+    assert diff == pytest.approx(np.mean(B) - np.mean(A)) and (low, high) == pytest.approx((ci.low, ci.high))
+    # by hand: diff ± t_{0.975, ν} · se with Welch's ν
+    va, vb = np.var(A, ddof=1) / 5, np.var(B, ddof=1) / 5
+    dof = (va + vb) ** 2 / (va ** 2 / 4 + vb ** 2 / 4)
+    assert high - diff == pytest.approx(stats.t.ppf(0.975, dof) * math.sqrt(va + vb))
+    assert mean_difference([1.0, 1.0], [0.5, 0.5]) == (0.5, 0.5, 0.5)
+    assert math.isnan(mean_difference([1.0], A)[1])
+
+
+def test_late_improvement_of_a_curve():
+    curve = [{"step": s, "loss": v, "acc": a} for s, v, a in [(20, 3.0, 0.1), (40, 2.5, 0.5), (60, 2.2, 0.7),
+                                                              (80, 2.0, 0.8), (100, 1.98, 0.82)]]
+    assert late_improvement(curve, "loss", False, 100) == pytest.approx(0.02 / 2.0)   # from step 80 to 100
+    assert late_improvement(curve, "acc", True, 100) == pytest.approx(0.02 / 0.8)
+    assert late_improvement(curve, "loss", False, 110) == pytest.approx(0.02 / 2.0)   # 0.8·110 = 88 → step 80
+    assert math.isnan(late_improvement(curve[-1:], "loss", False, 100))  # no point at or before step 80
+    rising = [{"step": 80, "loss": 2.0}, {"step": 100, "loss": 2.1}]
+    assert late_improvement(rising, "loss", False, 100) < 0
+
+
+def _record(key: str, task="wordnet-hierarchy", geometry="euclidean", seed=0, acc=0.5, sweep_value=None) -> dict:
+    return {"key": key, "task": task, "geometry": geometry, "seed": seed, "config": {"iters": 1, "v": sweep_value},
+            "sweep": "head_dim" if sweep_value else None, "sweep_value": sweep_value, "metric": "test_acc",
+            "higher_is_better": True,
             "metrics": {"test_acc": acc}, "curve": [{"step": 1, "test_acc": acc}],
             "params": {"total": 10, "geometry": 0}, "timings": {"tokens_per_s": 100.0, "train_s": 1.0},
             "memory": {"activation_mb": 1.0, "cuda_peak_mb": None}}
@@ -81,7 +118,33 @@ def test_report_rows_direction_and_ratios():
     assert table["poincare"]["p_vs_euclidean"] == pytest.approx(
         stats.ttest_ind([0.70, 0.72, 0.69], [0.50, 0.52, 0.51], equal_var=False).pvalue)
     assert table["poincare"]["speed_vs_euclidean"] == pytest.approx(80 / 100)
+    assert table["poincare"]["p_adj"] == pytest.approx(table["poincare"]["p_vs_euclidean"])  # a family of one
+    assert table["poincare"]["diff_vs_euclidean"] == pytest.approx(0.70333 - 0.51, abs=1e-4)
+    assert table["poincare"]["plateau"] == "n/a"  # one curve point: no point at 80% of the steps
     assert "| poincare |" in markdown(list(table.values()))
+
+
+def test_report_adjusts_p_values_over_every_comparison():
+    """Three geometries at two sweep values against euclidean: one family of 6 tests, verdicts on p_adj."""
+    base = [0.50, 0.52, 0.51]
+    shifts = {"lorentz": 0.0, "poincare": 0.05, "sphere": -0.2}
+    recs = []
+    for value in (2, 8):
+        recs += [_record(f"e{value}{s}", seed=s, acc=a, sweep_value=value) for s, a in enumerate(base)]
+        for geometry, shift in shifts.items():
+            noise = [0.01, -0.012, 0.004] if value == 2 else [-0.006, 0.011, 0.0]
+            recs += [_record(f"{geometry}{value}{s}", geometry=geometry, seed=s, acc=a + shift + n, sweep_value=value)
+                     for s, (a, n) in enumerate(zip(base, noise))]
+    table = [r for r in rows(recs) if r["geometry"] != "euclidean"]
+    assert len(table) == 6
+    raw = [r["p_vs_euclidean"] for r in table]
+    expected = stats.false_discovery_control(raw, method="bh")
+    assert [r["p_adj"] for r in table] == pytest.approx(list(expected))
+    for r, p_adj in zip(table, expected):
+        better = r["diff_vs_euclidean"] > 0
+        assert r["vs_euclidean"] == ("no different" if p_adj >= 0.05 else "better" if better else "worse")
+    assert {r["vs_euclidean"] for r in table if r["geometry"] == "sphere"} == {"worse"}
+    assert {r["vs_euclidean"] for r in table if r["geometry"] == "lorentz"} == {"no different"}
 
 
 def test_saved_activation_memory_counts_distinct_storages():

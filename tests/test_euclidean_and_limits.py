@@ -1,5 +1,8 @@
-"""Euclidean = SDPA exactly; κ-stereographic limits; reduced precision."""
+"""Euclidean = SDPA exactly; the squared-distance geometry (l2) against its closed form; κ-stereographic limits;
+reduced precision."""
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -65,6 +68,38 @@ def test_dropout_is_applied_like_sdpa():
     torch.testing.assert_close(draws.mean(0), geoattn.attention(q, k, v), atol=0.06, rtol=0)
 
 
+@pytest.mark.parametrize("backend", ["auto", "sdpa", "dense"])
+def test_l2_equals_softmax_of_minus_squared_distance(backend):
+    """``l2``: weights = softmax(-‖q - k‖² / (2√E τ)) per head (brute-force cdist², float64), with masks,
+    causal masking, ``scale`` (multiplies the score) and one temperature per head."""
+    q, k, v = qkv(seed=20, dtype=torch.float64)
+    tau = torch.tensor([0.5, 1.0, 1.7, 3.0], **T64)
+    geometry = geoattn.L2(temperature=tau, num_heads=4)
+    E = q.shape[-1]
+    score = -torch.cdist(q, k) ** 2 / (2 * math.sqrt(E) * tau.view(-1, 1, 1))      # (B, H, L, S)
+    g = torch.Generator().manual_seed(21)
+    bool_mask = torch.rand(2, 1, 9, 11, generator=g) > 0.3
+    causal = torch.ones(9, 11, dtype=torch.bool).tril()
+    for kwargs, s, allowed in [({}, score, None), ({"attn_mask": bool_mask}, score, bool_mask),
+                               ({"is_causal": True}, score, causal), ({"scale": 0.37}, 0.37 * score, None)]:
+        expected = torch.softmax(s if allowed is None else s.masked_fill(~allowed, -math.inf), dim=-1) @ v
+        got = geoattn.attention(q, k, v, geometry=geometry, backend=backend, **kwargs)
+        torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-10)
+    # the dense score is the exact energy (the per-query term is kept), not just equal up to a row constant
+    dense = geoattn.backends.dense_scores(geometry, geometry.lift(q, k, None))
+    torch.testing.assert_close(dense, score, atol=1e-12, rtol=1e-12)
+
+
+def test_l2_is_sdpa_with_a_key_norm_bias():
+    """At τ = 1 the q·k interaction of ``l2`` is SDPA's ⟨q, k⟩/√E: the weights equal SDPA's with the additive
+    per-key mask -‖k‖²/(2√E); so ``l2`` differs from ``euclidean`` only by that norm penalty."""
+    q, k, v = qkv(seed=22)
+    bias = (-(k * k).sum(-1) / (2 * math.sqrt(q.shape[-1])))[:, :, None, :]        # (B, H, 1, S)
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    torch.testing.assert_close(geoattn.attention(q, k, v, geometry="l2"), expected, atol=1e-6, rtol=1e-5)
+    assert geoattn.make_geometry("l2").affine
+
+
 @pytest.mark.parametrize("kappa", [0.0, 1e-9, -1e-9, 1e-5, -1e-5])
 def test_stereographic_at_zero_curvature_is_euclidean_distance_attention(kappa):
     """At κ → 0: ``score = -‖q - k‖/τ`` (the scale rule's ``-√E·d/2`` with ``d = 2‖q - k‖/√E``: the κ = 0
@@ -105,7 +140,7 @@ def test_stereographic_at_minus_one_equals_poincare():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("name", ["poincare", "lorentz", "sphere", "stereographic", "metric"])
+@pytest.mark.parametrize("name", ["poincare", "lorentz", "sphere", "stereographic", "metric", "l2"])
 def test_reduced_precision_inputs_are_scored_in_float32(dtype, name):
     """bf16/fp16 inputs: geometric scores are computed in float32, so the output equals the float32
     computation on the same (rounded) inputs, rounded once to the input dtype."""

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from .base import Batch, Task
 from .listops import ListOps
+from .reconstruction import WordNetReconstruction
 from .shakespeare import ShakespeareChar, ShakespeareSeq2Seq
 from .wordnet import WordNetHierarchy
 
-TASKS: dict[str, type[Task]] = {t.name: t for t in (ShakespeareChar, WordNetHierarchy, ListOps, ShakespeareSeq2Seq)}
+TASKS: dict[str, type[Task]] = {t.name: t for t in (ShakespeareChar, WordNetHierarchy, WordNetReconstruction, ListOps,
+                                                ShakespeareSeq2Seq)}
 
 __all__ = ["TASKS", "Batch", "Task"]

@@ -18,19 +18,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data import MAMMAL_CLOSURE, load_closure
+from ..data import MAMMAL_CLOSURE, load_closure, restrict_to_subtree
 from .base import Batch, Task
+from .scoring import scores
 from .wordnet_data import Hierarchy, build_hierarchy, make_examples, split_pairs
 
 
 @lru_cache(maxsize=2)
-def _hierarchy(path: str) -> Hierarchy:
-    return build_hierarchy(load_closure(path))
+def _hierarchy(path: str, subtree: str | None = None) -> Hierarchy:
+    return build_hierarchy(restrict_to_subtree(load_closure(path), subtree))
 
 
 @lru_cache(maxsize=4)
-def _examples(path: str, max_dist: int, test_frac: float, split_seed: int, set_size: int, n_train: int, n_test: int):
-    h = _hierarchy(path)
+def _examples(path: str, subtree: str | None, max_dist: int, test_frac: float, split_seed: int, set_size: int,
+              n_train: int, n_test: int):
+    h = _hierarchy(path, subtree)
     split = split_pairs(h, max_dist, test_frac, split_seed)
     rng = np.random.default_rng(split_seed + 1)
     train = make_examples(h, split.train, n_train, set_size, rng)
@@ -54,14 +56,10 @@ class PointerModel(nn.Module):
         self.pointer_geometry = geometry_for_module(name, 1, head_dim, cfg.geometry_params)
 
     def forward(self, tokens: Tensor) -> Tensor:
-        from geoattn.backends.dense import dense_scores
-
         h = self.encoder(tokens, None)                                  # (B, 1+N, d)
         q = self.w_q(h[:, :1]).unsqueeze(1)                             # (B, 1, 1, hd)
         k = self.w_k(h[:, 1:]).unsqueeze(1)                             # (B, 1, N, hd)
-        scale = q.shape[-1] ** -0.5 if self.pointer_geometry.name == "euclidean" else None
-        lifted = self.pointer_geometry.lift(q, k, scale)
-        return dense_scores(self.pointer_geometry, lifted)[:, 0, 0]      # (B, N)
+        return scores(self.pointer_geometry, q, k)[:, 0, 0]             # (B, N)
 
 
 class WordNetHierarchy(Task):
@@ -76,9 +74,10 @@ class WordNetHierarchy(Task):
     def __init__(self, config, data_path, device):
         super().__init__(config, data_path, device)
         c = config
-        h = _hierarchy(str(self.data_path))
+        h = _hierarchy(str(self.data_path), c.get("subtree"))
         self.vocab_size = len(h.names)
-        self.train, self.test = _examples(str(self.data_path), c["max_dist"], c["test_frac"], c["split_seed"],
+        self.train, self.test = _examples(str(self.data_path), c.get("subtree"), c["max_dist"], c["test_frac"],
+                                          c["split_seed"],
                                           c["set_size"], c["n_train"], c["n_test"])
 
     def build_model(self, geometry):
@@ -101,12 +100,21 @@ class WordNetHierarchy(Task):
         tokens, y = batch.tensors
         return F.cross_entropy(model(tokens).float(), y)
 
-    @torch.no_grad()
-    def evaluate(self, model):
-        n, correct, loss = len(self.test[0]), 0, 0.0
+    def _accuracy(self, model, split, n: int) -> tuple[float, float]:
+        correct, loss = 0, 0.0
         for start in range(0, n, 512):
-            tokens, y = self._batch(self.test, torch.arange(start, min(n, start + 512))).tensors
+            tokens, y = self._batch(split, torch.arange(start, min(n, start + 512))).tensors
             logits = model(tokens).float()
             correct += int((logits.argmax(-1) == y).sum())
             loss += F.cross_entropy(logits, y, reduction="sum").item()
-        return {"test_acc": correct / n, "test_loss": loss / n}
+        return correct / n, loss / n
+
+    @torch.no_grad()
+    def evaluate(self, model):
+        """Test accuracy and loss; ``train_acc`` on the first ``n_test`` training examples (a fixed random
+        subset of the training set, the test set's size), so under-fitting and failure to generalise can be
+        told apart."""
+        n = len(self.test[0])
+        test_acc, test_loss = self._accuracy(model, self.test, n)
+        train_acc, train_loss = self._accuracy(model, self.train, min(n, len(self.train[0])))
+        return {"test_acc": test_acc, "test_loss": test_loss, "train_acc": train_acc, "train_eval_loss": train_loss}

@@ -1,0 +1,111 @@
+"""``wordnet-reconstruction``: Nickel & Kiela's reconstruction of the mammal closure, through attention scores.
+
+Poincaré embeddings (Nickel & Kiela, NeurIPS 2017) are trained with a softmax over ``-d(u, v)`` against
+sampled negatives: for a closure pair (u, v), ``softmax([score(u, v), score(u, n₁), …, score(u, n₅₀)])``
+with cross-entropy on the first entry. That is an attention distribution of one query over 51 keys, so
+here it runs on the library's own scoring path: one embedding table of all synsets (tangent vectors at
+the origin, lifted by the run's geometry exactly as :func:`geoattn.attention` lifts queries and keys),
+queries and keys drawn from the same table, no encoder; score = the geometry's
+(:func:`benchmarks.tasks.scoring.scores`). The table is initialised U(-0.001, 0.001) as in the paper.
+
+Negatives, ranks and MAP follow facebookresearch/poincare-embeddings (``hype/graph_dataset.pyx``,
+``hype/graph.py``): see :mod:`.reconstruction_data`. The paper reports mean rank 1.26 and MAP 0.927 for
+Poincaré at d = 5 (Figure 2 caption). Headline metric: ``map`` (↑); ``mean_rank`` (↓) beside it. The
+optimiser is the runner's (AdamW with the suite's schedule), with ``weight_decay=0`` for this task:
+every geometry gets the same one. Swept over the embedding dimension ``dim``. Config keys: ``dim``,
+``n_negatives``, ``batch_size``, ``init_range`` and ``dtype`` (``"float32"``, or ``"float64"`` for the table
+and the geometry); evaluation always scores in float64.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data import MAMMAL_CLOSURE, load_closure
+from .base import Batch, Task
+from .reconstruction_data import Closure, build_closure, reconstruction_metrics, sample_negatives
+from .scoring import make, scores
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@lru_cache(maxsize=2)
+def _closure(path: str) -> Closure:
+    return build_closure(load_closure(path))
+
+
+class ReconstructionModel(nn.Module):
+    """One embedding table (tangent vectors at the origin) and one single-head geometry that scores it."""
+
+    def __init__(self, n: int, dim: int, geometry: str, geometry_params: dict, init_range: float,
+                 dtype: torch.dtype) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(n, dim, dtype=dtype)
+        nn.init.uniform_(self.embedding.weight, -init_range, init_range)
+        self.geometry = make(geometry, dim, num_heads=1, **geometry_params).to(dtype)
+
+    def forward(self, u: Tensor, keys: Tensor) -> Tensor:
+        """Scores of each query node ``u`` (B,) against its keys ``keys`` (B, K) → (B, K)."""
+        idx = torch.cat([u[:, None], keys], dim=1)                      # (B, 1 + K)
+        # one lookup; index_select's backward (index_add) is ~4x faster on CPU than embedding's
+        e = self.embedding.weight.index_select(0, idx.flatten()).view(*idx.shape, -1)   # (B, 1 + K, d)
+        q, k = e[:, None, :1], e[:, None, 1:]                           # (B, 1, 1, d), (B, 1, K, d)
+        return scores(self.geometry, q, k)[:, 0, 0]
+
+    def all_scores(self, dtype: torch.dtype | None = None) -> Tensor:
+        """Every node against every node → (N, N), computed in ``dtype`` (default: the table's)."""
+        e = self.embedding.weight.to(dtype or self.embedding.weight.dtype)[None, None]   # (1, 1, N, d)
+        return scores(self.geometry, e, e)[0, 0]
+
+
+class WordNetReconstruction(Task):
+    name = "wordnet-reconstruction"
+    data_kind = "closure"
+    default_data = MAMMAL_CLOSURE
+    metric = "map"
+    higher_is_better = True
+    curve_metric = "map"
+    sweep = "dim"
+
+    def __init__(self, config, data_path, device):
+        super().__init__(config, data_path, device)
+        closure = _closure(str(self.data_path))
+        self.vocab_size = len(closure.names)
+        self.ancestors = closure.ancestors
+        self.pairs = torch.from_numpy(closure.pairs).to(device)
+        self.allowed = torch.from_numpy(closure.allowed).to(device)
+        self.dtype = DTYPES[config.get("dtype", "float32")]
+        self._order: Tensor | None = None
+        self._pos = 0
+
+    def build_model(self, geometry):
+        c = self.config
+        return ReconstructionModel(self.vocab_size, c["dim"], geometry, dict(c.get("geometry_params", {})),
+                                   c.get("init_range", 1e-3), self.dtype)
+
+    def train_batch(self, gen):
+        """The next ``batch_size`` pairs of a per-epoch random permutation, each with its negatives (an epoch's
+        last, partial batch is dropped: the next epoch starts a fresh permutation)."""
+        B = self.config["batch_size"]
+        if self._order is None or self._pos + B > len(self._order):
+            self._order, self._pos = torch.randperm(len(self.pairs), generator=gen).to(self.device), 0
+        pairs = self.pairs[self._order[self._pos:self._pos + B]]
+        self._pos += B
+        u, v = pairs[:, 0], pairs[:, 1]
+        negs = sample_negatives(self.allowed, u, self.config["n_negatives"], gen)
+        keys = torch.cat([v[:, None], negs], dim=1)                     # (B, 1 + n): the ancestor first
+        return Batch((u, keys), keys.numel() + u.numel())
+
+    def loss(self, model, batch):
+        u, keys = batch.tensors
+        logits = model(u, keys)                                         # (B, 1 + n), the ancestor at 0
+        return F.cross_entropy(logits, torch.zeros(len(u), dtype=torch.long, device=logits.device))
+
+    @torch.no_grad()
+    def evaluate(self, model):
+        raw = model.module if hasattr(model, "module") else model
+        s = raw.all_scores(torch.float64).cpu().numpy()
+        return reconstruction_metrics(s, self.ancestors)

@@ -1,0 +1,23 @@
+"""The one place where benchmark tasks compute attention *scores* (not outputs) through a geometry.
+
+Tasks whose output is an attention distribution (the WordNet pointer, the reconstruction task) call
+:func:`scores`, i.e. :func:`geoattn.scores` with the default scale of :func:`geoattn.attention`
+(``1/√E`` for ``euclidean``, 1 for every other geometry, whose temperature sets the sharpness).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+import geoattn
+
+
+def make(name: str, head_dim: int, num_heads: int = 1, **params: Any) -> geoattn.Geometry:
+    """``geoattn.make_geometry`` for one attention head group of ``head_dim`` features (used by ``metric``)."""
+    return geoattn.make_geometry(name, num_heads=num_heads, head_dim=head_dim, **params)
+
+
+def scores(geometry: geoattn.Geometry, q: Tensor, k: Tensor) -> Tensor:
+    """Scores of queries ``q`` (B, H, L, E) against keys ``k`` (B, H, S, E) → (B, H, L, S)."""
+    return geoattn.scores(q, k, geometry)
