@@ -25,6 +25,8 @@ def dense_scores(geometry: Geometry, lifted: Lifted) -> Tensor:
     if lifted.chord:
         return geometry.score_from_chord(squared_chords(lifted.q, lifted.k), q_terms, k_terms, head)  # (B, H, L, S)
     dot = (lifted.q @ lifted.k.transpose(-1, -2)) * lifted.scale           # (B, H, L, S)
+    if lifted.outer is not None:                                            # + aᵢ·bⱼ
+        dot = dot + lifted.outer[0].unsqueeze(-1) * lifted.outer[1].unsqueeze(-2)
     return geometry.score_from_dot(dot, q_terms, k_terms, head)
 
 

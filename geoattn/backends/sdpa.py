@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 
 from .base import Backend
-from .native import fused_affine_lift
 
 
 class SDPABackend(Backend):
@@ -28,13 +27,19 @@ class SDPABackend(Backend):
         return None
 
     def run(self, call):
-        lifted = fused_affine_lift(call) or call.geometry.affine_lift(call.q, call.k, call.scale)
+        lifted = call.geometry.affine_lift(call.q, call.k, call.scale)
         qa, ka, s = lifted.q, lifted.k, lifted.scale
-        if lifted.k_terms:  # [q̃, 1, …] · [k̃·s, b_k, …]: the per-key terms ride along as extra columns
-            ones = torch.ones(*qa.shape[:-1], len(lifted.k_terms), dtype=qa.dtype, device=qa.device)
-            qa = torch.cat([qa, ones], dim=-1)
-            ka = torch.cat([ka * s, torch.stack(lifted.k_terms, dim=-1)], dim=-1)
-            s = 1.0
+        if lifted.k_terms or lifted.outer is not None:
+            # [q̃, a, 1, …] · [k̃·s, b, β, …]: the outer term and the per-key terms ride along as extra columns
+            q_cols, k_cols = [qa], [ka * s]
+            if lifted.outer is not None:
+                a, b = lifted.outer
+                q_cols.append(a.expand(qa.shape[:-1]).unsqueeze(-1).to(qa.dtype))
+                k_cols.append(b.expand(ka.shape[:-1]).unsqueeze(-1).to(ka.dtype))
+            if lifted.k_terms:
+                q_cols.append(torch.ones(*qa.shape[:-1], len(lifted.k_terms), dtype=qa.dtype, device=qa.device))
+                k_cols.append(torch.stack(lifted.k_terms, dim=-1).to(ka.dtype))
+            qa, ka, s = torch.cat(q_cols, dim=-1), torch.cat(k_cols, dim=-1), 1.0
         attn_mask = call.mask.boolean if call.mask.bias is None else call.mask.bias.to(qa.dtype)
         v = call.values.to(qa.dtype)
         ev = v.shape[-1]

@@ -62,12 +62,14 @@ class Lifted:
     head: tuple[Tensor, ...] = ()          # each (H,): per-head constants of the score formula
     scale: float = 1.0                     # multiplies ⟨q̃, k̃⟩ before ``score_from_dot`` (1 for chord lifts)
     chord: bool = False                    # the score takes ‖q̃ − k̃‖² (``score_from_chord``), not ⟨q̃, k̃⟩
+    outer: tuple[Tensor, Tensor] | None = None  # (a (B, H, L), b (B, H, S)): dot form adds aᵢ·bⱼ (a rank-1 term)
 
 
 @dataclass
 class NativeSpec:
     """What the native CPU kernel needs from a geometry (:mod:`geoattn.backends.native`): the kernel ``kind``
-    (``"stereographic"`` or ``"sphere"``), per-head ``kappa`` and score multiplier ``mu`` (H,) in float32
+    (``"stereographic"``, ``"sphere"`` or ``"affine"``), per-head ``kappa`` and score multiplier
+    ``mu`` (H,) in float32
     (differentiable: the kernel returns their gradients) and the tangent ``clip`` (√|κ|·‖u‖ ≤ clip, κ < 0)."""
 
     kind: str
@@ -238,7 +240,11 @@ class Geometry(nn.Module):
 
     def native_spec(self, q: Tensor, scale: float | None):
         """The parameters of the native CPU kernel for this geometry (:mod:`geoattn.backends.native`), or
-        None when it has none (then ``auto`` uses the other backends)."""
+        None when it has none (then ``auto`` uses the other backends). An affine geometry with
+        ``native_kind = "affine"`` runs its :meth:`affine_lift` there, which needs nothing more."""
+        if self.native_kind == "affine":
+            zeros = torch.zeros(self.num_heads, dtype=torch.float32, device=q.device)
+            return NativeSpec("affine", zeros, zeros + 1, 0.0)
         return None
 
     # -- aggregation -------------------------------------------------------------------------

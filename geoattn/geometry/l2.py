@@ -37,6 +37,7 @@ class L2(TemperedGeometry):
     name = "l2"
     affine = True
     chord = True
+    native_kind = "affine"  # the native CPU kernel runs affine_lift at head dim E (SDPA needs E + 1)
 
     def _coefficient(self, q: Tensor, scale: float | None) -> Tensor:
         """``scale/(√E τ_h)``, shape (H,)."""

@@ -8,7 +8,8 @@ from torch import Tensor
 
 from ..math import eps, lorentz
 from ..math.functions import cos_sqrt
-from .base import CurvedGeometry, Lifted, NativeSpec
+from ..math.vectors import clip_radius as clip_norm, robust_norm
+from .base import CurvedGeometry, Lifted
 from .registry import register
 
 
@@ -18,8 +19,10 @@ class Lorentz(CurvedGeometry):
     κ = -c < 0 (the scale rule of :mod:`geoattn.geometry.base`: near the origin ``d²_L ≈ ‖u - v‖²``, so
     the score is SDPA's ``⟨q, k⟩/√E`` up to per-token terms).
 
-    Affine in the Lorentz inner product, so :meth:`affine_lift` runs it on SDPA with
-    ``q̃ = (√E/τ)(-x₀, x_s)``, ``k̃ = (y₀, y_s)``. That form loses ``ε·cosh(√c a)·cosh(√c b)`` to
+    Affine in the Lorentz inner product, so :meth:`affine_lift` gives it as the dot product of the spatial
+    parts ``(√E/τ) x_s · y_s`` plus the outer term ``-(√E/τ) x₀ y₀`` of the time coordinates: SDPA runs it
+    as ``[x_s, -x₀]·[y_s, y₀]`` (E + 1 columns), the native CPU kernel at E with the outer term in its
+    epilogue. That form loses ``ε·cosh(√c a)·cosh(√c b)`` to
     cancellation (a, b the tangent norms): float32 keeps nearest-neighbour order up to ``√c·‖u‖ ≈ 4``,
     which is why the tangent clip defaults to ``clip_radius = 4`` here (typical activations have
     ``‖u‖ ≈ 1``; counted and warned about when it acts). The dense reference (:meth:`lift`) computes
@@ -36,7 +39,7 @@ class Lorentz(CurvedGeometry):
     aggregations = ("linear", "centroid")
     default_clip = 4.0
     chord = True
-    native_kind = "lorentz"  # the fused C++ lift of the SDPA reduction (geoattn/backends/native/lift.cpp)
+    native_kind = "affine"  # the native CPU kernel runs affine_lift at head dim E (SDPA needs E + 1)
     options = ("aggregation", "clip_radius")
 
     def _radial_terms(self, x: Tensor, kappa: Tensor) -> tuple[Tensor, Tensor]:
@@ -60,16 +63,26 @@ class Lorentz(CurvedGeometry):
     def affine_lift(self, q: Tensor, k: Tensor, scale: float | None) -> Lifted:
         kappa = self.kappa(q)
         kb = kappa.view(-1, 1, 1)
-        x, y = (self._expmap(*self._radial_terms(t, kappa), kb) for t in (q, k))
         coef = (math.sqrt(q.shape[-1]) * self.inverse_temperature(q, scale)).view(-1, 1, 1)
-        q_vec = coef * torch.cat([-x[..., :1], x[..., 1:]], dim=-1)
-        q_bias = (coef / -kb).squeeze(-1).expand(x.shape[:-1])  # √E/(cτ): constant, kept so energies are exact
-        return Lifted(q_vec, y, q_terms=(q_bias,))
+        (xs, x0), (ys, y0) = self._lifted_parts(q, kappa, coef), self._lifted_parts(k, kappa, 1.0)
+        q_bias = (coef / -kb).squeeze(-1).expand(x0.shape)  # √E/(cτ): constant, kept so energies are exact
+        # the spatial parts as the dot product, the time coordinates as the outer term -x₀y₀
+        return Lifted(xs, ys, q_terms=(q_bias,), outer=(-x0, y0))
 
-    def native_spec(self, q: Tensor, scale: float | None) -> NativeSpec:
-        """κ, the coefficient √E·scale/τ of :meth:`affine_lift` and the clip, for the fused lift."""
-        coef = math.sqrt(q.shape[-1]) * self.inverse_temperature(q, scale)
-        return NativeSpec(self.native_kind, self.kappa(q).float(), coef.float(), self.clip_radius)
+    def _lifted_parts(self, x: Tensor, kappa: Tensor, weight) -> tuple[Tensor, Tensor]:
+        """``w·x_s`` (B, H, N, E) and ``w·x₀`` (B, H, N) of ``exp_o(x/√E)``: ``x_s = x·σ(a)/‖x‖`` (one pass
+        over x: the per-token factor carries the direction, the radius and ``w``), ``x₀ = cosh(√c a)/√c``."""
+        cd = eps.compute_dtype(x.dtype)
+        xc = x.to(cd)
+        norm = robust_norm(xc)                                                   # (B, H, N, 1)
+        a = norm / math.sqrt(x.shape[-1])
+        kb = kappa.view(-1, 1, 1)
+        if self.clip_radius is not None:
+            a, shortened = clip_norm(a, kb, self.clip_radius)
+            self.record_clip(shortened)
+        factor = weight * lorentz.radial_factor(a, kb) / norm.clamp(min=eps.norm_min(x.dtype))
+        x0 = weight * cos_sqrt(kb * a * a) / (-kb).sqrt()
+        return xc * factor, x0.squeeze(-1)
 
     @staticmethod
     def _expmap(direction: Tensor, a: Tensor, kb: Tensor) -> Tensor:

@@ -33,6 +33,7 @@ class Metric(TemperedGeometry):
     name = "metric"
     affine = True
     chord = True
+    native_kind = "affine"  # the native CPU kernel runs affine_lift at head dim E (SDPA needs E + 1)
     options = ("rank", "epsilon")
 
     def __init__(self, head_dim: int, rank: int | None = None, temperature=1.0, num_heads: int = 1,

@@ -6,7 +6,7 @@ import math
 from torch import Tensor
 
 from ..math import eps, sphere
-from ..math.vectors import unit
+from ..math.vectors import robust_norm, unit
 from .base import CurvedGeometry, Lifted, NativeSpec, check_choice
 from .registry import register
 
@@ -37,7 +37,7 @@ class Sphere(CurvedGeometry):
         self.score = check_choice("sphere score", score, ("cosine", "geodesic"))
         self.affine = self.score == "cosine"
         self.chord = not self.affine
-        self.native_kind = None if self.affine else "sphere"
+        self.native_kind = "affine" if self.affine else "sphere"
 
     def score_multiplier(self, ref: Tensor, scale: float | None) -> Tensor:
         """√E·scale/τ (cosine) or -√E·scale/(√κ τ) (geodesic) per head, (H,)."""
@@ -46,18 +46,19 @@ class Sphere(CurvedGeometry):
 
     def lift(self, q: Tensor, k: Tensor, scale: float | None) -> Lifted:
         cd = eps.compute_dtype(q.dtype)
-        x, y = unit(q.to(cd), input_dtype=q.dtype), unit(k.to(cd), input_dtype=k.dtype)
         mu = self.score_multiplier(q, scale)
-        if self.affine:
-            return Lifted(mu.view(-1, 1, 1) * x, y)
+        if self.affine:  # μ folded into the queries' per-token factor: one pass over each of q and k
+            x = q.to(cd) * (mu.view(-1, 1, 1) / robust_norm(q.to(cd)).clamp(min=eps.norm_min(q.dtype)))
+            return Lifted(x, unit(k.to(cd), input_dtype=k.dtype))
+        x, y = unit(q.to(cd), input_dtype=q.dtype), unit(k.to(cd), input_dtype=k.dtype)
         return Lifted(x, y, head=(mu,), chord=True)
 
     def score_from_chord(self, chord2, q_terms, k_terms, head):
         return head[0] * sphere.angle_from_chord(chord2)
 
-    def native_spec(self, q: Tensor, scale: float | None) -> NativeSpec | None:
-        if self.native_kind is None:
-            return None
+    def native_spec(self, q: Tensor, scale: float | None) -> NativeSpec:
+        if self.affine:  # cosine: the affine kind runs the lift above
+            return super().native_spec(q, scale)
         return NativeSpec(self.native_kind, self.kappa(q).float(), self.score_multiplier(q, scale).float(), 0.0)
 
     def manifold_values(self, v: Tensor) -> Tensor:

@@ -14,8 +14,34 @@ from torch import Tensor
 from . import eps
 
 
+class _WideNorm(torch.autograd.Function):
+    """``‖x‖`` (keepdim) with the squares summed in float64 and the gradient ``g·x/‖x‖`` formed in x's dtype
+    (autograd of the float64 reduction would run its backward over x in float64: measured 2× slower)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor) -> Tensor:
+        return torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float64).to(x.dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0], output)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        x, norm = ctx.saved_tensors
+        return x * torch.where(norm > 0, grad / norm, torch.zeros_like(norm))
+
+
 def robust_norm(x: Tensor) -> Tensor:
-    """``‖x‖`` over the last dim, keepdim, for every finite x (no overflow or underflow in the squares)."""
+    """``‖x‖`` over the last dim, keepdim, for every finite x (no overflow or underflow in the squares).
+
+    Below float64 the squares are summed in float64 (one pass: a float32 square overflows from 1.8e19, a
+    float64 one only from 1.3e154), and the norm returned in x's dtype; float64 inputs are scaled by
+    their largest entry first."""
+    if x.dtype != torch.float64:
+        return _WideNorm.apply(x)
     m = x.detach().abs().amax(dim=-1, keepdim=True)
     m = torch.where(m > 0, m, torch.ones_like(m))
     return m * torch.linalg.vector_norm(x / m, dim=-1, keepdim=True)

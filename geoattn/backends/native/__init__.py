@@ -1,13 +1,21 @@
-"""``native``: a fused CPU kernel for the curved geometries whose score is not affine (κ-stereographic,
-Poincaré, sphere with the geodesic score), forward and backward, O(L) memory, exact at every radius.
+"""``native``: the fused CPU kernel of every non-Euclidean geometry, forward and backward, O(L) memory.
 
-FlashAttention's structure with whole key rows (``kernel.cpp``): per head and block of query rows, a
-Gram tile from MKL's sgemm, the geometry's score and a stable softmax in one vectorised pass per
-element, and the tile multiplied back; nearly parallel pairs get their direction gap recomputed in
-double precision, so the distance never cancels (unlike the Gram form of ``tiled``/``flex``). Built on
-first use with the system's C++ compiler (a few seconds, cached on disk: :mod:`.build`); it runs
-float32 (bf16/fp16 inputs are cast up, as every geometric score is), and float64 calls go to the
-``dense`` and ``tiled`` backends.
+FlashAttention's structure (``kernel.cpp``): per head and block of query rows, the keys in chunks with
+an online softmax; per chunk a Gram tile from MKL's sgemm, the geometry's score in one vectorised pass
+per element, and the tile multiplied back. Two families of kinds:
+
+* ``stereographic`` (κ-stereographic of either sign, Poincaré) and ``sphere`` (geodesic score): the
+  kernel computes the per-token terms itself (norms, clipped radii, sinh factors, in double), and
+  nearly parallel pairs get their direction gap recomputed in double precision, so the distance never
+  cancels (unlike the Gram form of ``tiled``/``flex``): exact at every radius;
+* ``affine`` (learned metric, l2, sphere cosine, Lorentz): the geometry's :meth:`affine_lift`
+  ``μ(⟨q̃, k̃⟩ + βⱼ + αᵢγⱼ)`` runs at the head dim of q̃ (SDPA needs a column more for each of β and the
+  outer term αγ, e.g. Lorentz's time coordinates), with the lift recomputed in the backward so only
+  what SDPA keeps is saved. Same bound as the SDPA route (the affine form of :mod:`geoattn.math.eps`).
+
+Built on first use with the system's C++ compiler (a few seconds, cached on disk: :mod:`.build`); it
+runs float32 (bf16/fp16 inputs are cast up, as every geometric score is), and float64 calls go to the
+``sdpa``, ``dense`` and ``tiled`` backends.
 """
 from __future__ import annotations
 
@@ -15,10 +23,9 @@ import torch
 
 from ..base import Backend, fused_unsupported
 from .build import load
-from .kernel import KINDS, NativeAttention, Plan
-from .lift import lorentz_lift
+from .kernel import KINDS, AffineAttention, NativeAttention, Plan, affine_terms
 
-__all__ = ["NativeBackend", "fused_affine_lift", "load"]
+__all__ = ["NativeBackend", "load"]
 
 
 def _plain_cpu_call(call) -> bool:
@@ -27,29 +34,13 @@ def _plain_cpu_call(call) -> bool:
             and not torch._C._functorch.is_functorch_wrapped_tensor(call.q))
 
 
-def fused_affine_lift(call):
-    """The SDPA backend's lifted q̃, k̃ from the fused C++ lift, where the geometry has one (Lorentz) and the
-    call allows it; None otherwise (then the geometry's torch :meth:`affine_lift` runs)."""
-    geometry = call.geometry
-    if geometry.native_kind != "lorentz" or not _plain_cpu_call(call) or isinstance(load(), str):
-        return None
-    from ...geometry import Lifted
-
-    native, spec = load(), geometry.native_spec(call.q, call.scale)
-    counter: list[int] = []
-    q, k = lorentz_lift(native, call.q.float(), call.k.float(), spec.kappa, spec.mu, spec.clip, counter)
-    if sum(counter):
-        geometry.record_clip(sum(counter))
-    return Lifted(q, k)
-
-
 class NativeBackend(Backend):
     name = "native"
 
     def unsupported(self, call):
         if call.geometry.native_kind not in KINDS:
-            return (f"geometry {call.geometry.name!r} has no native kernel (it has one for the stereographic, "
-                    "poincare and geodesic-sphere scores); use backend='auto'")
+            return (f"geometry {call.geometry.name!r} has no native kernel (the stereographic, poincare, lorentz, "
+                    "sphere, metric and l2 scores have one); use backend='auto'")
         if call.device.type != "cpu":
             return "the native backend is a CPU kernel; on an accelerator use backend='auto' (flex)"
         if call.dtype == torch.float64:
@@ -70,12 +61,19 @@ class NativeBackend(Backend):
 
     def run(self, call):
         native = load()
-        spec = call.geometry.native_spec(call.q, call.scale)
+        geometry = call.geometry
+        spec = geometry.native_spec(call.q, call.scale)
         q, k, v = (t.float() if t.stride(-1) == 1 else t.float().contiguous() for t in (call.q, call.k, call.values))
         mask = call.mask
         bias = None if mask.bias is None else mask.bias.float()
         plan = Plan(native, spec.kind, mask.is_causal, spec.clip, allowed=mask.boolean, bias=bias)
+        if spec.kind == "affine":
+            def lift(q, k):
+                return affine_terms(geometry.affine_lift(q, k, call.scale))
+
+            params = tuple(p for p in geometry.parameters() if p.requires_grad)
+            return AffineAttention.apply(q, k, v, plan, lift, *params), None
         out = NativeAttention.apply(q, k, v, spec.kappa.contiguous(), spec.mu.contiguous(), plan)
-        if plan.clipped and hasattr(call.geometry, "record_clip"):
-            call.geometry.record_clip(plan.clipped)
+        if plan.clipped and hasattr(geometry, "record_clip"):
+            geometry.record_clip(plan.clipped)
         return out, None

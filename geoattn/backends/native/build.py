@@ -1,7 +1,7 @@
 """Compiling and loading the native kernel: once per machine, cached on disk, never at import time.
 
-The kernel (``kernel.cpp`` with its headers, and ``lift.cpp``, next to this file) is plain C++ with no
-torch headers, so it compiles in a few seconds with the system's C++ compiler (``$CXX`` or ``c++``),
+The kernel (``kernel.cpp`` with its headers, next to this file) is plain C++ with no torch headers,
+so it compiles in a few seconds with the system's C++ compiler (``$CXX`` or ``c++``),
 ``-O3 -march=native -fopenmp``. The shared library is cached under ``$GEOATTN_CACHE`` (default
 ``~/.cache/geoattn``) in a file named by a hash of the source, the flags, the compiler and this CPU's
 model and flags (a library built with ``-march=native`` must not be loaded on another CPU), written
@@ -28,12 +28,12 @@ from pathlib import Path
 
 import torch
 
-SOURCES = [Path(__file__).with_name(name) for name in ("kernel.cpp", "lift.cpp")]
+SOURCES = [Path(__file__).with_name("kernel.cpp")]
 HEADERS = sorted(Path(__file__).parent.glob("*.h"))
-ABI = 4  # must equal geoattn_native_abi() in kernel.cpp (and the Problem layout in kernel.py)
+ABI = 8  # must equal geoattn_native_abi() in kernel.cpp (and the Problem layout in kernel.py)
 # vect-partial-vector-usage=2: masked (AVX-512) loop epilogues, not scalar ones (short causal rows: 1.3× measured)
 FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "--param=vect-partial-vector-usage=2", "-fopenmp",
-         "-fno-math-errno", "-fno-trapping-math", "-std=c++17", "-shared", "-fPIC"]
+         "-fno-math-errno", "-fno-trapping-math", "-fno-split-loops", "-std=c++17", "-shared", "-fPIC"]
 
 
 @dataclass

@@ -18,7 +18,7 @@ extern "C" {
 typedef void (*sgemm_fn)(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
                          const int*, const float*, const int*, const float*, float*, const int*);
 
-enum Kind : int32_t { kStereographic = 0, kSphere = 1 };
+enum Kind : int32_t { kStereographic = 0, kSphere = 1, kAffine = 2 };
 
 // A 4-D tensor (B, H, rows, cols) with a contiguous last dim, by its strides (elements).
 struct View {
@@ -29,7 +29,7 @@ struct View {
 struct Problem {
   int64_t B, H, L, S, D, Ev;  // queries (B, H, L, D), keys (B, H, S, D), values (B, H, S, Ev)
   int64_t bq;                 // query rows per work item
-  int32_t kind, causal, nthreads, pad_;
+  int32_t kind, causal, nthreads, chunk;  // chunk: keys per score tile (the tile is bq × chunk)
   View q, k, v, out;          // out (B, H, L, Ev)
   float* lse;                 // (B·H, L): log-sum-exp of each row (+inf for a row with no key)
   const float* kappa;         // (H,) signed curvature (stereographic)
@@ -37,7 +37,7 @@ struct Problem {
   float inv_sqrt_e;           // 1/√E: the RMS scale of the tangent vectors
   float clip;                 // bound on √|κ|‖u‖ for κ < 0
   float eta;                  // near-pair threshold on the gap
-  float pad2_;
+  int32_t want_dkappa;        // backward: 0 when κ needs no gradient (its terms are skipped)
   const uint8_t* allowed;     // bool mask (1 = take part) or null, element (b, h, i, j) by strides
   int64_t am_b, am_h, am_i, am_j;
   const float* bias;          // additive float mask or null
@@ -50,6 +50,9 @@ struct Problem {
   View dout, dq, dk, dv;      // dq written, dk/dv zero-filled by the caller
   double* dkappa;             // (H,) accumulated
   double* dmu;                // (H,) accumulated
+  float* dkbias;              // affine: ∂/∂β (B·H, S), written (or null)
+  float *dqouter, *dkouter;   // affine with the outer term: ∂/∂α (B·H, L), ∂/∂γ (B·H, S), written
+  int32_t outer, pad3_;       // affine: 1 when the score has the αᵢγⱼ term
   sgemm_fn sgemm;
 };
 
@@ -178,8 +181,8 @@ inline float clamped_gap(float gram, float rho, float rhok) {
   return std::min(std::max(1.0f - gram * rho * rhok, 0.0f), 2.0f);
 }
 
-struct Row {  // one query row of a tile
-  int64_t n, i, jmax, jvec, S;  // keys 0..jmax take part; loops run to jvec = jmax rounded up to 16 (≤ S)
+struct Row {  // one query row of a tile: keys c0 … c0 + S − 1 of the head (a chunk); j counts from c0
+  int64_t n, i, c0, jmax, S;  // keys j < jmax take part (causal rows end early); j ≥ jmax get p = 0
   float *g, *dp;   // tile rows: Gram in; P (and dGram) out
   float* lse;
   float delta;
@@ -198,13 +201,13 @@ const float* row_mask(const Problem& P, const Row& w, float* buf) {
   if (!P.bias && !P.allowed) return nullptr;
   const int64_t b = w.n / P.H, h = w.n % P.H;
   if (P.bias) {
-    const float* bp = P.bias + b * P.bm_b + h * P.bm_h + w.i * P.bm_i;
+    const float* bp = P.bias + b * P.bm_b + h * P.bm_h + w.i * P.bm_i + w.c0 * P.bm_j;
     for (int64_t j = 0; j < w.jmax; ++j) buf[j] = bp[j * P.bm_j];
   } else {
     std::memset(buf, 0, sizeof(float) * w.jmax);
   }
   if (P.allowed) {
-    const uint8_t* ap = P.allowed + b * P.am_b + h * P.am_h + w.i * P.am_i;
+    const uint8_t* ap = P.allowed + b * P.am_b + h * P.am_h + w.i * P.am_i + w.c0 * P.am_j;
     for (int64_t j = 0; j < w.jmax; ++j) buf[j] = ap[j * P.am_j] ? buf[j] : kNegInf;
   }
   return buf;
@@ -213,15 +216,9 @@ const float* row_mask(const Problem& P, const Row& w, float* buf) {
 template <bool M>
 inline float masked(float s, const float* add, int64_t j) { return M ? s + add[j] : s; }
 
-// softmax of a row of scores (masked = -inf → 0) into p (length S, zeros past jmax); returns the lse
-float softmax_row(const float* s, float* p, int64_t jmax, int64_t S) {
-  float m = kNegInf;
-#pragma omp simd reduction(max : m)
-  for (int64_t j = 0; j < jmax; ++j) m = std::max(m, s[j]);
-  if (m == kNegInf) {
-    std::memset(p, 0, sizeof(float) * S);
-    return INFINITY;
-  }
+// exp(s − m) of a chunk of a row's scores (m ≥ their max, masked = -inf → 0) into p, unnormalised (length S,
+// zeros past jmax); returns their sum. The online softmax of the forward rescales and normalises.
+float exp_row(const float* s, float m, float* p, int64_t jmax, int64_t S) {
   float l = 0.0f;
 #pragma omp simd reduction(+ : l)
   for (int64_t j = 0; j < jmax; ++j) {
@@ -229,24 +226,38 @@ float softmax_row(const float* s, float* p, int64_t jmax, int64_t S) {
     p[j] = e;
     l += e;
   }
-  const float inv = 1.0f / l;
-#pragma omp simd
-  for (int64_t j = 0; j < jmax; ++j) p[j] *= inv;
   for (int64_t j = jmax; j < S; ++j) p[j] = 0.0f;
-  return m + flog(l);
+  return l;
+}
+
+// max of s[0, n): 16 running maxima (element-wise, so it vectorises: GCC 12 does not vectorise a float max
+// reduction, and the scalar one is latency-bound at ~4 cycles per element)
+inline float row_max(const float* s, int64_t n) {
+  constexpr int kW = 16;
+  float acc[kW];
+  for (int t = 0; t < kW; ++t) acc[t] = kNegInf;
+  int64_t j = 0;
+  for (; j + kW <= n; j += kW)
+#pragma omp simd
+    for (int t = 0; t < kW; ++t) acc[t] = acc[t] > s[j + t] ? acc[t] : s[j + t];
+  float m = kNegInf;
+  for (int t = 0; t < kW; ++t) m = std::max(m, acc[t]);
+  for (; j < n; ++j) m = std::max(m, s[j]);
+  return m;
 }
 
 // gap of a row into buf, exact where gap < eta (BOTH_ENDS: also where gap > 2 − eta)
 template <bool BOTH_ENDS>
-void row_gaps(const Problem& P, const Row& w, float* gap, float rho, const float* rhok) {
+void row_gaps(const Problem& P, const Row& w, float* __restrict__ gap, float rho, const float* rhok) {
   int near = 0;
   const float eta = P.eta;
   const int64_t jmax = w.jmax;
+  const float* g = w.g;  // locals, not w's fields: a store to gap[j] could alias w
 #pragma omp simd reduction(+ : near)
-  for (int64_t j = 0; j < w.jvec; ++j) {
-    const float x = clamped_gap(w.g[j], rho, rhok[j]);
+  for (int64_t j = 0; j < jmax; ++j) {
+    const float x = clamped_gap(g[j], rho, rhok[j]);
     gap[j] = x;
-    near += ((x < eta || (BOTH_ENDS && x > 2.0f - eta)) && j < jmax) ? 1 : 0;
+    near += (x < eta || (BOTH_ENDS && x > 2.0f - eta)) ? 1 : 0;
   }
   if (!near) return;
   for (int64_t j = 0; j < w.jmax; ++j) {

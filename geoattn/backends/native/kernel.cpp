@@ -1,15 +1,20 @@
 // geoattn native CPU kernel: fused geometric attention, forward and backward, in O(L) memory.
 //
-// FlashAttention's structure (Dao et al., NeurIPS 2022) with whole key rows. A work item is one head and
-// a block of query rows. A thread computes the Gram tile G = Q_blk Kᵀ with the BLAS sgemm it is given
-// (MKL's, from libtorch_cpu), turns it row by row into normalised probabilities (forward) or into dGram
-// and the gradients of its per-token and per-head terms (backward), and multiplies back (P V; dGram K,
-// dGramᵀ Q, Pᵀ dO). A tile (bq × S) stays in the thread's cache; nothing of size L × S is allocated.
-// Per-token terms (norms, radii, sinh factors) are computed here in double precision, once per call.
+// FlashAttention's structure (Dao et al., NeurIPS 2022; FlashAttention-2's online softmax). A work item is
+// one head and a block of bq query rows; its keys come in chunks (P.chunk, 512: PyTorch's CPU flash kernel
+// uses the same 256 × 512 tiles). Per chunk a thread computes the Gram tile G = Q_blk K_cᵀ with the BLAS
+// sgemm it is given (MKL's, from libtorch_cpu), turns it row by row into unnormalised probabilities
+// (forward: running max and sum per row, the output rescaled as the max moves, normalised at the end) or
+// into dGram and the gradients of its per-token and per-head terms (backward, with the row's lse), and
+// multiplies back (P V_c; dGram K_c, dGramᵀ Q, Pᵀ dO). A tile stays in the thread's L2; nothing of size
+// L × S is allocated. Per-token terms (norms, radii, sinh factors) are computed here in double precision,
+// once per call; the affine kind gets its terms (β, α, γ) from the caller.
 //
 // Why by hand: the score chain (gap → distance → softmax) runs in one vectorised pass per element, and
 // nearly parallel pairs need a data-dependent exact recomputation that neither SDPA nor a compiled torch
-// graph can express. geoattn's dense float64 backend is the oracle this file is tested against.
+// graph can express; and an affine score with per-key and outer terms runs at the head dim E, where SDPA
+// needs one or two more columns (E + 1 costs its CPU kernel ~17% at E = 64). geoattn's dense float64
+// backend is the oracle this file is tested against (tests/test_native.py).
 //
 // Distances never cancel. With u = q/√E the tangent vector (clipped to √|κ|‖u‖ ≤ clip for κ < 0),
 // a = ‖u‖, b = ‖v‖ and gap = 1 − cos θ = ½‖q̂ − k̂‖², every curved score is radial/angular:
@@ -21,6 +26,7 @@
 // R comes from per-token factors, sinh(√c(a − b)) = αβ − α'β' (α = e^{√c a}, β = e^{−√c b}/2,
 // α' = e^{−√c a}, β' = e^{√c b}/2; absolute error ≤ 4ε/√c in distance), or from its Taylor series
 // where |κ(a − b)²| < 0.01.
+#include "affine.h"
 #include "sphere.h"
 #include "stereographic.h"
 
@@ -30,28 +36,43 @@
 
 namespace geoattn_native {
 
-template <bool BACKWARD, bool M>
-void run_row(const Problem& P, const Terms& T, Row& w, float* scratch) {
-  if (P.kind == kSphere) {
-    BACKWARD ? sphere_backward_row<M>(P, T, w, scratch) : sphere_forward_row<M>(P, T, w, scratch);
-    return;
-  }
+// A row's scores (forward: into scratch, returning their max) or its backward (P and dGram into the tile rows).
+template <bool M>
+float row_scores(const Problem& P, const Terms& T, const Row& w, float* scratch) {
+  if (P.kind == kSphere) return sphere_scores<M>(P, T, w, scratch);
+  if (P.kind == kAffine)
+    return P.outer ? affine_scores<M, true>(P, T, w, scratch) : affine_scores<M, false>(P, T, w, scratch);
   const float kappa = P.kappa[w.n % P.H];
-  if (kappa < 0.0f) BACKWARD ? stereo_backward_row<-1, M>(P, T, w, scratch) : stereo_forward_row<-1, M>(P, T, w, scratch);
-  else if (kappa > 0.0f) BACKWARD ? stereo_backward_row<1, M>(P, T, w, scratch) : stereo_forward_row<1, M>(P, T, w, scratch);
-  else BACKWARD ? stereo_backward_row<0, M>(P, T, w, scratch) : stereo_forward_row<0, M>(P, T, w, scratch);
+  if (kappa < 0.0f) return stereo_scores<-1, M>(P, T, w, scratch);
+  if (kappa > 0.0f) return stereo_scores<1, M>(P, T, w, scratch);
+  return stereo_scores<0, M>(P, T, w, scratch);
 }
 
-template <bool BACKWARD>
-void run_row_any(const Problem& P, const Terms& T, Row& w, float* scratch) {
-  (P.bias || P.allowed) ? run_row<BACKWARD, true>(P, T, w, scratch) : run_row<BACKWARD, false>(P, T, w, scratch);
+template <bool M, bool KG>
+void stereo_backward_any(const Problem& P, const Terms& T, Row& w, float* scratch) {
+  const float kappa = P.kappa[w.n % P.H];
+  if (kappa < 0.0f) return stereo_backward_row<-1, M, KG>(P, T, w, scratch);
+  if (kappa > 0.0f) return stereo_backward_row<1, M, KG>(P, T, w, scratch);
+  return stereo_backward_row<0, M, KG>(P, T, w, scratch);
 }
+
+template <bool M>
+void row_backward(const Problem& P, const Terms& T, Row& w, float* scratch) {
+  if (P.kind == kSphere) return sphere_backward_row<M>(P, T, w, scratch);
+  if (P.kind == kAffine)
+    return P.outer ? affine_backward_row<M, true>(P, T, w, scratch) : affine_backward_row<M, false>(P, T, w, scratch);
+  P.want_dkappa ? stereo_backward_any<M, true>(P, T, w, scratch) : stereo_backward_any<M, false>(P, T, w, scratch);
+}
+
+inline bool has_mask(const Problem& P) { return P.bias || P.allowed; }
 
 // ---------------------------------------------------------------------------------------------
-// Work items.
+// Work items: one head and a block of bq query rows, the keys in chunks of P.chunk (a bq × chunk tile).
 // ---------------------------------------------------------------------------------------------
 struct Work {
-  std::vector<float> tile, dtile, rows;  // (bq × S), (bq × S), 3 padded row buffers
+  std::vector<float> tile, dtile, rows;  // (bq × chunk), (bq × chunk), 3 padded row buffers
+  std::vector<float> m, l, alpha;        // forward: running max and sum of each row, rescale of its output
+  std::vector<float> delta, acc;         // backward: rowsum(dO ⊙ O), the rows' (g_a, g_σ, g_ρ) over chunks
   std::vector<float> dk, dv, gk;         // backward: the current head's dK, dV, key-term gradients
   double gkap = 0, gmu = 0;
   int64_t head = -1;
@@ -59,34 +80,70 @@ struct Work {
 
 inline int64_t blocks(const Problem& P) { return (P.L + P.bq - 1) / P.bq; }
 
-Row make_row(const Problem& P, const Terms& T, int64_t n, int64_t i, int64_t S, float* g, float* dp) {
+// row i of head n against keys c0 … c0 + S − 1 (g, dp: its tile rows)
+Row make_row(const Problem& P, const Terms& T, int64_t n, int64_t i, int64_t c0, int64_t S, float* g, float* dp) {
   Row w{};
-  w.n = n, w.i = i, w.S = S, w.jmax = P.causal ? std::min(S, i + 1) : S;
-  // whole vectors for short causal rows: masked lanes are cheaper than the scalar epilogue of a short loop
-  w.jvec = std::min(S, (w.jmax + 15) / 16 * 16);
+  w.n = n, w.i = i, w.c0 = c0, w.S = S;
+  w.jmax = P.causal ? std::max<int64_t>(0, std::min(S, i + 1 - c0)) : S;
   w.g = g, w.dp = dp;
   w.lse = P.lse + n * P.L + i;
   w.qv = row_ptr(P.q, n, P.H, i);
-  w.kbase = row_ptr(P.k, n, P.H, 0);
+  w.kbase = row_ptr(P.k, n, P.H, c0);
   w.k_sr = P.k.sr;
   w.qn = T.qn[n * P.L + i];
-  w.kn = T.kn + n * P.S;
+  w.kn = T.kn + n * P.S + c0;
   return w;
 }
 
+// FlashAttention's online softmax over the chunks: out ← (Σ_c exp(s_c − m) V_c)/Σ exp(s − m)
 void forward_item(const Problem& P, const Terms& T, int64_t item, Work& ws) {
   const int64_t n = item / blocks(P), i0 = (item % blocks(P)) * P.bq;
   const int64_t rows = std::min(P.bq, P.L - i0);
   const int64_t S = P.causal ? std::min(P.S, i0 + rows) : P.S;  // keys after the block's last query never count
-  float* G = ws.tile.data();
-  gemm_abt(P, (int)rows, (int)S, (int)P.D, row_ptr(P.q, n, P.H, i0), P.q.sr, row_ptr(P.k, n, P.H, 0), P.k.sr, 0.0f,
-           G, S);
-  for (int64_t r = 0; r < rows; ++r) {
-    Row w = make_row(P, T, n, i0 + r, S, G + r * S, nullptr);
-    run_row_any<false>(P, T, w, ws.rows.data());
+  const float* q = row_ptr(P.q, n, P.H, i0);
+  float* out = row_ptr_mut(P.out, n, P.H, i0);
+  float *m = ws.m.data(), *l = ws.l.data(), *alpha = ws.alpha.data();
+  std::fill(m, m + rows, kNegInf);
+  std::fill(l, l + rows, 0.0f);
+  if (S == 0)
+    for (int64_t r = 0; r < rows; ++r) std::memset(out + r * P.out.sr, 0, sizeof(float) * P.Ev);
+  const bool masked = has_mask(P);
+  for (int64_t c0 = 0; c0 < S; c0 += P.chunk) {
+    const int64_t Sc = std::min<int64_t>(P.chunk, S - c0);
+    float* G = ws.tile.data();
+    gemm_abt(P, (int)rows, (int)Sc, (int)P.D, q, P.q.sr, row_ptr(P.k, n, P.H, c0), P.k.sr, 0.0f, G, Sc);
+    for (int64_t r = 0; r < rows; ++r) {
+      const Row w = make_row(P, T, n, i0 + r, c0, Sc, G + r * Sc, nullptr);
+      float* score = ws.rows.data();
+      const float mc = masked ? row_scores<true>(P, T, w, score) : row_scores<false>(P, T, w, score);
+      const float mn = std::max(m[r], mc);
+      if (mn == kNegInf) {  // nothing to attend to yet
+        std::memset(w.g, 0, sizeof(float) * Sc);
+        alpha[r] = 1.0f;
+        continue;
+      }
+      alpha[r] = m[r] == kNegInf ? 0.0f : std::exp(m[r] - mn);
+      l[r] = l[r] * alpha[r] + exp_row(score, mn, w.g, w.jmax, Sc);
+      m[r] = mn;
+    }
+    if (c0 > 0)
+      for (int64_t r = 0; r < rows; ++r) {
+        float* o = out + r * P.out.sr;
+        const float a = alpha[r];
+#pragma omp simd
+        for (int64_t d = 0; d < P.Ev; ++d) o[d] *= a;
+      }
+    gemm_ab(P, (int)rows, (int)P.Ev, (int)Sc, G, Sc, row_ptr(P.v, n, P.H, c0), P.v.sr, c0 > 0 ? 1.0f : 0.0f, out,
+            P.out.sr);
   }
-  gemm_ab(P, (int)rows, (int)P.Ev, (int)S, G, S, row_ptr(P.v, n, P.H, 0), P.v.sr, 0.0f,
-          row_ptr_mut(P.out, n, P.H, i0), P.out.sr);
+  for (int64_t r = 0; r < rows; ++r) {
+    const bool none = m[r] == kNegInf;
+    const float inv = none ? 0.0f : 1.0f / l[r];
+    float* o = out + r * P.out.sr;
+#pragma omp simd
+    for (int64_t d = 0; d < P.Ev; ++d) o[d] *= inv;
+    P.lse[n * P.L + i0 + r] = none ? INFINITY : m[r] + std::log(l[r]);
+  }
 }
 
 struct Grads {  // per-token gradients of the terms, (B·H, rows, 3): a|σ|ρ
@@ -130,34 +187,49 @@ void backward_item(const Problem& P, const Terms& T, Grads& Gr, int64_t item, Wo
   }
   const int64_t rows = std::min(P.bq, P.L - i0);
   const int64_t S = P.causal ? std::min(P.S, i0 + rows) : P.S;
-  float* G = ws.tile.data();
-  float* dP = ws.dtile.data();
   const float* q = row_ptr(P.q, n, P.H, i0);
   const float* dout = row_ptr(P.dout, n, P.H, i0);
-  const float* kb = row_ptr(P.k, n, P.H, 0);
-  const float* vb = row_ptr(P.v, n, P.H, 0);
-  gemm_abt(P, (int)rows, (int)S, (int)P.D, q, P.q.sr, kb, P.k.sr, 0.0f, G, S);
-  gemm_abt(P, (int)rows, (int)S, (int)P.Ev, dout, P.dout.sr, vb, P.v.sr, 0.0f, dP, S);
-  const int64_t ps = padded(P.S);
-  for (int64_t r = 0; r < rows; ++r) {
-    Row w = make_row(P, T, n, i0 + r, S, G + r * S, dP + r * S);
+  float* dq = row_ptr_mut(P.dq, n, P.H, i0);
+  for (int64_t r = 0; r < rows; ++r) {  // rowsum(dO ⊙ O)
     const float* o = row_ptr(P.out, n, P.H, i0 + r);
     const float* dor = dout + r * P.dout.sr;
-    double delta = 0.0;  // rowsum(dO ⊙ O)
+    double delta = 0.0;
     for (int64_t d = 0; d < P.Ev; ++d) delta += (double)dor[d] * o[d];
-    w.delta = (float)delta;
-    w.gkb = ws.gk.data(), w.gks = ws.gk.data() + ps, w.gkr = ws.gk.data() + 2 * ps;
-    w.gkap = w.gmu = 0.0;
-    run_row_any<true>(P, T, w, ws.rows.data());
-    float* gq = Gr.q.data() + n * 3 * P.L + (i0 + r);
-    gq[0] = w.ga, gq[P.L] = w.gs, gq[2 * P.L] = w.gr;
-    ws.gkap += w.gkap;
-    ws.gmu += w.gmu;
+    ws.delta[r] = (float)delta;
   }
-  // dV += Pᵀ dO,  dQ = dGram K,  dK += dGramᵀ Q
-  gemm_atb(P, (int)S, (int)P.Ev, (int)rows, G, S, dout, P.dout.sr, 1.0f, ws.dv.data(), P.Ev);
-  gemm_ab(P, (int)rows, (int)P.D, (int)S, dP, S, kb, P.k.sr, 0.0f, row_ptr_mut(P.dq, n, P.H, i0), P.dq.sr);
-  gemm_atb(P, (int)S, (int)P.D, (int)rows, dP, S, q, P.q.sr, 1.0f, ws.dk.data(), P.D);
+  std::fill(ws.acc.begin(), ws.acc.end(), 0.0f);
+  if (S == 0)
+    for (int64_t r = 0; r < rows; ++r) std::memset(dq + r * P.dq.sr, 0, sizeof(float) * P.D);
+  const bool masked = has_mask(P);
+  const int64_t ps = padded(P.S);
+  for (int64_t c0 = 0; c0 < S; c0 += P.chunk) {
+    const int64_t Sc = std::min<int64_t>(P.chunk, S - c0);
+    float* G = ws.tile.data();
+    float* dP = ws.dtile.data();
+    const float* kc = row_ptr(P.k, n, P.H, c0);
+    gemm_abt(P, (int)rows, (int)Sc, (int)P.D, q, P.q.sr, kc, P.k.sr, 0.0f, G, Sc);
+    gemm_abt(P, (int)rows, (int)Sc, (int)P.Ev, dout, P.dout.sr, row_ptr(P.v, n, P.H, c0), P.v.sr, 0.0f, dP, Sc);
+    for (int64_t r = 0; r < rows; ++r) {
+      Row w = make_row(P, T, n, i0 + r, c0, Sc, G + r * Sc, dP + r * Sc);
+      w.delta = ws.delta[r];
+      w.gkb = ws.gk.data() + c0, w.gks = ws.gk.data() + ps + c0, w.gkr = ws.gk.data() + 2 * ps + c0;
+      w.gkap = w.gmu = 0.0;
+      masked ? row_backward<true>(P, T, w, ws.rows.data()) : row_backward<false>(P, T, w, ws.rows.data());
+      float* acc = ws.acc.data() + 3 * r;
+      acc[0] += w.ga, acc[1] += w.gs, acc[2] += w.gr;
+      ws.gkap += w.gkap;
+      ws.gmu += w.gmu;
+    }
+    // dV_c += Pᵀ dO,  dQ += dGram K_c,  dK_c += dGramᵀ Q
+    gemm_atb(P, (int)Sc, (int)P.Ev, (int)rows, G, Sc, dout, P.dout.sr, 1.0f, ws.dv.data() + c0 * P.Ev, P.Ev);
+    gemm_ab(P, (int)rows, (int)P.D, (int)Sc, dP, Sc, kc, P.k.sr, c0 > 0 ? 1.0f : 0.0f, dq, P.dq.sr);
+    gemm_atb(P, (int)Sc, (int)P.D, (int)rows, dP, Sc, q, P.q.sr, 1.0f, ws.dk.data() + c0 * P.D, P.D);
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    float* gq = Gr.q.data() + n * 3 * P.L + (i0 + r);
+    const float* acc = ws.acc.data() + 3 * r;
+    gq[0] = acc[0], gq[P.L] = acc[1], gq[2 * P.L] = acc[2];
+  }
 }
 
 // The chain through the per-token terms: g_a, g_σ, g_ρ → ∂/∂‖x‖ (added to dx along x) and ∂/∂κ.
@@ -216,10 +288,13 @@ void parallel_items(const Problem& P, bool backward, Fn&& fn, Grads* Gr) {
   {
     FlushDenormals ftz;
     Work ws;
-    ws.tile.resize(P.bq * P.S);
+    const int64_t tile = P.bq * std::min<int64_t>(P.chunk, P.S);
+    ws.tile.resize(tile);
     ws.rows.resize(3 * padded(P.S));
+    ws.m.resize(P.bq), ws.l.resize(P.bq), ws.alpha.resize(P.bq);
     if (backward) {
-      ws.dtile.resize(P.bq * P.S);
+      ws.dtile.resize(tile);
+      ws.delta.resize(P.bq), ws.acc.resize(3 * P.bq);
       ws.dk.assign(P.S * P.D, 0.0f);
       ws.dv.assign(P.S * P.Ev, 0.0f);
       ws.gk.assign(3 * padded(P.S), 0.0f);
@@ -237,11 +312,11 @@ using namespace geoattn_native;
 
 extern "C" {
 
-int geoattn_native_abi() { return 4; }
+int geoattn_native_abi() { return 8; }
 
 void geoattn_forward(const Problem* P) {
   FlushDenormals ftz;
-  compute_terms(*P);
+  if (P->kind != kAffine) compute_terms(*P);  // affine: the caller wrote β into the key terms
   const Terms T(*P);
   parallel_items(*P, false, [&](int64_t item, Work& ws) { forward_item(*P, T, item, ws); }, nullptr);
 }
@@ -253,7 +328,17 @@ void geoattn_backward(const Problem* P) {
   Gr.q.assign(P->B * P->H * 3 * P->L, 0.0f);
   Gr.k.assign(P->B * P->H * 3 * P->S, 0.0f);
   parallel_items(*P, true, [&](int64_t item, Work& ws) { backward_item(*P, T, Gr, item, ws); }, &Gr);
-  token_chain(*P, T, Gr);
+  if (P->kind == kAffine) {  // ∂/∂β, ∂/∂γ, ∂/∂α back to the caller (its autograd carries them to the lift)
+    for (int64_t n = 0; n < P->B * P->H; ++n) {
+      if (P->dkbias) std::memcpy(P->dkbias + n * P->S, Gr.k.data() + n * 3 * P->S, sizeof(float) * P->S);
+      if (P->outer) {
+        std::memcpy(P->dkouter + n * P->S, Gr.k.data() + (n * 3 + 1) * P->S, sizeof(float) * P->S);
+        std::memcpy(P->dqouter + n * P->L, Gr.q.data() + n * 3 * P->L, sizeof(float) * P->L);
+      }
+    }
+  } else {
+    token_chain(*P, T, Gr);
+  }
 }
 
 }  // extern "C"

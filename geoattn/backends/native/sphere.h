@@ -15,21 +15,23 @@ inline float sphere_angle(float gap, float& dtheta_dgap) {
   return far ? 3.14159265358979323846f - a : a;
 }
 
+// scores of a row into scratch; returns their max
 template <bool M>
-void sphere_forward_row(const Problem& P, const Terms& T, Row& w, float* scratch) {
+float sphere_scores(const Problem& P, const Terms& T, const Row& w, float* scratch) {
   const float rho = T.qt(w.n, 2)[w.i];
-  const float* rhok = T.kt(w.n, 2);
+  const float* rhok = T.kt(w.n, 2) + w.c0;
   const float mu = P.mu[w.n % P.H], eta = P.eta;
   const float* madd = row_mask(P, w, scratch + 2 * padded(P.S));
-  float* score = scratch;
+  float* __restrict__ score = scratch;  // restrict: its stores alias none of the row's inputs
   int near = 0;
+  const float* g = w.g;  // a local: a store to score[j] could alias w
   const int64_t jmax = w.jmax;
 #pragma omp simd reduction(+ : near)
-  for (int64_t j = 0; j < w.jvec; ++j) {
-    const float gap = clamped_gap(w.g[j], rho, rhok[j]);
-    near += ((gap < eta || gap > 2.0f - eta) && j < jmax) ? 1 : 0;
+  for (int64_t j = 0; j < jmax; ++j) {
+    const float gap = clamped_gap(g[j], rho, rhok[j]);
+    near += (gap < eta || gap > 2.0f - eta) ? 1 : 0;
     float unused;
-    score[j] = j < jmax ? masked<M>(mu * sphere_angle(gap, unused), madd, j) : kNegInf;
+    score[j] = masked<M>(mu * sphere_angle(gap, unused), madd, j);
   }
   if (near) {
     for (int64_t j = 0; j < w.jmax; ++j) {
@@ -43,7 +45,7 @@ void sphere_forward_row(const Problem& P, const Terms& T, Row& w, float* scratch
             masked<M>(mu * sphere_angle(2.0f - exact_gap(w.qv, kv, w.qn, w.kn[j], P.D, 1.0), unused), madd, j);
     }
   }
-  *w.lse = softmax_row(score, w.g, w.jvec, w.S);
+  return row_max(score, jmax);
 }
 
 template <bool M>
@@ -56,22 +58,22 @@ void sphere_backward_row(const Problem& P, const Terms& T, Row& w, float* scratc
     return;
   }
   const float rho = T.qt(w.n, 2)[w.i];
-  const float* rhok = T.kt(w.n, 2);
+  const float* rhok = T.kt(w.n, 2) + w.c0;
   const float mu = P.mu[w.n % P.H];
   const float* madd = row_mask(P, w, scratch + 2 * padded(P.S));
-  float* gap = scratch;
+  float* __restrict__ gap = scratch;
   row_gaps<true>(P, w, gap, rho, rhok);
-  float* gkr = w.gkr;
-  float* g = w.g;
-  float* dp = w.dp;
+  float* __restrict__ gkr = w.gkr;
+  float* __restrict__ g = w.g;
+  float* __restrict__ dp = w.dp;
   const float delta_i = w.delta;
   float gr = 0, gmu = 0;
   const int64_t jmax = w.jmax;
 #pragma omp simd reduction(+ : gr, gmu)
-  for (int64_t j = 0; j < w.jvec; ++j) {
+  for (int64_t j = 0; j < jmax; ++j) {
     float dth;
     const float theta = sphere_angle(gap[j], dth);
-    const float sj = j < jmax ? masked<M>(mu * theta, madd, j) : kNegInf;
+    const float sj = masked<M>(mu * theta, madd, j);
     const bool live = sj != kNegInf;
     const float p = live ? fexp(sj - lse) : 0.0f;
     const float ds = p * (dp[j] - delta_i);
@@ -83,7 +85,7 @@ void sphere_backward_row(const Problem& P, const Terms& T, Row& w, float* scratc
     dp[j] = -ggap * rho * rhok[j];
     g[j] = p;
   }
-  for (int64_t j = w.jvec; j < w.S; ++j) g[j] = dp[j] = 0.0f;
+  for (int64_t j = jmax; j < w.S; ++j) g[j] = dp[j] = 0.0f;
   w.gr = gr;
   w.gmu += gmu;
 }

@@ -9,9 +9,11 @@ namespace geoattn_native {
 struct Stereo {
   float a, sig, rho, al, al2, kappa, c, inv_c, sqrt_c, inv_sqrt_c, mu;
   const float *b, *sigk, *rhok, *be, *be2;
-  Stereo(const Problem& P, const Terms& T, int64_t n, int64_t i) {
+  __attribute__((always_inline)) Stereo(const Problem& P, const Terms& T, const Row& w) {
+    const int64_t n = w.n, i = w.i, c0 = w.c0;
     a = T.qt(n, 0)[i], sig = T.qt(n, 1)[i], rho = T.qt(n, 2)[i], al = T.qt(n, 3)[i], al2 = T.qt(n, 4)[i];
-    b = T.kt(n, 0), sigk = T.kt(n, 1), rhok = T.kt(n, 2), be = T.kt(n, 3), be2 = T.kt(n, 4);
+    b = T.kt(n, 0) + c0, sigk = T.kt(n, 1) + c0, rhok = T.kt(n, 2) + c0;
+    be = T.kt(n, 3) + c0, be2 = T.kt(n, 4) + c0;
     kappa = P.kappa[n % P.H], mu = P.mu[n % P.H];
     c = std::fabs(kappa);
     inv_c = c > 0 ? 1.0f / c : 0.0f;
@@ -62,19 +64,21 @@ inline float stereo_score(const Stereo& r, int64_t j, float gap) {
   return r.mu * stereo_dist<SIGN>(r, s2, s, x, root, ser_d);
 }
 
+// scores of a row into scratch; returns their max
 template <int SIGN, bool M>
-void stereo_forward_row(const Problem& P, const Terms& T, Row& w, float* scratch) {
-  const Stereo r(P, T, w.n, w.i);
+float stereo_scores(const Problem& P, const Terms& T, const Row& w, float* scratch) {
+  const Stereo r(P, T, w);
   const float* madd = row_mask(P, w, scratch + 2 * padded(P.S));
-  float* score = scratch;
+  float* __restrict__ score = scratch;  // restrict: its stores alias none of the row's inputs
   const float eta = P.eta;
   int near = 0;
+  const float* g = w.g;  // a local: a store to score[j] could alias w
   const int64_t jmax = w.jmax;
 #pragma omp simd reduction(+ : near)
-  for (int64_t j = 0; j < w.jvec; ++j) {
-    const float gap = clamped_gap(w.g[j], r.rho, r.rhok[j]);
-    near += (gap < eta && j < jmax) ? 1 : 0;
-    score[j] = j < jmax ? masked<M>(stereo_score<SIGN>(r, j, gap), madd, j) : kNegInf;
+  for (int64_t j = 0; j < jmax; ++j) {
+    const float gap = clamped_gap(g[j], r.rho, r.rhok[j]);
+    near += gap < eta ? 1 : 0;
+    score[j] = masked<M>(stereo_score<SIGN>(r, j, gap), madd, j);
   }
   if (near) {  // nearly parallel pairs: the exact gap, in double
     for (int64_t j = 0; j < w.jmax; ++j)
@@ -82,10 +86,11 @@ void stereo_forward_row(const Problem& P, const Terms& T, Row& w, float* scratch
         score[j] = masked<M>(
             stereo_score<SIGN>(r, j, exact_gap(w.qv, w.kbase + j * w.k_sr, w.qn, w.kn[j], P.D, -1.0)), madd, j);
   }
-  *w.lse = softmax_row(score, w.g, w.jvec, w.S);
+  return row_max(score, jmax);
 }
 
-template <int SIGN, bool M>
+// KG: accumulate ∂/∂κ (skipped when κ needs no gradient)
+template <int SIGN, bool M, bool KG>
 void stereo_backward_row(const Problem& P, const Terms& T, Row& w, float* scratch) {
   w.ga = w.gs = w.gr = 0.0f;
   const float lse = *w.lse;
@@ -94,20 +99,20 @@ void stereo_backward_row(const Problem& P, const Terms& T, Row& w, float* scratc
     std::memset(w.dp, 0, sizeof(float) * w.S);
     return;
   }
-  const Stereo r(P, T, w.n, w.i);
+  const Stereo r(P, T, w);
   const float* madd = row_mask(P, w, scratch + 2 * padded(P.S));
-  float* gap = scratch;
+  float* __restrict__ gap = scratch;
   row_gaps<false>(P, w, gap, r.rho, r.rhok);
-  float *gkb = w.gkb, *gks = w.gks, *gkr = w.gkr;
+  float *__restrict__ gkb = w.gkb, *__restrict__ gks = w.gks, *__restrict__ gkr = w.gkr;
   const float inv_kappa = r.kappa != 0.0f ? 1.0f / r.kappa : 0.0f;
   const float sgn = SIGN < 0 ? -1.0f : 1.0f;  // ∂|κ|/∂κ
   const float delta_i = w.delta;
-  float* g = w.g;
-  float* dp = w.dp;
+  float* __restrict__ g = w.g;
+  float* __restrict__ dp = w.dp;
   float ga = 0, gs = 0, gr = 0, gkap = 0, gmu = 0;
   const int64_t jmax = w.jmax;
 #pragma omp simd reduction(+ : ga, gs, gr, gkap, gmu)
-  for (int64_t j = 0; j < w.jvec; ++j) {
+  for (int64_t j = 0; j < jmax; ++j) {
     float delta, v, sh, s, x, root;
     bool ser_r, ser_d;
     const float R = stereo_radial<SIGN>(r, j, delta, v, sh, ser_r);
@@ -116,23 +121,24 @@ void stereo_backward_row(const Problem& P, const Terms& T, Row& w, float* scratc
     const bool floored = s2raw < kSqrtMin;
     const float s2 = floored ? kSqrtMin : s2raw;
     const float d = stereo_dist<SIGN>(r, s2, s, x, root, ser_d);
-    const float sj = j < jmax ? masked<M>(r.mu * d, madd, j) : kNegInf;
+    const float sj = masked<M>(r.mu * d, madd, j);
     const bool live = sj != kNegInf;
     const float p = live ? fexp(sj - lse) : 0.0f;
     const float ds = p * (dp[j] - delta_i);
     // ∂d/∂s² = 1/(s √(1 − κ s²)) = 1/(s·root); explicit ∂d/∂κ = 2 s s² H'(x), H' = (1/root − H)/(2x)
     const float inv_sroot = 1.0f / (s * root);
-    const float inv_root = s * inv_sroot;
-    const float hf = d * (0.5f * root * inv_sroot);  // H(x) = d/(2s)
-    const float dh_ser = 1.0f / 6.0f + x * (3.0f / 20.0f + x * (15.0f / 112.0f));
-    const float dkap_d = ser_d ? 2.0f * s * s2 * dh_ser : s * (inv_root - hf) * inv_kappa;
     const float gd = ds * r.mu;
     gmu += ds * d;
     const float gs2 = floored ? 0.0f : gd * inv_sroot;
-    gkap += gd * dkap_d;
+    if (KG) {
+      const float inv_root = s * inv_sroot;
+      const float hf = d * (0.5f * root * inv_sroot);  // H(x) = d/(2s)
+      const float dh_ser = 1.0f / 6.0f + x * (3.0f / 20.0f + x * (15.0f / 112.0f));
+      gkap += gd * (ser_d ? 2.0f * s * s2 * dh_ser : s * (inv_root - hf) * inv_kappa);
+    }
     // radial part: ∂R/∂Δ and explicit ∂R/∂κ, from the series or from sh, ch = sinh|sin, cosh|cos(√|κ|Δ)
     const float ch = SIGN < 0 ? r.al * r.be[j] + r.al2 * r.be2[j] : r.al2 * r.be[j] + r.al * r.be2[j];
-    const float d4 = delta * delta * delta * delta;
+    const float d4 = KG ? delta * delta * delta * delta : 0.0f;
     const float dR_ddelta = ser_r ? 2.0f * delta * (1.0f - v * (2.0f / 3.0f) + v * v * (2.0f / 15.0f))
                                   : 2.0f * sh * ch * r.inv_sqrt_c;
     const float dR_dkappa = ser_r ? d4 * (-1.0f / 3.0f + v * (4.0f / 45.0f))
@@ -140,7 +146,7 @@ void stereo_backward_row(const Problem& P, const Terms& T, Row& w, float* scratc
     const float gdelta = gs2 * dR_ddelta;
     ga += gdelta;
     gkb[j] -= gdelta;
-    gkap += gs2 * dR_dkappa;
+    if (KG) gkap += gs2 * dR_dkappa;
     // angular part: s² ∋ 2σσ'(1 − Gρρ')
     const float ggap = gs2 * two_ss;
     gs += gs2 * 2.0f * r.sigk[j] * gap[j];
@@ -151,7 +157,7 @@ void stereo_backward_row(const Problem& P, const Terms& T, Row& w, float* scratc
     dp[j] = -ggap * r.rho * r.rhok[j];  // dGram
     g[j] = p;
   }
-  for (int64_t j = w.jvec; j < w.S; ++j) g[j] = dp[j] = 0.0f;
+  for (int64_t j = jmax; j < w.S; ++j) g[j] = dp[j] = 0.0f;
   w.ga = ga, w.gs = gs, w.gr = gr;
   w.gkap += gkap;
   w.gmu += gmu;

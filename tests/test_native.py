@@ -1,0 +1,130 @@
+"""The native CPU kernel (``geoattn/backends/native``) against the dense float64 reference.
+
+Every kind it runs (κ-stereographic of either sign, the geodesic sphere, and the affine kind: learned
+metric, squared distance, cosine, Lorentz with its outer time term), every mask form, one and several
+key chunks (S > 512: the online softmax across chunks, causal rows that end inside a chunk), float32 and
+bf16 inputs: outputs and the gradients of q, k, v and every learnable geometry parameter.
+"""
+from __future__ import annotations
+
+import zlib
+
+import pytest
+import torch
+
+import geoattn
+from benchmarks.memory import saved_activation_mb
+from geoattn.backends.native import load
+
+from test_backends_fused import GRAD_TOL, TOL
+
+NATIVE = load()
+pytestmark = pytest.mark.skipif(isinstance(NATIVE, str), reason=str(NATIVE))
+
+H, D = 2, 8
+GEOMETRIES = {
+    "poincare": lambda: geoattn.Poincare(curvature=[-0.7, -1.3], temperature=[0.8, 1.5], num_heads=H, learnable=True),
+    "stereo-pos": lambda: geoattn.Stereographic(curvature=0.4, temperature=1.2, learnable=True),
+    "stereo-mixed": lambda: geoattn.Stereographic(curvature=[-0.5, 0.3], num_heads=H, learnable=True),
+    "stereo-flat": lambda: geoattn.Stereographic(curvature=0.0),
+    "sphere-geodesic": lambda: geoattn.Sphere(score="geodesic", curvature=2.0, temperature=0.5, learnable=True),
+    "sphere-cosine": lambda: geoattn.Sphere(temperature=[0.7, 1.4], num_heads=H, learnable=True),
+    "lorentz": lambda: geoattn.Lorentz(curvature=[-0.8, -1.6], temperature=[0.9, 1.2], num_heads=H, learnable=True),
+    "metric": lambda: geoattn.Metric(head_dim=D, rank=3, learnable=True),
+    "metric-full": lambda: geoattn.Metric(head_dim=D, temperature=[1.0, 0.6], num_heads=H, learnable=True),
+    "l2": lambda: geoattn.L2(temperature=[0.8, 1.3], num_heads=H, learnable=True),
+}
+
+
+def _run(geom, q, k, v, mask, causal, backend):
+    """Output and the gradients of a fixed loss w.r.t. q, k, v and the parameters the score uses."""
+    out = geoattn.attention(q, k, v, geometry=geom, attn_mask=mask, is_causal=causal, backend=backend)
+    loss = (out.double() * torch.linspace(-1, 1, out.shape[-1], dtype=torch.float64)).pow(2).sum()
+    params = [p for p in geom.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, [q, k, v, *params], allow_unused=True)  # cosine: κ is unused
+    return out, [g for g in grads if g is not None]
+
+
+SHAPES = {"one-chunk": (2, 37, 45), "chunks": (1, 70, 1100)}  # (B, L, S); chunks: 512 + 512 + 76 keys
+
+
+def _mask(kind, B, L, S, gen):
+    if kind == "none":
+        return None, False
+    if kind == "causal":
+        return None, True
+    if kind == "bool":
+        m = torch.rand(B, 1, L, S, generator=gen) > 0.4
+        m[0, 0, 3] = False  # a fully masked row: zeros
+        return m, False
+    bias = torch.randn(1, H, 1, S, generator=gen)
+    bias[..., 5] = float("-inf")
+    return bias, False
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("mask_kind", ["none", "causal", "bool", "float"])
+@pytest.mark.parametrize("name", list(GEOMETRIES))
+def test_native_matches_dense_float64(name, mask_kind, shape, dtype):
+    B, L, S = SHAPES[shape]
+    if mask_kind == "causal":
+        S = L if shape == "one-chunk" else 1030  # top-left causal: rows end in every chunk
+    gen = torch.Generator().manual_seed(zlib.crc32(f"{name}/{mask_kind}/{shape}".encode()))
+    geom = GEOMETRIES[name]()
+    mask, causal = _mask(mask_kind, B, L, S, gen)
+    q, k, v = ((0.6 * torch.randn(B, H, n, D, generator=gen, dtype=torch.float64)).to(dtype).requires_grad_()
+               for n in (L, S, S))
+    geom = geom.float()
+    out, grads = _run(geom, q, k, v, mask, causal, "native")
+    same, same_grads = _run(geom, q, k, v, mask, causal, "dense")  # float32 conditioning bounds both
+    ref_geom = GEOMETRIES[name]().double()
+    ref_geom.load_state_dict({n: p.double() for n, p in geom.state_dict().items()})
+    qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref, ref_grads = _run(ref_geom, qd, kd, vd, mask, causal, "dense")
+    assert out.dtype == dtype and out.shape == ref.shape
+
+    def close(x, y, x_dense, tol):
+        err, err_dense = (x.double() - y).abs().max().item(), (x_dense.double() - y).abs().max().item()
+        assert torch.isfinite(x).all()
+        assert err < max(tol * (y.abs().max().item() + 1), 2 * err_dense), (err, err_dense)
+
+    close(out, ref, same, TOL[dtype])
+    assert len(grads) == len(ref_grads)
+    for g, r, g_dense in zip(grads, ref_grads, same_grads):
+        close(g, r, g_dense, GRAD_TOL[dtype])
+    if mask_kind == "bool":
+        assert out[0, 0, 3].abs().max().item() == 0.0
+
+
+@pytest.mark.parametrize("name", ["lorentz", "metric", "sphere-cosine", "poincare"])
+def test_auto_runs_the_native_kernel_on_cpu_float32(name):
+    q = torch.randn(1, H, 16, D)
+    assert geoattn.explain_backend(q, q, q, geometry=GEOMETRIES[name]()).startswith("native: auto: on CPU")
+    assert geoattn.explain_backend(q.double(), q.double(), q.double(),
+                                   geometry=GEOMETRIES[name]()).split(":")[0] in ("sdpa", "dense", "tiled")
+
+
+@pytest.mark.parametrize("name", ["lorentz", "metric", "l2", "sphere-cosine"])
+def test_affine_kind_keeps_what_sdpa_keeps(name):
+    """The affine kind recomputes its lift in the backward: the tensors saved for backward are q, k, v, the
+    output and one log-sum-exp per row (plus the geometry's parameters), what SDPA saves; the SDPA route
+    of the same geometry keeps the lifted q̃, k̃ and the lift's own graph as well."""
+    geom = GEOMETRIES[name]()
+    q, k, v = (torch.randn(1, H, 1024, 16, requires_grad=True) for _ in range(3))
+    geom = geom if name not in ("metric",) else geoattn.Metric(head_dim=16, rank=3, learnable=True)
+    def saved(**kwargs) -> float:
+        return saved_activation_mb(lambda: geoattn.attention(q, k, v, **kwargs).sum())[1]
+
+    native, sdpa, euclid = saved(geometry=geom, backend="native"), saved(geometry=geom, backend="sdpa"), saved()
+    assert native <= 1.1 * euclid, (native, euclid)
+    assert sdpa > 1.4 * euclid, (sdpa, euclid)
+
+
+def test_lorentz_clip_is_counted_on_the_native_kernel():
+    geom = geoattn.Lorentz(curvature=-1.0)
+    q = torch.randn(1, 1, 8, 4)
+    q[0, 0, 0] *= 100.0  # √c‖q‖/√E ≫ 4
+    with pytest.warns(geoattn.ClipWarning):
+        geoattn.attention(q, q, q, geometry=geom, backend="native")
+    assert geom.clipped == 2  # the query and the key
