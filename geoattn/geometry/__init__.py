@@ -1,5 +1,5 @@
 """Geometries: one small module each, registered by name in :mod:`geoattn.geometry.registry`."""
-from .base import ClipWarning, CurvedGeometry, Geometry, Lifted, TemperedGeometry
+from .base import AffineForm, ClipWarning, CurvedGeometry, Geometry, Lifted, TemperedGeometry
 from .euclidean import Euclidean
 from .l2 import L2
 from .lorentz import Lorentz
@@ -9,7 +9,7 @@ from .sphere import Sphere
 from .stereographic import Poincare, Stereographic
 
 __all__ = [
-    "ClipWarning", "CurvedGeometry", "Euclidean", "Geometry", "L2", "Lifted", "Lorentz", "Metric", "Poincare", "Sphere",
+    "AffineForm", "ClipWarning", "CurvedGeometry", "Euclidean", "Geometry", "L2", "Lifted", "Lorentz", "Metric", "Poincare", "Sphere",
     "Stereographic", "TemperedGeometry", "available_geometries", "geometry_class", "geometry_for_module",
     "make_geometry", "register",
 ]

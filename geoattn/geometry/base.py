@@ -66,6 +66,32 @@ class Lifted:
 
 
 @dataclass
+class AffineForm:
+    """An affine score with its per-token factors kept apart from the vectors, in score units:
+    ``score = aᵢ bⱼ ⟨qᵢ, kⱼ⟩ + q_biasᵢ + k_biasⱼ + αᵢγⱼ`` (a = ``q_factor``, b = ``k_factor``, (α, γ) =
+    ``outer``; None = 1 for a factor, 0 for a term). The factors carry what a lift multiplies the vectors by
+    (radial factors, 1/‖x‖, temperatures), so a kernel can take ``q``, ``k`` as they are (the native kernel
+    does: nothing of size L × E is made for the score) while :meth:`lifted` gives the same score as a dot
+    product of lifted vectors for SDPA and the dense reference. Per-token tensors are (B, H, L|S), or any
+    shape that broadcasts to it (e.g. (H, 1) for a per-head temperature)."""
+
+    q: Tensor                                  # (B, H, L, Dl)
+    k: Tensor                                  # (B, H, S, Dl)
+    q_factor: Tensor | None = None
+    k_factor: Tensor | None = None
+    q_bias: Tensor | None = None               # cancels in the softmax; kept so energies and scores are exact
+    k_bias: Tensor | None = None
+    outer: tuple[Tensor, Tensor] | None = None  # (α (B, H, L), γ (B, H, S))
+
+    def lifted(self) -> Lifted:
+        """The same score as a :class:`Lifted` dot form: ``q̃ = a·q``, ``k̃ = b·k``."""
+        q = self.q if self.q_factor is None else self.q * self.q_factor.unsqueeze(-1)
+        k = self.k if self.k_factor is None else self.k * self.k_factor.unsqueeze(-1)
+        bias = lambda t, x: () if t is None else (t.expand(x.shape[:-1]),)  # noqa: E731
+        return Lifted(q, k, q_terms=bias(self.q_bias, q), k_terms=bias(self.k_bias, k), outer=self.outer)
+
+
+@dataclass
 class NativeSpec:
     """What the native CPU kernel needs from a geometry (:mod:`geoattn.backends.native`): the kernel ``kind``
     (``"stereographic"``, ``"sphere"`` or ``"affine"``), per-head ``kappa`` and score multiplier
@@ -235,13 +261,22 @@ class Geometry(nn.Module):
 
     def affine_lift(self, q: Tensor, k: Tensor, scale: float | None) -> Lifted:
         """The affine form of the score (dot form, ``score = ⟨q̃, k̃⟩·scale + a_q + b_k``) that SDPA runs;
-        only for ``affine`` geometries. The default is :meth:`lift` itself."""
+        only for ``affine`` geometries. The default is :meth:`affine_form`'s :meth:`AffineForm.lifted` for
+        a geometry that has one (``native_kind = "affine"``), else :meth:`lift` itself."""
+        if self.native_kind == "affine":
+            return self.affine_form(q, k, scale).lifted()
         return self.lift(q, k, scale)
+
+    def affine_form(self, q: Tensor, k: Tensor, scale: float | None) -> AffineForm:
+        """The affine score with its per-token factors apart (:class:`AffineForm`): what the native kernel
+        runs for a geometry with ``native_kind = "affine"``, which must implement it."""
+        raise NotImplementedError(f"geometry {self.name!r} has native_kind={self.native_kind!r} but no "
+                                  "affine_form(q, k, scale); implement it, or set native_kind = None")
 
     def native_spec(self, q: Tensor, scale: float | None):
         """The parameters of the native CPU kernel for this geometry (:mod:`geoattn.backends.native`), or
         None when it has none (then ``auto`` uses the other backends). An affine geometry with
-        ``native_kind = "affine"`` runs its :meth:`affine_lift` there, which needs nothing more."""
+        ``native_kind = "affine"`` runs its :meth:`affine_form` there, which needs nothing more."""
         if self.native_kind == "affine":
             zeros = torch.zeros(self.num_heads, dtype=torch.float32, device=q.device)
             return NativeSpec("affine", zeros, zeros + 1, 0.0)

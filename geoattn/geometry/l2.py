@@ -6,7 +6,7 @@ import math
 from torch import Tensor
 
 from ..math import eps
-from .base import Lifted, TemperedGeometry
+from .base import AffineForm, Lifted, TemperedGeometry
 from .registry import register
 
 
@@ -21,7 +21,7 @@ class L2(TemperedGeometry):
     ``-‖q - k‖²/(2√E τ) = ⟨q, k⟩/(√E τ) - ‖k‖²/(2√E τ) - ‖q‖²/(2√E τ)``,
 
     so the ``q·k`` interaction is exactly SDPA's ``⟨q, k⟩/√E`` at τ = 1, and the score is affine
-    (:meth:`affine_lift`): ``q̃ = q/(√E τ)``, ``k̃ = k``, per-key term ``-‖k‖²/(2√E τ)``, per-query term
+    (:meth:`affine_form`): ``q̃ = q/(√E τ)``, ``k̃ = k``, per-key term ``-‖k‖²/(2√E τ)``, per-query term
     ``-‖q‖²/(2√E τ)`` (constant along a row, so it cancels in the softmax). It runs on SDPA as the
     augmented dot product ``[q̃, 1]·[k̃, b_k]``; the dense reference (:meth:`lift`) forms ``‖q - k‖²``
     per pair with no cancellation. ``scale`` multiplies the score, as for the other non-Euclidean
@@ -37,7 +37,7 @@ class L2(TemperedGeometry):
     name = "l2"
     affine = True
     chord = True
-    native_kind = "affine"  # the native CPU kernel runs affine_lift at head dim E (SDPA needs E + 1)
+    native_kind = "affine"  # the native CPU kernel runs affine_form at head dim E (SDPA needs E + 1)
 
     def _coefficient(self, q: Tensor, scale: float | None) -> Tensor:
         """``scale/(√E τ_h)``, shape (H,)."""
@@ -50,11 +50,9 @@ class L2(TemperedGeometry):
     def score_from_chord(self, chord2, q_terms, k_terms, head):
         return head[0] * chord2
 
-    def affine_lift(self, q: Tensor, k: Tensor, scale: float | None) -> Lifted:
+    def affine_form(self, q: Tensor, k: Tensor, scale: float | None) -> AffineForm:
         cd = eps.compute_dtype(q.dtype)
         q, k = q.to(cd), k.to(cd)
         coef = self._coefficient(q, scale).view(-1, 1)                     # (H, 1)
-        return Lifted(
-            coef.unsqueeze(-1) * q, k,
-            q_terms=(-0.5 * coef * (q * q).sum(-1),), k_terms=(-0.5 * coef * (k * k).sum(-1),),
-        )
+        return AffineForm(q, k, q_factor=coef, q_bias=-0.5 * coef * (q * q).sum(-1),
+                          k_bias=-0.5 * coef * (k * k).sum(-1))

@@ -9,7 +9,7 @@ from torch import Tensor
 from ..math import eps, lorentz
 from ..math.functions import cos_sqrt
 from ..math.vectors import clip_radius as clip_norm, robust_norm
-from .base import CurvedGeometry, Lifted
+from .base import AffineForm, CurvedGeometry, Lifted
 from .registry import register
 
 
@@ -19,10 +19,10 @@ class Lorentz(CurvedGeometry):
     κ = -c < 0 (the scale rule of :mod:`geoattn.geometry.base`: near the origin ``d²_L ≈ ‖u - v‖²``, so
     the score is SDPA's ``⟨q, k⟩/√E`` up to per-token terms).
 
-    Affine in the Lorentz inner product, so :meth:`affine_lift` gives it as the dot product of the spatial
+    Affine in the Lorentz inner product, so :meth:`affine_form` gives it as the dot product of the spatial
     parts ``(√E/τ) x_s · y_s`` plus the outer term ``-(√E/τ) x₀ y₀`` of the time coordinates: SDPA runs it
-    as ``[x_s, -x₀]·[y_s, y₀]`` (E + 1 columns), the native CPU kernel at E with the outer term in its
-    epilogue. That form loses ``ε·cosh(√c a)·cosh(√c b)`` to
+    as ``[x_s, -x₀]·[y_s, y₀]`` (E + 1 columns), the native CPU kernel on the raw q, k at E with the
+    per-token radial factors and the outer term in its epilogue. That form loses ``ε·cosh(√c a)·cosh(√c b)`` to
     cancellation (a, b the tangent norms): float32 keeps nearest-neighbour order up to ``√c·‖u‖ ≈ 4``,
     which is why the tangent clip defaults to ``clip_radius = 4`` here (typical activations have
     ``‖u‖ ≈ 1``; counted and warned about when it acts). The dense reference (:meth:`lift`) computes
@@ -39,7 +39,7 @@ class Lorentz(CurvedGeometry):
     aggregations = ("linear", "centroid")
     default_clip = 4.0
     chord = True
-    native_kind = "affine"  # the native CPU kernel runs affine_lift at head dim E (SDPA needs E + 1)
+    native_kind = "affine"  # the native CPU kernel runs affine_form at head dim E (SDPA needs E + 1)
     options = ("aggregation", "clip_radius")
 
     def _radial_terms(self, x: Tensor, kappa: Tensor) -> tuple[Tensor, Tensor]:
@@ -60,29 +60,28 @@ class Lorentz(CurvedGeometry):
         return mu * lorentz.squared_distance_from_chord(chord2, q_terms[0], q_terms[1], k_terms[0], k_terms[1],
                                                         kappa)
 
-    def affine_lift(self, q: Tensor, k: Tensor, scale: float | None) -> Lifted:
+    def affine_form(self, q: Tensor, k: Tensor, scale: float | None) -> AffineForm:
+        """``(√E/τ)(⟨x_s, y_s⟩ − x₀y₀ + 1/c)`` with ``x_s = σ(a)·q/‖q‖``: the raw vectors, each token's radial
+        factor ``σ(a)/‖x‖`` (``σ(a) = sinh(√c a)/√c``) and the time coordinates ``x₀ = cosh(√c a)/√c`` as the
+        outer term."""
         kappa = self.kappa(q)
-        kb = kappa.view(-1, 1, 1)
-        coef = (math.sqrt(q.shape[-1]) * self.inverse_temperature(q, scale)).view(-1, 1, 1)
-        (xs, x0), (ys, y0) = self._lifted_parts(q, kappa, coef), self._lifted_parts(k, kappa, 1.0)
-        q_bias = (coef / -kb).squeeze(-1).expand(x0.shape)  # √E/(cτ): constant, kept so energies are exact
-        # the spatial parts as the dot product, the time coordinates as the outer term -x₀y₀
-        return Lifted(xs, ys, q_terms=(q_bias,), outer=(-x0, y0))
+        coef = (math.sqrt(q.shape[-1]) * self.inverse_temperature(q, scale)).view(-1, 1)     # (H, 1)
+        cd = eps.compute_dtype(q.dtype)
+        (fq, x0), (fk, y0) = self._token_terms(q, kappa), self._token_terms(k, kappa)
+        q_bias = (coef / -kappa.view(-1, 1)).expand(x0.shape)  # √E/(cτ): constant, kept so energies are exact
+        return AffineForm(q.to(cd), k.to(cd), q_factor=coef * fq, k_factor=fk, q_bias=q_bias,
+                          outer=(-coef * x0, y0))
 
-    def _lifted_parts(self, x: Tensor, kappa: Tensor, weight) -> tuple[Tensor, Tensor]:
-        """``w·x_s`` (B, H, N, E) and ``w·x₀`` (B, H, N) of ``exp_o(x/√E)``: ``x_s = x·σ(a)/‖x‖`` (one pass
-        over x: the per-token factor carries the direction, the radius and ``w``), ``x₀ = cosh(√c a)/√c``."""
-        cd = eps.compute_dtype(x.dtype)
-        xc = x.to(cd)
-        norm = robust_norm(xc)                                                   # (B, H, N, 1)
+    def _token_terms(self, x: Tensor, kappa: Tensor) -> tuple[Tensor, Tensor]:
+        """``σ(a)/‖x‖`` and ``x₀ = cosh(√c a)/√c`` (B, H, N) of ``exp_o(x/√E)``, a = ‖x‖/√E (clipped)."""
+        norm = robust_norm(x.to(eps.compute_dtype(x.dtype)))                   # (B, H, N, 1)
         a = norm / math.sqrt(x.shape[-1])
         kb = kappa.view(-1, 1, 1)
         if self.clip_radius is not None:
             a, shortened = clip_norm(a, kb, self.clip_radius)
             self.record_clip(shortened)
-        factor = weight * lorentz.radial_factor(a, kb) / norm.clamp(min=eps.norm_min(x.dtype))
-        x0 = weight * cos_sqrt(kb * a * a) / (-kb).sqrt()
-        return xc * factor, x0.squeeze(-1)
+        factor = lorentz.radial_factor(a, kb) / norm.clamp(min=eps.norm_min(x.dtype))
+        return factor.squeeze(-1), (cos_sqrt(kb * a * a) / (-kb).sqrt()).squeeze(-1)
 
     @staticmethod
     def _expmap(direction: Tensor, a: Tensor, kb: Tensor) -> Tensor:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..math import eps
-from .base import Lifted, TemperedGeometry
+from .base import AffineForm, Lifted, TemperedGeometry
 from .registry import register
 
 
@@ -22,7 +22,7 @@ class Metric(TemperedGeometry):
 
     The scale rule of :mod:`geoattn.geometry.base`: ``-½‖·‖²`` of ``u = q/√E``, times √E, so with G = I
     the q·k interaction is SDPA's ``⟨q, k⟩/√E``. Expanding the quadratic form makes it affine
-    (:meth:`affine_lift`): ``q̃ = q/(√E τ)``, ``k̃ = G k``, per-key term ``-kᵀGk/(2√E τ)``, per-query term
+    (:meth:`affine_form`): ``q̃ = q/(√E τ)``, ``k̃ = G k``, per-key term ``-kᵀGk/(2√E τ)``, per-query term
     ``-qᵀGq/(2√E τ)``, so it runs on SDPA; the dense reference (:meth:`lift`) forms
     ``‖F q - F k‖²`` per pair (``G = FᵀF``) with no cancellation. The metric is always trainable (it is
     what this geometry learns); ``learnable`` governs the temperature. Source: the learned-metric
@@ -88,17 +88,15 @@ class Metric(TemperedGeometry):
     def score_from_chord(self, chord2, q_terms, k_terms, head):
         return head[0] * chord2
 
-    def affine_lift(self, q: Tensor, k: Tensor, scale: float | None) -> Lifted:
+    def affine_form(self, q: Tensor, k: Tensor, scale: float | None) -> AffineForm:
         self._check_size(q)
         cd = eps.compute_dtype(q.dtype)
         q, k = q.to(cd), k.to(cd)
         g = self.metric_tensor().to(cd).expand(q.shape[1], -1, -1).unsqueeze(0)  # (1, H, E, E)
         inv_t = (self.inverse_temperature(q, scale) / math.sqrt(self.head_dim)).view(-1, 1)
-        gq, gk = q @ g, k @ g
-        return Lifted(
-            inv_t.unsqueeze(-1) * q, gk,
-            q_terms=(-inv_t / 2 * (q * gq).sum(-1),), k_terms=(-inv_t / 2 * (k * gk).sum(-1),),
-        )
+        gk = k @ g
+        return AffineForm(q, gk, q_factor=inv_t, q_bias=-inv_t / 2 * (q * (q @ g)).sum(-1),
+                          k_bias=-inv_t / 2 * (k * gk).sum(-1))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, head_dim={self.head_dim}"

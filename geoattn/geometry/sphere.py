@@ -7,7 +7,7 @@ from torch import Tensor
 
 from ..math import eps, sphere
 from ..math.vectors import robust_norm, unit
-from .base import CurvedGeometry, Lifted, NativeSpec, check_choice
+from .base import AffineForm, CurvedGeometry, Lifted, NativeSpec, check_choice
 from .registry import register
 
 
@@ -47,14 +47,24 @@ class Sphere(CurvedGeometry):
     def lift(self, q: Tensor, k: Tensor, scale: float | None) -> Lifted:
         cd = eps.compute_dtype(q.dtype)
         mu = self.score_multiplier(q, scale)
-        if self.affine:  # μ folded into the queries' per-token factor: one pass over each of q and k
-            x = q.to(cd) * (mu.view(-1, 1, 1) / robust_norm(q.to(cd)).clamp(min=eps.norm_min(q.dtype)))
-            return Lifted(x, unit(k.to(cd), input_dtype=k.dtype))
+        if self.affine:
+            return self.affine_form(q, k, scale).lifted()
         x, y = unit(q.to(cd), input_dtype=q.dtype), unit(k.to(cd), input_dtype=k.dtype)
         return Lifted(x, y, head=(mu,), chord=True)
 
     def score_from_chord(self, chord2, q_terms, k_terms, head):
         return head[0] * sphere.angle_from_chord(chord2)
+
+    def affine_form(self, q: Tensor, k: Tensor, scale: float | None) -> AffineForm:
+        """Cosine: the raw vectors with the factors ``μ/‖q‖`` and ``1/‖k‖`` (μ = √E/τ)."""
+        if not self.affine:
+            raise ValueError("the geodesic sphere score is not affine; only score='cosine' has an affine form")
+        cd = eps.compute_dtype(q.dtype)
+        q, k = q.to(cd), k.to(cd)
+        mu = self.score_multiplier(q, scale).view(-1, 1)
+        floor = eps.norm_min(q.dtype)
+        inverse_norm = lambda x: 1 / robust_norm(x).clamp(min=floor).squeeze(-1)  # noqa: E731
+        return AffineForm(q, k, q_factor=mu * inverse_norm(q), k_factor=inverse_norm(k))
 
     def native_spec(self, q: Tensor, scale: float | None) -> NativeSpec:
         if self.affine:  # cosine: the affine kind runs the lift above

@@ -8,10 +8,12 @@ per element, and the tile multiplied back. Two families of kinds:
   kernel computes the per-token terms itself (norms, clipped radii, sinh factors, in double), and
   nearly parallel pairs get their direction gap recomputed in double precision, so the distance never
   cancels (unlike the Gram form of ``tiled``/``flex``): exact at every radius;
-* ``affine`` (learned metric, l2, sphere cosine, Lorentz): the geometry's :meth:`affine_lift`
-  ``μ(⟨q̃, k̃⟩ + βⱼ + αᵢγⱼ)`` runs at the head dim of q̃ (SDPA needs a column more for each of β and the
-  outer term αγ, e.g. Lorentz's time coordinates), with the lift recomputed in the backward so only
-  what SDPA keeps is saved. Same bound as the SDPA route (the affine form of :mod:`geoattn.math.eps`).
+* ``affine`` (learned metric, l2, sphere cosine, Lorentz): the geometry's :meth:`affine_form`
+  ``aᵢ bⱼ ⟨qᵢ, kⱼ⟩ + βⱼ + αᵢγⱼ`` runs on the raw vectors at their head dim, the per-token factors
+  (radial factors, 1/‖x‖, temperatures) and terms applied to the Gram tile (SDPA needs the lifted
+  vectors and a column more for each of β and the outer term αγ, e.g. Lorentz's time coordinates);
+  only what SDPA keeps is saved, plus O(L) terms. Same bound as the SDPA route (the affine form of
+  :mod:`geoattn.math.eps`).
 
 Built on first use with the system's C++ compiler (a few seconds, cached on disk: :mod:`.build`); it
 runs float32 (bf16/fp16 inputs are cast up, as every geometric score is), and float64 calls go to the
@@ -68,11 +70,8 @@ class NativeBackend(Backend):
         bias = None if mask.bias is None else mask.bias.float()
         plan = Plan(native, spec.kind, mask.is_causal, spec.clip, allowed=mask.boolean, bias=bias)
         if spec.kind == "affine":
-            def lift(q, k):
-                return affine_terms(geometry.affine_lift(q, k, call.scale))
-
-            params = tuple(p for p in geometry.parameters() if p.requires_grad)
-            return AffineAttention.apply(q, k, v, plan, lift, *params), None
+            qa, ka, t = affine_terms(geometry.affine_form(q, k, call.scale))
+            return AffineAttention.apply(qa, ka, v, plan, t.q_factor, t.k_factor, t.k_bias, t.alpha, t.gamma), None
         out = NativeAttention.apply(q, k, v, spec.kappa.contiguous(), spec.mu.contiguous(), plan)
         if plan.clipped and hasattr(geometry, "record_clip"):
             geometry.record_clip(plan.clipped)

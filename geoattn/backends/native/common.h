@@ -50,8 +50,9 @@ struct Problem {
   View dout, dq, dk, dv;      // dq written, dk/dv zero-filled by the caller
   double* dkappa;             // (H,) accumulated
   double* dmu;                // (H,) accumulated
-  float* dkbias;              // affine: ∂/∂β (B·H, S), written (or null)
+  float* dkbias;              // affine: ∂/∂β (B·H, S), written
   float *dqouter, *dkouter;   // affine with the outer term: ∂/∂α (B·H, L), ∂/∂γ (B·H, S), written
+  float *dqfactor, *dkfactor; // affine: ∂/∂a (B·H, L), ∂/∂b (B·H, S), written
   int32_t outer, pad3_;       // affine: 1 when the score has the αᵢγⱼ term
   sgemm_fn sgemm;
 };

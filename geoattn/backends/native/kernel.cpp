@@ -8,7 +8,7 @@
 // into dGram and the gradients of its per-token and per-head terms (backward, with the row's lse), and
 // multiplies back (P V_c; dGram K_c, dGramᵀ Q, Pᵀ dO). A tile stays in the thread's L2; nothing of size
 // L × S is allocated. Per-token terms (norms, radii, sinh factors) are computed here in double precision,
-// once per call; the affine kind gets its terms (β, α, γ) from the caller.
+// once per call; the affine kind gets its per-token terms (factors a, b; β, α, γ) from the caller.
 //
 // Why by hand: the score chain (gap → distance → softmax) runs in one vectorised pass per element, and
 // nearly parallel pairs need a data-dependent exact recomputation that neither SDPA nor a compiled torch
@@ -312,11 +312,11 @@ using namespace geoattn_native;
 
 extern "C" {
 
-int geoattn_native_abi() { return 8; }
+int geoattn_native_abi() { return 9; }
 
 void geoattn_forward(const Problem* P) {
   FlushDenormals ftz;
-  if (P->kind != kAffine) compute_terms(*P);  // affine: the caller wrote β into the key terms
+  if (P->kind != kAffine) compute_terms(*P);  // affine: the caller wrote its terms (affine.h)
   const Terms T(*P);
   parallel_items(*P, false, [&](int64_t item, Work& ws) { forward_item(*P, T, item, ws); }, nullptr);
 }
@@ -328,12 +328,16 @@ void geoattn_backward(const Problem* P) {
   Gr.q.assign(P->B * P->H * 3 * P->L, 0.0f);
   Gr.k.assign(P->B * P->H * 3 * P->S, 0.0f);
   parallel_items(*P, true, [&](int64_t item, Work& ws) { backward_item(*P, T, Gr, item, ws); }, &Gr);
-  if (P->kind == kAffine) {  // ∂/∂β, ∂/∂γ, ∂/∂α back to the caller (its autograd carries them to the lift)
+  if (P->kind == kAffine) {  // the terms' gradients back to the caller (its autograd carries them on)
     for (int64_t n = 0; n < P->B * P->H; ++n) {
-      if (P->dkbias) std::memcpy(P->dkbias + n * P->S, Gr.k.data() + n * 3 * P->S, sizeof(float) * P->S);
+      const float* gq = Gr.q.data() + n * 3 * P->L;
+      const float* gk = Gr.k.data() + n * 3 * P->S;
+      std::memcpy(P->dkbias + n * P->S, gk, sizeof(float) * P->S);
+      std::memcpy(P->dkfactor + n * P->S, gk + 2 * P->S, sizeof(float) * P->S);
+      std::memcpy(P->dqfactor + n * P->L, gq + P->L, sizeof(float) * P->L);
       if (P->outer) {
-        std::memcpy(P->dkouter + n * P->S, Gr.k.data() + (n * 3 + 1) * P->S, sizeof(float) * P->S);
-        std::memcpy(P->dqouter + n * P->L, Gr.q.data() + n * 3 * P->L, sizeof(float) * P->L);
+        std::memcpy(P->dkouter + n * P->S, gk + P->S, sizeof(float) * P->S);
+        std::memcpy(P->dqouter + n * P->L, gq, sizeof(float) * P->L);
       }
     }
   } else {

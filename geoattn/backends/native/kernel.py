@@ -40,7 +40,8 @@ class _Problem(ctypes.Structure):  # the layout of ``struct Problem`` in kernel.
         ("bias", _P), ("bm_b", _I64), ("bm_h", _I64), ("bm_i", _I64), ("bm_j", _I64),
         ("clipped", _P), ("qterms", _P), ("kterms", _P), ("qnorm", _P), ("knorm", _P),
         ("dout", _View), ("dq", _View), ("dk", _View), ("dv", _View), ("dkappa", _P), ("dmu", _P), ("dkbias", _P),
-        ("dqouter", _P), ("dkouter", _P), ("outer", _I32), ("pad3_", _I32), ("sgemm", _P),
+        ("dqouter", _P), ("dkouter", _P), ("dqfactor", _P), ("dkfactor", _P), ("outer", _I32), ("pad3_", _I32),
+        ("sgemm", _P),
     ]
 
 
@@ -83,24 +84,26 @@ def _problem(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: Tensor, mu: Ten
     return p
 
 
-def _terms(q: Tensor, k: Tensor, affine) -> tuple[Tensor, ...]:
+def _terms(q: Tensor, k: Tensor, affine: "AffineTerms | None") -> tuple[Tensor, ...]:
     """The per-token term buffers: (B·H, 5, L), (B·H, 5, S) float and the norms (B·H, L), (B·H, S) in double.
-    The kernel fills them (forward) for its own kinds; for the affine kind ``affine = (β, α, γ)`` are written
-    here (β key term 0, γ key term 1, α query term 0; α, γ None without the outer term)."""
+    The kernel fills them (forward) for its own kinds; the affine kind's terms are written here (affine.h)."""
     B, H, L, _ = q.shape
     S = k.shape[2]
     terms = (q.new_empty(B * H, TERMS, L), q.new_empty(B * H, TERMS, S),
              q.new_zeros(B * H, L, dtype=torch.float64), q.new_zeros(B * H, S, dtype=torch.float64))
     if affine is not None:
-        beta, alpha, gamma = affine
-        terms[1][:, 0].copy_(beta.reshape(B * H, S))
-        if alpha is not None:
-            terms[0][:, 0].copy_(alpha.reshape(B * H, L))
-            terms[1][:, 1].copy_(gamma.reshape(B * H, S))
+        qt, kt = terms[0].view(B, H, TERMS, L), terms[1].view(B, H, TERMS, S)
+        qt[:, :, 1].copy_(affine.q_factor)
+        kt[:, :, 0].copy_(affine.k_bias)
+        kt[:, :, 2].copy_(affine.k_factor)
+        if affine.outer:
+            qt[:, :, 0].copy_(affine.alpha)
+            kt[:, :, 1].copy_(affine.gamma)
     return terms
 
 
-def _forward(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: Tensor, mu: Tensor, affine=None):
+def _forward(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: Tensor, mu: Tensor,
+             affine: AffineTerms | None = None):
     """One forward call: (out (B, H, L, Ev), lse (B·H, L), per-token terms kept for the backward)."""
     B, H, L, _ = q.shape
     out = q.new_empty(B, H, L, v.shape[-1])
@@ -109,15 +112,17 @@ def _forward(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: Tensor, mu: Ten
     terms = _terms(q, k, affine)
     p = _problem(plan, q, k, v, kappa, mu, terms)
     p.out, p.lse, p.clipped = _view(out), lse.data_ptr(), clipped.data_ptr()
-    p.outer = int(affine is not None and affine[1] is not None)
+    p.outer = int(affine is not None and affine.outer)
     plan.native.lib.geoattn_forward(ctypes.byref(p))
     plan.clipped = int(clipped)
     return out, lse, terms
 
 
 def _backward(plan: Plan, q, k, v, kappa, mu, out, lse, terms, dout: Tensor, want_dkappa: bool = True,
-              affine=None):
-    """One backward call: (dq, dk, dv, dκ (zeros unless ``want_dkappa``), dμ, (dβ, dα, dγ) for the affine kind)."""
+              outer: bool | None = None):
+    """One backward call: (dq, dk, dv, dκ (zeros unless ``want_dkappa``), dμ, the gradients of the affine
+    kind's terms as an :class:`AffineTerms`, None for the other kinds). ``outer``: the affine kind's score
+    has the outer term (None: not the affine kind)."""
     dout = dout if dout.stride(-1) == 1 else dout.contiguous()
     dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
     dkappa = torch.zeros(kappa.shape, dtype=torch.float64)
@@ -126,18 +131,18 @@ def _backward(plan: Plan, q, k, v, kappa, mu, out, lse, terms, dout: Tensor, wan
     p.out, p.lse, p.dout = _view(out), lse.data_ptr(), _view(dout)
     p.dq, p.dk, p.dv, p.dkappa, p.dmu = _view(dq), _view(dk), _view(dv), dkappa.data_ptr(), dmu.data_ptr()
     p.want_dkappa = int(want_dkappa)
-    d_affine = None
-    if affine is not None:
+    grads = None
+    if outer is not None:
         B, H, L, _ = q.shape
         S = k.shape[2]
-        outer = affine[1] is not None
-        d_affine = (q.new_empty(B, H, S), q.new_empty(B, H, L) if outer else None,
-                    q.new_empty(B, H, S) if outer else None)
-        p.dkbias, p.outer = d_affine[0].data_ptr(), int(outer)
+        per_query, per_key = (lambda: q.new_empty(B, H, L)), (lambda: q.new_empty(B, H, S))
+        grads = AffineTerms(per_query(), per_key(), per_key(), *((per_query(), per_key()) if outer else (None, None)))
+        p.dqfactor, p.dkfactor, p.dkbias = (t.data_ptr() for t in (grads.q_factor, grads.k_factor, grads.k_bias))
+        p.outer = int(outer)
         if outer:
-            p.dqouter, p.dkouter = d_affine[1].data_ptr(), d_affine[2].data_ptr()
+            p.dqouter, p.dkouter = grads.alpha.data_ptr(), grads.gamma.data_ptr()
     plan.native.lib.geoattn_backward(ctypes.byref(p))
-    return dq, dk, dv, dkappa.to(kappa.dtype), dmu.to(mu.dtype), d_affine
+    return dq, dk, dv, dkappa.to(kappa.dtype), dmu.to(mu.dtype), grads
 
 
 class NativeAttention(torch.autograd.Function):
@@ -159,51 +164,66 @@ class NativeAttention(torch.autograd.Function):
         return dq, dk, dv, dkappa if want_dkappa else None, dmu, None
 
 
+@dataclass
+class AffineTerms:
+    """The per-token terms of the affine score ``aᵢ bⱼ ⟨qᵢ, kⱼ⟩ + βⱼ + αᵢγⱼ`` (affine.h), float32:
+    ``q_factor`` a (B, H, L), ``k_factor`` b and ``k_bias`` β (B, H, S), ``alpha`` (B, H, L) and ``gamma``
+    (B, H, S) of the outer term, or None without it."""
+
+    q_factor: Tensor
+    k_factor: Tensor
+    k_bias: Tensor
+    alpha: Tensor | None = None
+    gamma: Tensor | None = None
+
+    @property
+    def outer(self) -> bool:
+        return self.alpha is not None
+
+
 class AffineAttention(torch.autograd.Function):
-    """``softmax(μ(⟨q̃, k̃⟩ + β + α γᵀ) + mask) · v`` with ``(q̃, k̃, (β, α, γ), μ) = lift(q, k)`` (the
-    geometry's affine form, :func:`affine_terms`): the kernel runs at the head dim of q̃ (SDPA would need a
-    column more for β and one for the outer term). The lift is recomputed in the backward instead of kept,
-    so only q, k, v, the output and one lse per row are saved (what SDPA saves); ``params`` are the tensors
-    the lift differentiates into."""
+    """``softmax(aᵢ bⱼ ⟨qᵢ, kⱼ⟩ + βⱼ + αᵢγⱼ + mask) · v`` (a geometry's :class:`~geoattn.geometry.AffineForm`,
+    through :func:`affine_terms`): the kernel runs at the head dim of q and k and returns the gradients of
+    the per-token terms, which autograd carries on to whatever made them (norms, curvature, temperature).
+    What it keeps for the backward is what SDPA keeps (q, k, v, the output, one lse per row) and the terms
+    (O(L))."""
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, plan: Plan, lift, *params: Tensor) -> Tensor:
-        with torch.no_grad():
-            qt, kt, affine, mu = lift(q, k)
-        out, lse, _ = _forward(plan, qt, kt, v, torch.zeros_like(mu), mu, affine)
-        ctx.save_for_backward(q, k, v, out, lse, *params)
-        ctx.plan, ctx.lift = plan, lift
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, plan: Plan, q_factor: Tensor, k_factor: Tensor,
+                k_bias: Tensor, alpha: Tensor | None, gamma: Tensor | None) -> Tensor:
+        affine = AffineTerms(q_factor, k_factor, k_bias, alpha, gamma)
+        unused = q.new_zeros(q.shape[1])  # κ and μ: the affine kind reads neither
+        out, lse, terms = _forward(plan, q, k, v, unused, unused, affine)
+        ctx.save_for_backward(q, k, v, out, lse, *terms[:2])
+        ctx.plan, ctx.outer = plan, affine.outer
         return out
 
     @staticmethod
     def backward(ctx, dout: Tensor):
-        q, k, v, out, lse, *params = ctx.saved_tensors
-        with torch.enable_grad():
-            q_, k_ = q.detach().requires_grad_(), k.detach().requires_grad_()
-            qt, kt, affine, mu = ctx.lift(q_, k_)
-        detached = tuple(None if t is None else t.detach() for t in affine)
-        terms = _terms(qt, kt, detached)
-        dqt, dkt, dv, _, _, d_affine = _backward(ctx.plan, qt.detach(), kt.detach(), v, torch.zeros_like(mu), mu,
-                                                 out, lse, terms, dout, False, detached)
-        pairs = [(t, g) for t, g in ((qt, dqt), (kt, dkt), *zip(affine, d_affine))
-                 if t is not None and t.requires_grad]
-        outputs, grad_outputs = zip(*pairs)
-        grads = torch.autograd.grad(outputs, (q_, k_, *params), grad_outputs, allow_unused=True)
-        return (grads[0], grads[1], dv, None, None, *grads[2:])
+        q, k, v, out, lse, qterms, kterms = ctx.saved_tensors
+        B, H, L, _ = q.shape
+        S = k.shape[2]
+        empty = (q.new_zeros(B * H, L, dtype=torch.float64), q.new_zeros(B * H, S, dtype=torch.float64))
+        unused = q.new_zeros(H)
+        dq, dk, dv, _, _, g = _backward(ctx.plan, q, k, v, unused, unused, out, lse, (qterms, kterms, *empty), dout,
+                                        False, ctx.outer)
+        return dq, dk, dv, None, g.q_factor, g.k_factor, g.k_bias, g.alpha, g.gamma
 
 
-def affine_terms(lifted) -> tuple[Tensor, Tensor, tuple, Tensor]:
-    """``(q̃, k̃, (β, α, γ), μ)`` of an affine :class:`~geoattn.geometry.Lifted`, whose score is
-    ``scale·⟨q̃, k̃⟩ + αᵢγⱼ + Σ k_terms`` up to per-query constants (which cancel in the softmax): float32,
-    last dim contiguous, ``μ = scale`` per head and β, α, γ divided through by it (α, γ None without
-    ``lifted.outer``)."""
-    qt, kt = (t.float() if t.stride(-1) == 1 else t.float().contiguous() for t in (lifted.q, lifted.k))
-    B, H, S, _ = kt.shape
-    L = qt.shape[2]
-    s = float(lifted.scale)
-    beta = (sum(lifted.k_terms) if lifted.k_terms else kt.new_zeros(B, H, S)).float().expand(B, H, S) / s
+def affine_terms(form) -> tuple[Tensor, Tensor, AffineTerms]:
+    """``(q, k, terms)`` of a geometry's :class:`~geoattn.geometry.AffineForm` for the kernel: float32, the
+    vectors' last dim contiguous, absent factors as ones and an absent β as zeros (per-query terms dropped:
+    they cancel in the softmax)."""
+    q, k = (t.float() if t.stride(-1) == 1 else t.float().contiguous() for t in (form.q, form.k))
+    B, H, L, _ = q.shape
+    S = k.shape[2]
+
+    def per_token(t, n, fill):
+        return q.new_full((B, H, n), fill) if t is None else t.float().expand(B, H, n)
+
     alpha = gamma = None
-    if lifted.outer is not None:
-        alpha = lifted.outer[0].float().expand(B, H, L) / s
-        gamma = lifted.outer[1].float().expand(B, H, S)
-    return qt, kt, (beta, alpha, gamma), kt.new_full((H,), s)
+    if form.outer is not None:
+        alpha, gamma = per_token(form.outer[0], L, 0.0), per_token(form.outer[1], S, 0.0)
+    terms = AffineTerms(per_token(form.q_factor, L, 1.0), per_token(form.k_factor, S, 1.0),
+                        per_token(form.k_bias, S, 0.0), alpha, gamma)
+    return q, k, terms
