@@ -105,19 +105,21 @@ def test_auto_runs_the_native_kernel_on_cpu_float32(name):
                                    geometry=GEOMETRIES[name]()).split(":")[0] in ("sdpa", "dense", "tiled")
 
 
-@pytest.mark.parametrize("name", ["lorentz", "metric", "l2", "sphere-cosine"])
-def test_affine_kind_keeps_what_sdpa_keeps(name):
-    """The affine kind recomputes its lift in the backward: the tensors saved for backward are q, k, v, the
-    output and one log-sum-exp per row (plus the geometry's parameters), what SDPA saves; the SDPA route
-    of the same geometry keeps the lifted q̃, k̃ and the lift's own graph as well."""
-    geom = GEOMETRIES[name]()
-    q, k, v = (torch.randn(1, H, 1024, 16, requires_grad=True) for _ in range(3))
-    geom = geom if name not in ("metric",) else geoattn.Metric(head_dim=16, rank=3, learnable=True)
+@pytest.mark.parametrize("name, bound", [("lorentz", 1.1), ("l2", 1.1), ("sphere-cosine", 1.1), ("metric", 1.35)])
+def test_affine_kinds_keep_about_what_sdpa_keeps(name, bound):
+    """The radial affine kinds (lorentz, l2, cosine) run on the raw q, k with their per-token terms formed in
+    the kernel: saved for backward are q, k, v, the output, one log-sum-exp per row and the terms (5 floats
+    and a double per token and side), i.e. what SDPA saves plus O(L); the metric keeps k̃ = G k as well.
+    The SDPA route of the same geometry keeps the lifted q̃, k̃ and the lift's own graph."""
+    E = 64
+    geom = GEOMETRIES[name]() if name != "metric" else geoattn.Metric(head_dim=E, rank=3, learnable=True)
+    q, k, v = (torch.randn(1, H, 1024, E, requires_grad=True) for _ in range(3))
+
     def saved(**kwargs) -> float:
         return saved_activation_mb(lambda: geoattn.attention(q, k, v, **kwargs).sum())[1]
 
     native, sdpa, euclid = saved(geometry=geom, backend="native"), saved(geometry=geom, backend="sdpa"), saved()
-    assert native <= 1.1 * euclid, (native, euclid)
+    assert native <= bound * euclid, (native, euclid)
     assert sdpa > 1.4 * euclid, (sdpa, euclid)
 
 

@@ -79,7 +79,9 @@ class AffineForm:
     k: Tensor                                  # (B, H, S, Dl)
     q_factor: Tensor | None = None
     k_factor: Tensor | None = None
-    q_bias: Tensor | None = None               # cancels in the softmax; kept so energies and scores are exact
+    # cancels in the softmax; kept so energies and scores are exact. A function of no arguments computing
+    # it is accepted where it costs a pass over q (the kernel never asks for it)
+    q_bias: Tensor | Callable[[], Tensor] | None = None
     k_bias: Tensor | None = None
     outer: tuple[Tensor, Tensor] | None = None  # (α (B, H, L), γ (B, H, S))
 
@@ -88,14 +90,16 @@ class AffineForm:
         q = self.q if self.q_factor is None else self.q * self.q_factor.unsqueeze(-1)
         k = self.k if self.k_factor is None else self.k * self.k_factor.unsqueeze(-1)
         bias = lambda t, x: () if t is None else (t.expand(x.shape[:-1]),)  # noqa: E731
-        return Lifted(q, k, q_terms=bias(self.q_bias, q), k_terms=bias(self.k_bias, k), outer=self.outer)
+        q_bias = self.q_bias() if callable(self.q_bias) else self.q_bias
+        return Lifted(q, k, q_terms=bias(q_bias, q), k_terms=bias(self.k_bias, k), outer=self.outer)
 
 
 @dataclass
 class NativeSpec:
     """What the native CPU kernel needs from a geometry (:mod:`geoattn.backends.native`): the kernel ``kind``
-    (``"stereographic"``, ``"sphere"`` or ``"affine"``), per-head ``kappa`` and score multiplier
-    ``mu`` (H,) in float32
+    (``"stereographic"``, ``"sphere"``; ``"lorentz"``, ``"cosine"``, ``"l2"``, whose affine terms the kernel
+    computes from the token norms; ``"affine"``, which runs :meth:`Geometry.affine_form`), per-head
+    ``kappa`` and score multiplier ``mu`` (H,) in float32
     (differentiable: the kernel returns their gradients) and the tangent ``clip`` (√|κ|·‖u‖ ≤ clip, κ < 0)."""
 
     kind: str
@@ -262,14 +266,15 @@ class Geometry(nn.Module):
     def affine_lift(self, q: Tensor, k: Tensor, scale: float | None) -> Lifted:
         """The affine form of the score (dot form, ``score = ⟨q̃, k̃⟩·scale + a_q + b_k``) that SDPA runs;
         only for ``affine`` geometries. The default is :meth:`affine_form`'s :meth:`AffineForm.lifted` for
-        a geometry that has one (``native_kind = "affine"``), else :meth:`lift` itself."""
-        if self.native_kind == "affine":
+        a geometry that implements it, else :meth:`lift` itself."""
+        if type(self).affine_form is not Geometry.affine_form:
             return self.affine_form(q, k, scale).lifted()
         return self.lift(q, k, scale)
 
     def affine_form(self, q: Tensor, k: Tensor, scale: float | None) -> AffineForm:
-        """The affine score with its per-token factors apart (:class:`AffineForm`): what the native kernel
-        runs for a geometry with ``native_kind = "affine"``, which must implement it."""
+        """The affine score with its per-token factors apart (:class:`AffineForm`): one home for an affine
+        geometry's maths (:meth:`affine_lift` derives from it), and what the native kernel runs for a
+        geometry with ``native_kind = "affine"``, which must implement it."""
         raise NotImplementedError(f"geometry {self.name!r} has native_kind={self.native_kind!r} but no "
                                   "affine_form(q, k, scale); implement it, or set native_kind = None")
 
@@ -278,7 +283,7 @@ class Geometry(nn.Module):
         None when it has none (then ``auto`` uses the other backends). An affine geometry with
         ``native_kind = "affine"`` runs its :meth:`affine_form` there, which needs nothing more."""
         if self.native_kind == "affine":
-            zeros = torch.zeros(self.num_heads, dtype=torch.float32, device=q.device)
+            zeros = torch.zeros(q.shape[1], dtype=torch.float32, device=q.device)
             return NativeSpec("affine", zeros, zeros + 1, 0.0)
         return None
 

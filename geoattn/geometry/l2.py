@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
 from ..math import eps
-from .base import AffineForm, Lifted, TemperedGeometry
+from .base import AffineForm, Lifted, NativeSpec, TemperedGeometry
 from .registry import register
 
 
@@ -37,7 +38,7 @@ class L2(TemperedGeometry):
     name = "l2"
     affine = True
     chord = True
-    native_kind = "affine"  # the native CPU kernel runs affine_form at head dim E (SDPA needs E + 1)
+    native_kind = "l2"  # the native CPU kernel forms affine_form's terms itself, at head dim E (SDPA: E + 1)
 
     def _coefficient(self, q: Tensor, scale: float | None) -> Tensor:
         """``scale/(√E τ_h)``, shape (H,)."""
@@ -56,3 +57,8 @@ class L2(TemperedGeometry):
         coef = self._coefficient(q, scale).view(-1, 1)                     # (H, 1)
         return AffineForm(q, k, q_factor=coef, q_bias=-0.5 * coef * (q * q).sum(-1),
                           k_bias=-0.5 * coef * (k * k).sum(-1))
+
+    def native_spec(self, q: Tensor, scale: float | None) -> NativeSpec:
+        """The ``l2`` kind: μ(⟨q, k⟩ − ½‖k‖²) with μ = scale/(√E τ), the key term from the kernel's norms."""
+        mu = self._coefficient(q, scale).float()
+        return NativeSpec(self.native_kind, torch.zeros_like(mu), mu, 0.0)

@@ -9,7 +9,7 @@ from torch import Tensor
 from ..math import eps, lorentz
 from ..math.functions import cos_sqrt
 from ..math.vectors import clip_radius as clip_norm, robust_norm
-from .base import AffineForm, CurvedGeometry, Lifted
+from .base import AffineForm, CurvedGeometry, Lifted, NativeSpec
 from .registry import register
 
 
@@ -39,7 +39,7 @@ class Lorentz(CurvedGeometry):
     aggregations = ("linear", "centroid")
     default_clip = 4.0
     chord = True
-    native_kind = "affine"  # the native CPU kernel runs affine_form at head dim E (SDPA needs E + 1)
+    native_kind = "lorentz"  # the native CPU kernel forms affine_form's terms itself, at head dim E (SDPA: E + 1)
     options = ("aggregation", "clip_radius")
 
     def _radial_terms(self, x: Tensor, kappa: Tensor) -> tuple[Tensor, Tensor]:
@@ -71,6 +71,12 @@ class Lorentz(CurvedGeometry):
         q_bias = (coef / -kappa.view(-1, 1)).expand(x0.shape)  # √E/(cτ): constant, kept so energies are exact
         return AffineForm(q.to(cd), k.to(cd), q_factor=coef * fq, k_factor=fk, q_bias=q_bias,
                           outer=(-coef * x0, y0))
+
+    def native_spec(self, q: Tensor, scale: float | None) -> NativeSpec:
+        """The ``lorentz`` kind: :meth:`affine_form`'s factors and time coordinates computed in the kernel from
+        the token norms (radial.h), μ = √E/τ."""
+        coef = math.sqrt(q.shape[-1]) * self.inverse_temperature(q, scale)
+        return NativeSpec(self.native_kind, self.kappa(q).float(), coef.float(), self.clip_radius)
 
     def _token_terms(self, x: Tensor, kappa: Tensor) -> tuple[Tensor, Tensor]:
         """``σ(a)/‖x‖`` and ``x₀ = cosh(√c a)/√c`` (B, H, N) of ``exp_o(x/√E)``, a = ‖x‖/√E (clipped)."""

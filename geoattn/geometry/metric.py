@@ -33,7 +33,7 @@ class Metric(TemperedGeometry):
     name = "metric"
     affine = True
     chord = True
-    native_kind = "affine"  # the native CPU kernel runs affine_lift at head dim E (SDPA needs E + 1)
+    native_kind = "affine"  # the native CPU kernel runs affine_form (k̃ = G k and β from torch) at head dim E
     options = ("rank", "epsilon")
 
     def __init__(self, head_dim: int, rank: int | None = None, temperature=1.0, num_heads: int = 1,
@@ -95,7 +95,7 @@ class Metric(TemperedGeometry):
         g = self.metric_tensor().to(cd).expand(q.shape[1], -1, -1).unsqueeze(0)  # (1, H, E, E)
         inv_t = (self.inverse_temperature(q, scale) / math.sqrt(self.head_dim)).view(-1, 1)
         gk = k @ g
-        return AffineForm(q, gk, q_factor=inv_t, q_bias=-inv_t / 2 * (q * (q @ g)).sum(-1),
+        return AffineForm(q, gk, q_factor=inv_t, q_bias=lambda: -inv_t / 2 * (q * (q @ g)).sum(-1),
                           k_bias=-inv_t / 2 * (k * gk).sum(-1))
 
     def extra_repr(self) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
 from ..math import eps, sphere
@@ -37,7 +38,7 @@ class Sphere(CurvedGeometry):
         self.score = check_choice("sphere score", score, ("cosine", "geodesic"))
         self.affine = self.score == "cosine"
         self.chord = not self.affine
-        self.native_kind = "affine" if self.affine else "sphere"
+        self.native_kind = "cosine" if self.affine else "sphere"
 
     def score_multiplier(self, ref: Tensor, scale: float | None) -> Tensor:
         """√E·scale/τ (cosine) or -√E·scale/(√κ τ) (geodesic) per head, (H,)."""
@@ -67,9 +68,9 @@ class Sphere(CurvedGeometry):
         return AffineForm(q, k, q_factor=mu * inverse_norm(q), k_factor=inverse_norm(k))
 
     def native_spec(self, q: Tensor, scale: float | None) -> NativeSpec:
-        if self.affine:  # cosine: the affine kind runs the lift above
-            return super().native_spec(q, scale)
-        return NativeSpec(self.native_kind, self.kappa(q).float(), self.score_multiplier(q, scale).float(), 0.0)
+        # cosine: μ⟨q, k⟩/(‖q‖‖k‖), the factors from the kernel's norms (κ unused); geodesic: μθ
+        mu = self.score_multiplier(q, scale).float()
+        return NativeSpec(self.native_kind, torch.zeros_like(mu) if self.affine else self.kappa(q).float(), mu, 0.0)
 
     def manifold_values(self, v: Tensor) -> Tensor:
         return unit(v.to(eps.compute_dtype(v.dtype)), input_dtype=v.dtype)

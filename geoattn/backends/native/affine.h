@@ -1,10 +1,11 @@
-// Rows of the affine score sᵢⱼ = aᵢ bⱼ ⟨qᵢ, kⱼ⟩ + βⱼ + αᵢγⱼ, forward and backward: the kernel of the
+// Rows of the affine score sᵢⱼ = μ(aᵢ bⱼ ⟨qᵢ, kⱼ⟩ + βⱼ + αᵢγⱼ), forward and backward: the kernel of the
 // geometries that reduce to a dot product (learned metric, squared distance, cosine, and the Lorentz
 // inner product, whose time coordinates are the outer-product term αᵢγⱼ), at the head dim of q and k.
 // The per-token factors aᵢ, bⱼ carry what a lift would multiply the vectors by (a radial factor, 1/‖x‖,
 // a temperature), so the caller passes the raw vectors and nothing of size L × E is made for the score.
-// The caller writes the terms in score units: αᵢ query term 0, aᵢ query term 1; βⱼ key term 0, γⱼ key
-// term 1, bⱼ key term 2. OUTER: the αᵢγⱼ term is there. Gradients of the terms go to the same slots.
+// The terms: αᵢ query term 0, aᵢ query term 1; βⱼ key term 0, γⱼ key term 1, bⱼ key term 2, computed by
+// compute_terms for the radial kinds (Lorentz, cosine, l2) or written by the caller (kAffine, μ = 1).
+// OUTER: the αᵢγⱼ term is there. Gradients of the terms go to the same slots.
 #pragma once
 
 #include "terms.h"
@@ -19,16 +20,17 @@ float affine_scores(const Problem& P, const Terms& T, const Row& w, float* scrat
   const float* bk = T.kt(w.n, 2) + w.c0;
   const float alpha = OUTER ? T.qt(w.n, 0)[w.i] : 0.0f;
   const float aq = T.qt(w.n, 1)[w.i];
+  const float mu = P.mu[w.n % P.H];
   const float* madd = row_mask(P, w, scratch + 2 * padded(P.S));
   float* __restrict__ score = scratch;  // restrict: its stores alias none of the row's inputs
   const float* g = w.g;
-  const int64_t jmax = w.jmax;
+  const int64_t jmax = w.jmax, jpad = w.jpad;
 #pragma omp simd
-  for (int64_t j = 0; j < jmax; ++j) {
+  for (int64_t j = 0; j < jpad; ++j) {
     const float x = OUTER ? aq * bk[j] * g[j] + beta[j] + alpha * gamma[j] : aq * bk[j] * g[j] + beta[j];
-    score[j] = masked<M>(x, madd, j);
+    score[j] = j < jmax ? masked<M>(mu * x, madd, j) : kNegInf;
   }
-  return row_max(score, jmax);
+  return row_max(score, jpad);
 }
 
 template <bool M, bool OUTER>
@@ -45,6 +47,7 @@ void affine_backward_row(const Problem& P, const Terms& T, Row& w, float* scratc
   const float* bk = T.kt(w.n, 2) + w.c0;
   const float alpha = OUTER ? T.qt(w.n, 0)[w.i] : 0.0f;
   const float aq = T.qt(w.n, 1)[w.i];
+  const float mu = P.mu[w.n % P.H];
   const float* madd = row_mask(P, w, scratch + 2 * padded(P.S));
   float* __restrict__ gkb = w.gkb;  // ∂/∂βⱼ
   float* __restrict__ gks = w.gks;  // ∂/∂γⱼ
@@ -52,15 +55,17 @@ void affine_backward_row(const Problem& P, const Terms& T, Row& w, float* scratc
   float* __restrict__ g = w.g;
   float* __restrict__ dp = w.dp;
   const float delta_i = w.delta;
-  float galpha = 0, gaq = 0;
-  const int64_t jmax = w.jmax;
-#pragma omp simd reduction(+ : galpha, gaq)
-  for (int64_t j = 0; j < jmax; ++j) {
+  float galpha = 0, gaq = 0, gmu = 0;
+  const int64_t jmax = w.jmax, jpad = w.jpad;
+#pragma omp simd reduction(+ : galpha, gaq, gmu)
+  for (int64_t j = 0; j < jpad; ++j) {
     const float gram = g[j];
     const float x = OUTER ? aq * bk[j] * gram + beta[j] + alpha * gamma[j] : aq * bk[j] * gram + beta[j];
-    const float sj = masked<M>(x, madd, j);
-    const float p = sj != kNegInf ? fexp(sj - lse) : 0.0f;
-    const float ds = p * (dp[j] - delta_i);
+    const float sj = masked<M>(mu * x, madd, j);
+    const float p = j < jmax && sj != kNegInf ? fexp(sj - lse) : 0.0f;
+    const float dsm = j < jmax ? p * (dp[j] - delta_i) : 0.0f;  // ∂L/∂s
+    gmu += dsm * x;
+    const float ds = dsm * mu;                // ∂L/∂x
     const float dsg = ds * gram;
     gkb[j] += ds;
     gkr[j] += dsg * aq;
@@ -72,9 +77,10 @@ void affine_backward_row(const Problem& P, const Terms& T, Row& w, float* scratc
     dp[j] = ds * aq * bk[j];  // dGram
     g[j] = p;
   }
-  for (int64_t j = jmax; j < w.S; ++j) g[j] = dp[j] = 0.0f;
+  for (int64_t j = jpad; j < w.S; ++j) g[j] = dp[j] = 0.0f;
   w.ga = galpha;  // ∂/∂αᵢ
   w.gs = gaq;     // ∂/∂aᵢ
+  w.gmu += gmu;
 }
 
 }  // namespace geoattn_native

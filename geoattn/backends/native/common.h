@@ -18,7 +18,9 @@ extern "C" {
 typedef void (*sgemm_fn)(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
                          const int*, const float*, const int*, const float*, float*, const int*);
 
-enum Kind : int32_t { kStereographic = 0, kSphere = 1, kAffine = 2 };
+// kAffine: the caller writes the affine terms; kLorentz, kCosine, kL2: the kernel computes them (radial.h)
+enum Kind : int32_t { kStereographic = 0, kSphere = 1, kAffine = 2, kLorentz = 3, kCosine = 4, kL2 = 5 };
+inline bool affine_kind(int32_t kind) { return kind >= kAffine; }
 
 // A 4-D tensor (B, H, rows, cols) with a contiguous last dim, by its strides (elements).
 struct View {
@@ -182,8 +184,14 @@ inline float clamped_gap(float gram, float rho, float rhok) {
   return std::min(std::max(1.0f - gram * rho * rhok, 0.0f), 2.0f);
 }
 
+// The row loops run to jpad = jmax rounded up to the vector width, so they have no scalar tail (a causal
+// row at L = 64 would spend most of its time there): lanes j ≥ jmax compute on finite data (tile columns
+// past the chunk and key terms past S are zero-initialised padding) and get score −inf, p = 0.
+constexpr int64_t kLanes = 16;
+inline int64_t lanes_up(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }
+
 struct Row {  // one query row of a tile: keys c0 … c0 + S − 1 of the head (a chunk); j counts from c0
-  int64_t n, i, c0, jmax, S;  // keys j < jmax take part (causal rows end early); j ≥ jmax get p = 0
+  int64_t n, i, c0, jmax, jpad, S;  // keys j < jmax take part (causal rows end early); j ≥ jmax get p = 0
   float *g, *dp;   // tile rows: Gram in; P (and dGram) out
   float* lse;
   float delta;
@@ -217,17 +225,18 @@ const float* row_mask(const Problem& P, const Row& w, float* buf) {
 template <bool M>
 inline float masked(float s, const float* add, int64_t j) { return M ? s + add[j] : s; }
 
-// exp(s − m) of a chunk of a row's scores (m ≥ their max, masked = -inf → 0) into p, unnormalised (length S,
-// zeros past jmax); returns their sum. The online softmax of the forward rescales and normalises.
-float exp_row(const float* s, float m, float* p, int64_t jmax, int64_t S) {
+// exp(s − m) of a chunk of a row's scores (m ≥ their max, masked = -inf → 0, −inf past jmax up to jpad)
+// into p, unnormalised (length S, zeros past jmax); returns their sum. The online softmax of the forward
+// rescales and normalises.
+float exp_row(const float* s, float m, float* p, int64_t jpad, int64_t S) {
   float l = 0.0f;
 #pragma omp simd reduction(+ : l)
-  for (int64_t j = 0; j < jmax; ++j) {
+  for (int64_t j = 0; j < jpad; ++j) {
     const float e = s[j] == kNegInf ? 0.0f : fexp(s[j] - m);
     p[j] = e;
     l += e;
   }
-  for (int64_t j = jmax; j < S; ++j) p[j] = 0.0f;
+  for (int64_t j = jpad; j < S; ++j) p[j] = 0.0f;
   return l;
 }
 
@@ -252,13 +261,13 @@ template <bool BOTH_ENDS>
 void row_gaps(const Problem& P, const Row& w, float* __restrict__ gap, float rho, const float* rhok) {
   int near = 0;
   const float eta = P.eta;
-  const int64_t jmax = w.jmax;
+  const int64_t jmax = w.jmax, jpad = w.jpad;
   const float* g = w.g;  // locals, not w's fields: a store to gap[j] could alias w
 #pragma omp simd reduction(+ : near)
-  for (int64_t j = 0; j < jmax; ++j) {
+  for (int64_t j = 0; j < jpad; ++j) {
     const float x = clamped_gap(g[j], rho, rhok[j]);
     gap[j] = x;
-    near += (x < eta || (BOTH_ENDS && x > 2.0f - eta)) ? 1 : 0;
+    near += (j < jmax && (x < eta || (BOTH_ENDS && x > 2.0f - eta))) ? 1 : 0;
   }
   if (!near) return;
   for (int64_t j = 0; j < w.jmax; ++j) {

@@ -27,6 +27,7 @@
 // α' = e^{−√c a}, β' = e^{√c b}/2; absolute error ≤ 4ε/√c in distance), or from its Taylor series
 // where |κ(a − b)²| < 0.01.
 #include "affine.h"
+#include "radial.h"
 #include "sphere.h"
 #include "stereographic.h"
 
@@ -40,7 +41,7 @@ namespace geoattn_native {
 template <bool M>
 float row_scores(const Problem& P, const Terms& T, const Row& w, float* scratch) {
   if (P.kind == kSphere) return sphere_scores<M>(P, T, w, scratch);
-  if (P.kind == kAffine)
+  if (affine_kind(P.kind))
     return P.outer ? affine_scores<M, true>(P, T, w, scratch) : affine_scores<M, false>(P, T, w, scratch);
   const float kappa = P.kappa[w.n % P.H];
   if (kappa < 0.0f) return stereo_scores<-1, M>(P, T, w, scratch);
@@ -59,7 +60,7 @@ void stereo_backward_any(const Problem& P, const Terms& T, Row& w, float* scratc
 template <bool M>
 void row_backward(const Problem& P, const Terms& T, Row& w, float* scratch) {
   if (P.kind == kSphere) return sphere_backward_row<M>(P, T, w, scratch);
-  if (P.kind == kAffine)
+  if (affine_kind(P.kind))
     return P.outer ? affine_backward_row<M, true>(P, T, w, scratch) : affine_backward_row<M, false>(P, T, w, scratch);
   P.want_dkappa ? stereo_backward_any<M, true>(P, T, w, scratch) : stereo_backward_any<M, false>(P, T, w, scratch);
 }
@@ -80,11 +81,12 @@ struct Work {
 
 inline int64_t blocks(const Problem& P) { return (P.L + P.bq - 1) / P.bq; }
 
-// row i of head n against keys c0 … c0 + S − 1 (g, dp: its tile rows)
+// row i of head n against keys c0 … c0 + S − 1 (g, dp: its tile rows, lanes_up(S) long)
 Row make_row(const Problem& P, const Terms& T, int64_t n, int64_t i, int64_t c0, int64_t S, float* g, float* dp) {
   Row w{};
   w.n = n, w.i = i, w.c0 = c0, w.S = S;
   w.jmax = P.causal ? std::max<int64_t>(0, std::min(S, i + 1 - c0)) : S;
+  w.jpad = lanes_up(w.jmax);
   w.g = g, w.dp = dp;
   w.lse = P.lse + n * P.L + i;
   w.qv = row_ptr(P.q, n, P.H, i);
@@ -109,11 +111,11 @@ void forward_item(const Problem& P, const Terms& T, int64_t item, Work& ws) {
     for (int64_t r = 0; r < rows; ++r) std::memset(out + r * P.out.sr, 0, sizeof(float) * P.Ev);
   const bool masked = has_mask(P);
   for (int64_t c0 = 0; c0 < S; c0 += P.chunk) {
-    const int64_t Sc = std::min<int64_t>(P.chunk, S - c0);
+    const int64_t Sc = std::min<int64_t>(P.chunk, S - c0), ld = lanes_up(Sc);  // ld: the tile's row stride
     float* G = ws.tile.data();
-    gemm_abt(P, (int)rows, (int)Sc, (int)P.D, q, P.q.sr, row_ptr(P.k, n, P.H, c0), P.k.sr, 0.0f, G, Sc);
+    gemm_abt(P, (int)rows, (int)Sc, (int)P.D, q, P.q.sr, row_ptr(P.k, n, P.H, c0), P.k.sr, 0.0f, G, ld);
     for (int64_t r = 0; r < rows; ++r) {
-      const Row w = make_row(P, T, n, i0 + r, c0, Sc, G + r * Sc, nullptr);
+      const Row w = make_row(P, T, n, i0 + r, c0, Sc, G + r * ld, nullptr);
       float* score = ws.rows.data();
       const float mc = masked ? row_scores<true>(P, T, w, score) : row_scores<false>(P, T, w, score);
       const float mn = std::max(m[r], mc);
@@ -123,7 +125,7 @@ void forward_item(const Problem& P, const Terms& T, int64_t item, Work& ws) {
         continue;
       }
       alpha[r] = m[r] == kNegInf ? 0.0f : std::exp(m[r] - mn);
-      l[r] = l[r] * alpha[r] + exp_row(score, mn, w.g, w.jmax, Sc);
+      l[r] = l[r] * alpha[r] + exp_row(score, mn, w.g, w.jpad, Sc);
       m[r] = mn;
     }
     if (c0 > 0)
@@ -133,7 +135,7 @@ void forward_item(const Problem& P, const Terms& T, int64_t item, Work& ws) {
 #pragma omp simd
         for (int64_t d = 0; d < P.Ev; ++d) o[d] *= a;
       }
-    gemm_ab(P, (int)rows, (int)P.Ev, (int)Sc, G, Sc, row_ptr(P.v, n, P.H, c0), P.v.sr, c0 > 0 ? 1.0f : 0.0f, out,
+    gemm_ab(P, (int)rows, (int)P.Ev, (int)Sc, G, ld, row_ptr(P.v, n, P.H, c0), P.v.sr, c0 > 0 ? 1.0f : 0.0f, out,
             P.out.sr);
   }
   for (int64_t r = 0; r < rows; ++r) {
@@ -203,14 +205,14 @@ void backward_item(const Problem& P, const Terms& T, Grads& Gr, int64_t item, Wo
   const bool masked = has_mask(P);
   const int64_t ps = padded(P.S);
   for (int64_t c0 = 0; c0 < S; c0 += P.chunk) {
-    const int64_t Sc = std::min<int64_t>(P.chunk, S - c0);
+    const int64_t Sc = std::min<int64_t>(P.chunk, S - c0), ld = lanes_up(Sc);
     float* G = ws.tile.data();
     float* dP = ws.dtile.data();
     const float* kc = row_ptr(P.k, n, P.H, c0);
-    gemm_abt(P, (int)rows, (int)Sc, (int)P.D, q, P.q.sr, kc, P.k.sr, 0.0f, G, Sc);
-    gemm_abt(P, (int)rows, (int)Sc, (int)P.Ev, dout, P.dout.sr, row_ptr(P.v, n, P.H, c0), P.v.sr, 0.0f, dP, Sc);
+    gemm_abt(P, (int)rows, (int)Sc, (int)P.D, q, P.q.sr, kc, P.k.sr, 0.0f, G, ld);
+    gemm_abt(P, (int)rows, (int)Sc, (int)P.Ev, dout, P.dout.sr, row_ptr(P.v, n, P.H, c0), P.v.sr, 0.0f, dP, ld);
     for (int64_t r = 0; r < rows; ++r) {
-      Row w = make_row(P, T, n, i0 + r, c0, Sc, G + r * Sc, dP + r * Sc);
+      Row w = make_row(P, T, n, i0 + r, c0, Sc, G + r * ld, dP + r * ld);
       w.delta = ws.delta[r];
       w.gkb = ws.gk.data() + c0, w.gks = ws.gk.data() + ps + c0, w.gkr = ws.gk.data() + 2 * ps + c0;
       w.gkap = w.gmu = 0.0;
@@ -221,15 +223,53 @@ void backward_item(const Problem& P, const Terms& T, Grads& Gr, int64_t item, Wo
       ws.gmu += w.gmu;
     }
     // dV_c += Pᵀ dO,  dQ += dGram K_c,  dK_c += dGramᵀ Q
-    gemm_atb(P, (int)Sc, (int)P.Ev, (int)rows, G, Sc, dout, P.dout.sr, 1.0f, ws.dv.data() + c0 * P.Ev, P.Ev);
-    gemm_ab(P, (int)rows, (int)P.D, (int)Sc, dP, Sc, kc, P.k.sr, c0 > 0 ? 1.0f : 0.0f, dq, P.dq.sr);
-    gemm_atb(P, (int)Sc, (int)P.D, (int)rows, dP, Sc, q, P.q.sr, 1.0f, ws.dk.data() + c0 * P.D, P.D);
+    gemm_atb(P, (int)Sc, (int)P.Ev, (int)rows, G, ld, dout, P.dout.sr, 1.0f, ws.dv.data() + c0 * P.Ev, P.Ev);
+    gemm_ab(P, (int)rows, (int)P.D, (int)Sc, dP, ld, kc, P.k.sr, c0 > 0 ? 1.0f : 0.0f, dq, P.dq.sr);
+    gemm_atb(P, (int)Sc, (int)P.D, (int)rows, dP, ld, q, P.q.sr, 1.0f, ws.dk.data() + c0 * P.D, P.D);
   }
   for (int64_t r = 0; r < rows; ++r) {
     float* gq = Gr.q.data() + n * 3 * P.L + (i0 + r);
     const float* acc = ws.acc.data() + 3 * r;
     gq[0] = acc[0], gq[P.L] = acc[1], gq[2 * P.L] = acc[2];
   }
+}
+
+// Fill the caller's term buffers (forward only; the backward reads them back).
+void compute_terms(const Problem& P) {
+  const int64_t N = P.B * P.H;
+  int64_t clipped = 0;
+#pragma omp parallel for schedule(static) num_threads(P.nthreads) reduction(+ : clipped)
+  for (int64_t n = 0; n < N; ++n) {
+    const double kappa = P.kind == kStereographic || P.kind == kLorentz ? (double)P.kappa[n % P.H] : 0.0;
+    for (int side = 0; side < 2; ++side) {
+      const bool key = side == 1;
+      const int64_t rows = key ? P.S : P.L;
+      const View& x = key ? P.k : P.q;
+      const int64_t stride = key ? key_stride(P) : rows;  // of a term's row
+      float* out = (key ? P.kterms : P.qterms) + n * kTerms * stride;
+      double* norms = (key ? P.knorm : P.qnorm) + n * rows;
+      for (int64_t r = 0; r < rows; ++r) {
+        const double nr = row_norm(row_ptr(x, n, P.H, r), P.D);
+        norms[r] = nr;
+        if (P.kind == kSphere) {
+          out[2 * stride + r] = (float)(nr > 0 ? 1.0 / nr : 0.0);  // ρ, at the stereographic ρ's slot
+          continue;
+        }
+        if (affine_kind(P.kind)) {
+          clipped += radial_terms(P.kind, nr, kappa, P.inv_sqrt_e, P.clip, key, out, stride, r);
+          continue;
+        }
+        const TokenTerms t = stereo_token(nr, kappa, P.inv_sqrt_e, P.clip, key);
+        out[0 * stride + r] = (float)t.a;
+        out[1 * stride + r] = (float)t.sig;
+        out[2 * stride + r] = (float)t.rho;
+        out[3 * stride + r] = (float)t.e1;
+        out[4 * stride + r] = (float)t.e2;
+        clipped += t.clipped;
+      }
+    }
+  }
+  if (P.clipped) *P.clipped = clipped;
 }
 
 // The chain through the per-token terms: g_a, g_σ, g_ρ → ∂/∂‖x‖ (added to dx along x) and ∂/∂κ.
@@ -241,7 +281,7 @@ void token_chain(const Problem& P, const Terms& T, const Grads& Gr) {
     std::vector<double> mine(P.H, 0.0);
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < N; ++n) {
-      const double kappa = P.kind == kStereographic ? (double)P.kappa[n % P.H] : 0.0;
+      const double kappa = P.kind == kStereographic || P.kind == kLorentz ? (double)P.kappa[n % P.H] : 0.0;
       const double c = std::fabs(kappa);
       for (int side = 0; side < 2; ++side) {
         const bool key = side == 1;
@@ -252,9 +292,14 @@ void token_chain(const Problem& P, const Terms& T, const Grads& Gr) {
         const double* norms = (key ? T.kn : T.qn) + n * rows;
         for (int64_t r = 0; r < rows; ++r) {
           const double nr = norms[r];
-          if (nr <= 0) continue;
+          if (nr <= 0 && !affine_kind(P.kind)) continue;  // a zero vector: no direction, no radius term
           double g_norm = 0.0;
-          if (P.kind == kSphere) {
+          if (affine_kind(P.kind)) {
+            const double gs[3] = {g[r], g[rows + r], g[2 * rows + r]};
+            double g_kappa;
+            radial_chain(P.kind, nr, kappa, P.inv_sqrt_e, P.clip, key, gs, g_norm, g_kappa);
+            mine[n % P.H] += g_kappa;
+          } else if (P.kind == kSphere) {
             g_norm = -(double)g[2 * rows + r] / (nr * nr);  // ρ = 1/‖x‖
           } else {
             bool clipped;
@@ -267,6 +312,7 @@ void token_chain(const Problem& P, const Terms& T, const Grads& Gr) {
             else g_norm += g_a * P.inv_sqrt_e;
             g_norm -= (double)g[2 * rows + r] / (nr * nr);
           }
+          if (nr <= 0) continue;
           const float* xr = row_ptr(x, n, P.H, r);
           float* dr = row_ptr_mut(dx, n, P.H, r);
           const float f = (float)(g_norm / nr);
@@ -288,12 +334,12 @@ void parallel_items(const Problem& P, bool backward, Fn&& fn, Grads* Gr) {
   {
     FlushDenormals ftz;
     Work ws;
-    const int64_t tile = P.bq * std::min<int64_t>(P.chunk, P.S);
-    ws.tile.resize(tile);
+    const int64_t tile = P.bq * lanes_up(std::min<int64_t>(P.chunk, P.S));
+    ws.tile.assign(tile, 0.0f);  // zeros: the padding columns past a chunk stay finite (see Row)
     ws.rows.resize(3 * padded(P.S));
     ws.m.resize(P.bq), ws.l.resize(P.bq), ws.alpha.resize(P.bq);
     if (backward) {
-      ws.dtile.resize(tile);
+      ws.dtile.assign(tile, 0.0f);
       ws.delta.resize(P.bq), ws.acc.resize(3 * P.bq);
       ws.dk.assign(P.S * P.D, 0.0f);
       ws.dv.assign(P.S * P.Ev, 0.0f);

@@ -17,8 +17,9 @@ from torch import Tensor
 
 from .build import Native
 
-KINDS = {"stereographic": 0, "sphere": 1, "affine": 2}
+KINDS = {"stereographic": 0, "sphere": 1, "affine": 2, "lorentz": 3, "cosine": 4, "l2": 5}
 TERMS = 5  # per-token terms of kernel.cpp (kTerms)
+LANES = 16  # the kernel's vector width in floats (common.h, kLanes)
 ETA = 1.0 / 32  # gaps below this (nearly parallel pairs) are recomputed from the vectors in double precision
 TILE_ELEMENTS = 1 << 17  # bq·chunk of a work item's score tile (512 KiB in float32: it stays in L2)
 CHUNK = 512  # keys per tile (FlashAttention's key blocks; PyTorch's CPU flash kernel uses 256 × 512 tiles)
@@ -74,6 +75,7 @@ def _problem(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: Tensor, mu: Ten
     p.kappa, p.mu = kappa.data_ptr(), mu.data_ptr()
     p.inv_sqrt_e, p.clip = 1 / math.sqrt(D), plan.clip
     p.eta, p.sgemm = ETA, plan.native.sgemm
+    p.outer = int(plan.kind == "lorentz")  # its time coordinates; the "affine" kind's callers set it
     p.qterms, p.kterms, p.qnorm, p.knorm = (t.data_ptr() for t in terms)
     for part, prefix in ((plan.allowed, "am"), (plan.bias, "bm")):
         if part is not None:
@@ -85,14 +87,16 @@ def _problem(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: Tensor, mu: Ten
 
 
 def _terms(q: Tensor, k: Tensor, affine: "AffineTerms | None") -> tuple[Tensor, ...]:
-    """The per-token term buffers: (B·H, 5, L), (B·H, 5, S) float and the norms (B·H, L), (B·H, S) in double.
+    """The per-token term buffers: (B·H, 5, L), (B·H, 5, S padded) float and the norms (B·H, L), (B·H, S) in
+    double.
     The kernel fills them (forward) for its own kinds; the affine kind's terms are written here (affine.h)."""
     B, H, L, _ = q.shape
     S = k.shape[2]
-    terms = (q.new_empty(B * H, TERMS, L), q.new_empty(B * H, TERMS, S),
+    # key-term rows padded with zeros to whole vectors: the kernel's row loops read up to one past S (Row)
+    terms = (q.new_zeros(B * H, TERMS, L), q.new_zeros(B * H, TERMS, -(-S // LANES) * LANES),
              q.new_zeros(B * H, L, dtype=torch.float64), q.new_zeros(B * H, S, dtype=torch.float64))
     if affine is not None:
-        qt, kt = terms[0].view(B, H, TERMS, L), terms[1].view(B, H, TERMS, S)
+        qt, kt = terms[0].view(B, H, TERMS, L), terms[1].view(B, H, TERMS, -1)[..., :S]
         qt[:, :, 1].copy_(affine.q_factor)
         kt[:, :, 0].copy_(affine.k_bias)
         kt[:, :, 2].copy_(affine.k_factor)
@@ -112,7 +116,8 @@ def _forward(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: Tensor, mu: Ten
     terms = _terms(q, k, affine)
     p = _problem(plan, q, k, v, kappa, mu, terms)
     p.out, p.lse, p.clipped = _view(out), lse.data_ptr(), clipped.data_ptr()
-    p.outer = int(affine is not None and affine.outer)
+    if affine is not None:
+        p.outer = int(affine.outer)
     plan.native.lib.geoattn_forward(ctypes.byref(p))
     plan.clipped = int(clipped)
     return out, lse, terms
@@ -147,7 +152,7 @@ def _backward(plan: Plan, q, k, v, kappa, mu, out, lse, terms, dout: Tensor, wan
 
 class NativeAttention(torch.autograd.Function):
     """``softmax(score(q, k) + mask) · v`` for the kinds with per-token terms computed in the kernel
-    (stereographic, sphere); see the module docstring."""
+    (stereographic, sphere, lorentz, cosine, l2); see the module docstring."""
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, kappa: Tensor, mu: Tensor, plan: Plan) -> Tensor:
@@ -192,8 +197,8 @@ class AffineAttention(torch.autograd.Function):
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, plan: Plan, q_factor: Tensor, k_factor: Tensor,
                 k_bias: Tensor, alpha: Tensor | None, gamma: Tensor | None) -> Tensor:
         affine = AffineTerms(q_factor, k_factor, k_bias, alpha, gamma)
-        unused = q.new_zeros(q.shape[1])  # κ and μ: the affine kind reads neither
-        out, lse, terms = _forward(plan, q, k, v, unused, unused, affine)
+        unused, one = q.new_zeros(q.shape[1]), q.new_ones(q.shape[1])  # κ (unread), μ = 1: terms in score units
+        out, lse, terms = _forward(plan, q, k, v, unused, one, affine)
         ctx.save_for_backward(q, k, v, out, lse, *terms[:2])
         ctx.plan, ctx.outer = plan, affine.outer
         return out
@@ -204,8 +209,8 @@ class AffineAttention(torch.autograd.Function):
         B, H, L, _ = q.shape
         S = k.shape[2]
         empty = (q.new_zeros(B * H, L, dtype=torch.float64), q.new_zeros(B * H, S, dtype=torch.float64))
-        unused = q.new_zeros(H)
-        dq, dk, dv, _, _, g = _backward(ctx.plan, q, k, v, unused, unused, out, lse, (qterms, kterms, *empty), dout,
+        unused, one = q.new_zeros(H), q.new_ones(H)
+        dq, dk, dv, _, _, g = _backward(ctx.plan, q, k, v, unused, one, out, lse, (qterms, kterms, *empty), dout,
                                         False, ctx.outer)
         return dq, dk, dv, None, g.q_factor, g.k_factor, g.k_bias, g.alpha, g.gamma
 

@@ -25,13 +25,14 @@ float sphere_scores(const Problem& P, const Terms& T, const Row& w, float* scrat
   float* __restrict__ score = scratch;  // restrict: its stores alias none of the row's inputs
   int near = 0;
   const float* g = w.g;  // a local: a store to score[j] could alias w
-  const int64_t jmax = w.jmax;
+  const int64_t jmax = w.jmax, jpad = w.jpad;
 #pragma omp simd reduction(+ : near)
-  for (int64_t j = 0; j < jmax; ++j) {
+  for (int64_t j = 0; j < jpad; ++j) {
     const float gap = clamped_gap(g[j], rho, rhok[j]);
-    near += (gap < eta || gap > 2.0f - eta) ? 1 : 0;
+    const bool in = j < jmax;
+    near += (in && (gap < eta || gap > 2.0f - eta)) ? 1 : 0;
     float unused;
-    score[j] = masked<M>(mu * sphere_angle(gap, unused), madd, j);
+    score[j] = in ? masked<M>(mu * sphere_angle(gap, unused), madd, j) : kNegInf;
   }
   if (near) {
     for (int64_t j = 0; j < w.jmax; ++j) {
@@ -45,7 +46,7 @@ float sphere_scores(const Problem& P, const Terms& T, const Row& w, float* scrat
             masked<M>(mu * sphere_angle(2.0f - exact_gap(w.qv, kv, w.qn, w.kn[j], P.D, 1.0), unused), madd, j);
     }
   }
-  return row_max(score, jmax);
+  return row_max(score, jpad);
 }
 
 template <bool M>
@@ -68,15 +69,15 @@ void sphere_backward_row(const Problem& P, const Terms& T, Row& w, float* scratc
   float* __restrict__ dp = w.dp;
   const float delta_i = w.delta;
   float gr = 0, gmu = 0;
-  const int64_t jmax = w.jmax;
+  const int64_t jmax = w.jmax, jpad = w.jpad;
 #pragma omp simd reduction(+ : gr, gmu)
-  for (int64_t j = 0; j < jmax; ++j) {
+  for (int64_t j = 0; j < jpad; ++j) {
     float dth;
     const float theta = sphere_angle(gap[j], dth);
     const float sj = masked<M>(mu * theta, madd, j);
-    const bool live = sj != kNegInf;
+    const bool live = j < jmax && sj != kNegInf;
     const float p = live ? fexp(sj - lse) : 0.0f;
-    const float ds = p * (dp[j] - delta_i);
+    const float ds = live ? p * (dp[j] - delta_i) : 0.0f;
     gmu += ds * theta;
     const float ggap = ds * mu * dth;
     const float gram = g[j];
@@ -85,7 +86,7 @@ void sphere_backward_row(const Problem& P, const Terms& T, Row& w, float* scratc
     dp[j] = -ggap * rho * rhok[j];
     g[j] = p;
   }
-  for (int64_t j = jmax; j < w.S; ++j) g[j] = dp[j] = 0.0f;
+  for (int64_t j = jpad; j < w.S; ++j) g[j] = dp[j] = 0.0f;
   w.gr = gr;
   w.gmu += gmu;
 }

@@ -73,12 +73,13 @@ float stereo_scores(const Problem& P, const Terms& T, const Row& w, float* scrat
   const float eta = P.eta;
   int near = 0;
   const float* g = w.g;  // a local: a store to score[j] could alias w
-  const int64_t jmax = w.jmax;
+  const int64_t jmax = w.jmax, jpad = w.jpad;
 #pragma omp simd reduction(+ : near)
-  for (int64_t j = 0; j < jmax; ++j) {
+  for (int64_t j = 0; j < jpad; ++j) {
     const float gap = clamped_gap(g[j], r.rho, r.rhok[j]);
-    near += gap < eta ? 1 : 0;
-    score[j] = masked<M>(stereo_score<SIGN>(r, j, gap), madd, j);
+    const bool in = j < jmax;
+    near += in && gap < eta ? 1 : 0;
+    score[j] = in ? masked<M>(stereo_score<SIGN>(r, j, gap), madd, j) : kNegInf;
   }
   if (near) {  // nearly parallel pairs: the exact gap, in double
     for (int64_t j = 0; j < w.jmax; ++j)
@@ -86,7 +87,7 @@ float stereo_scores(const Problem& P, const Terms& T, const Row& w, float* scrat
         score[j] = masked<M>(
             stereo_score<SIGN>(r, j, exact_gap(w.qv, w.kbase + j * w.k_sr, w.qn, w.kn[j], P.D, -1.0)), madd, j);
   }
-  return row_max(score, jmax);
+  return row_max(score, jpad);
 }
 
 // KG: accumulate ∂/∂κ (skipped when κ needs no gradient)
@@ -110,9 +111,9 @@ void stereo_backward_row(const Problem& P, const Terms& T, Row& w, float* scratc
   float* __restrict__ g = w.g;
   float* __restrict__ dp = w.dp;
   float ga = 0, gs = 0, gr = 0, gkap = 0, gmu = 0;
-  const int64_t jmax = w.jmax;
+  const int64_t jmax = w.jmax, jpad = w.jpad;
 #pragma omp simd reduction(+ : ga, gs, gr, gkap, gmu)
-  for (int64_t j = 0; j < jmax; ++j) {
+  for (int64_t j = 0; j < jpad; ++j) {
     float delta, v, sh, s, x, root;
     bool ser_r, ser_d;
     const float R = stereo_radial<SIGN>(r, j, delta, v, sh, ser_r);
@@ -122,9 +123,9 @@ void stereo_backward_row(const Problem& P, const Terms& T, Row& w, float* scratc
     const float s2 = floored ? kSqrtMin : s2raw;
     const float d = stereo_dist<SIGN>(r, s2, s, x, root, ser_d);
     const float sj = masked<M>(r.mu * d, madd, j);
-    const bool live = sj != kNegInf;
+    const bool live = j < jmax && sj != kNegInf;
     const float p = live ? fexp(sj - lse) : 0.0f;
-    const float ds = p * (dp[j] - delta_i);
+    const float ds = live ? p * (dp[j] - delta_i) : 0.0f;
     // ∂d/∂s² = 1/(s √(1 − κ s²)) = 1/(s·root); explicit ∂d/∂κ = 2 s s² H'(x), H' = (1/root − H)/(2x)
     const float inv_sroot = 1.0f / (s * root);
     const float gd = ds * r.mu;
@@ -157,7 +158,7 @@ void stereo_backward_row(const Problem& P, const Terms& T, Row& w, float* scratc
     dp[j] = -ggap * r.rho * r.rhok[j];  // dGram
     g[j] = p;
   }
-  for (int64_t j = jmax; j < w.S; ++j) g[j] = dp[j] = 0.0f;
+  for (int64_t j = jpad; j < w.S; ++j) g[j] = dp[j] = 0.0f;
   w.ga = ga, w.gs = gs, w.gr = gr;
   w.gkap += gkap;
   w.gmu += gmu;

@@ -11,13 +11,16 @@ namespace geoattn_native {
 // ---------------------------------------------------------------------------------------------
 constexpr int kTerms = 5;
 
-struct Terms {  // views of the caller's buffers
+// Key-term rows are lanes_up(S) long, zero past S (the row loops read a whole vector past the last key).
+inline int64_t key_stride(const Problem& P) { return lanes_up(P.S); }
+
+struct Terms {  // views of the caller's buffers: (B·H, kTerms, L) and (B·H, kTerms, key_stride)
   const float *q, *k;
   const double *qn, *kn;
-  int64_t L = 0, S = 0;
-  Terms(const Problem& P) : q(P.qterms), k(P.kterms), qn(P.qnorm), kn(P.knorm), L(P.L), S(P.S) {}
+  int64_t L = 0, Sp = 0;
+  Terms(const Problem& P) : q(P.qterms), k(P.kterms), qn(P.qnorm), kn(P.knorm), L(P.L), Sp(key_stride(P)) {}
   const float* qt(int64_t n, int t) const { return q + (n * kTerms + t) * L; }
-  const float* kt(int64_t n, int t) const { return k + (n * kTerms + t) * S; }
+  const float* kt(int64_t n, int t) const { return k + (n * kTerms + t) * Sp; }
 };
 
 struct TokenTerms {  // one token's terms
@@ -82,39 +85,6 @@ inline double row_norm(const float* x, int64_t D) {
   double s = 0.0;
   for (int64_t d = 0; d < D; ++d) s += (double)x[d] * x[d];
   return std::sqrt(s);
-}
-
-// Fill the caller's term buffers (forward only; the backward reads them back).
-void compute_terms(const Problem& P) {
-  const int64_t N = P.B * P.H;
-  int64_t clipped = 0;
-#pragma omp parallel for schedule(static) num_threads(P.nthreads) reduction(+ : clipped)
-  for (int64_t n = 0; n < N; ++n) {
-    const double kappa = P.kind == kStereographic ? (double)P.kappa[n % P.H] : 0.0;
-    for (int side = 0; side < 2; ++side) {
-      const bool key = side == 1;
-      const int64_t rows = key ? P.S : P.L;
-      const View& x = key ? P.k : P.q;
-      float* out = (key ? P.kterms : P.qterms) + n * kTerms * rows;
-      double* norms = (key ? P.knorm : P.qnorm) + n * rows;
-      for (int64_t r = 0; r < rows; ++r) {
-        const double nr = row_norm(row_ptr(x, n, P.H, r), P.D);
-        norms[r] = nr;
-        if (P.kind == kSphere) {
-          out[2 * rows + r] = (float)(nr > 0 ? 1.0 / nr : 0.0);  // ρ, at the stereographic ρ's slot
-          continue;
-        }
-        const TokenTerms t = stereo_token(nr, kappa, P.inv_sqrt_e, P.clip, key);
-        out[0 * rows + r] = (float)t.a;
-        out[1 * rows + r] = (float)t.sig;
-        out[2 * rows + r] = (float)t.rho;
-        out[3 * rows + r] = (float)t.e1;
-        out[4 * rows + r] = (float)t.e2;
-        clipped += t.clipped;
-      }
-    }
-  }
-  if (P.clipped) *P.clipped = clipped;
 }
 
 }  // namespace geoattn_native

@@ -1,0 +1,78 @@
+// Per-token terms of the radial affine kinds (the affine.h score μ(aᵢ bⱼ ⟨qᵢ, kⱼ⟩ + βⱼ + αᵢγⱼ) on the raw
+// vectors), in double, and their chain back to each token's norm n = ‖x‖ and to κ. Slots: query α 0, a 1;
+// key β 0, γ 1, b 2 (the backward's per-token gradients arrive in the same slots).
+//   lorentz:  a = b = σ(t)/n, α = −x₀, γ = x₀, with t = min(n/√E, clip/√c) (c = −κ), σ = sinh(√c t)/√c,
+//             x₀ = cosh(√c t)/√c: the spatial part and time coordinate of exp_o(x/√E) on the hyperboloid;
+//   cosine:   a = 1/‖q‖, b = 1/‖k‖;
+//   l2:       a = b = 1, β = −½‖k‖².
+#pragma once
+
+#include "terms.h"
+
+namespace geoattn_native {
+
+struct LorentzToken {
+  double c, s, t, sig, ch, x0, f;
+  bool clipped;
+};
+
+inline LorentzToken lorentz_token(double n, double kappa, double inv_sqrt_e, double clip) {
+  LorentzToken L;
+  L.c = -kappa, L.s = std::sqrt(L.c);
+  L.t = tangent_norm(n, kappa, inv_sqrt_e, clip, L.clipped);
+  const double em = std::expm1(L.s * L.t), e = em + 1.0;  // one expm1 for sinh and cosh, exact near 0
+  L.sig = em * (em + 2.0) / (2.0 * e) / L.s, L.ch = 1.0 + em * em / (2.0 * e), L.x0 = L.ch / L.s;
+  L.f = n > 0 ? L.sig / n : inv_sqrt_e;  // σ(t)/n → 1/√E as n → 0
+  return L;
+}
+
+// the terms of token r into its slots (term rows `stride` apart); returns whether it was clipped
+inline bool radial_terms(int kind, double n, double kappa, double inv_sqrt_e, double clip, bool key, float* out,
+                         int64_t stride, int64_t r) {
+  float* slot[3] = {out + r, out + stride + r, out + 2 * stride + r};
+  if (kind == kLorentz) {
+    const LorentzToken L = lorentz_token(n, kappa, inv_sqrt_e, clip);
+    if (key) *slot[0] = 0.0f, *slot[1] = (float)L.x0, *slot[2] = (float)L.f;
+    else *slot[0] = (float)-L.x0, *slot[1] = (float)L.f;
+    return L.clipped;
+  }
+  const double inv = n > 0 ? 1.0 / n : 0.0;
+  if (kind == kCosine) {
+    if (key) *slot[0] = 0.0f, *slot[1] = 0.0f, *slot[2] = (float)inv;
+    else *slot[0] = 0.0f, *slot[1] = (float)inv;
+  } else {  // kL2
+    if (key) *slot[0] = (float)(-0.5 * n * n), *slot[1] = 0.0f, *slot[2] = 1.0f;
+    else *slot[0] = 0.0f, *slot[1] = 1.0f;
+  }
+  return false;
+}
+
+// ∂L/∂n and ∂L/∂κ of one token from the gradients g of its slots
+inline void radial_chain(int kind, double n, double kappa, double inv_sqrt_e, double clip, bool key,
+                         const double g[3], double& g_norm, double& g_kappa) {
+  g_norm = g_kappa = 0.0;
+  if (kind == kCosine) {
+    if (n > 0) g_norm = -(key ? g[2] : g[1]) / (n * n);
+    return;
+  }
+  if (kind == kL2) {
+    if (key) g_norm = -g[0] * n;
+    return;
+  }
+  const LorentzToken L = lorentz_token(n, kappa, inv_sqrt_e, clip);
+  const double g_f = key ? g[2] : g[1];
+  const double g_x0 = key ? g[1] : -g[0];
+  const double dt_dn = L.clipped ? 0.0 : inv_sqrt_e;
+  const double ssig = L.s * L.sig;                     // sinh(√c t) = ∂x₀/∂t
+  if (n > 0) g_norm = g_f * (L.ch * dt_dn / n - L.sig / (n * n)) + g_x0 * ssig * dt_dn;
+  // ∂/∂c at fixed n: at fixed t, plus through t = clip/√c where clipped (∂t/∂c = −t/(2c))
+  const double ct2 = L.c * L.t * L.t;
+  const double dsig_dc = ct2 < 1e-4 ? L.t * L.t * L.t / 6.0 * (1.0 + ct2 / 10.0)  // (t ch − σ)/(2c), cancels
+                                    : (L.t * L.ch - L.sig) / (2.0 * L.c);
+  const double dx0_dc = (L.t * L.sig - L.x0 / L.s) / (2.0 * L.s);
+  const double dt_dc = L.clipped ? -L.t / (2.0 * L.c) : 0.0;
+  const double df_dc = n > 0 ? (dsig_dc + L.ch * dt_dc) / n : 0.0;
+  g_kappa = -(g_f * df_dc + g_x0 * (dx0_dc + ssig * dt_dc));  // κ = −c
+}
+
+}  // namespace geoattn_native
