@@ -3,7 +3,8 @@
 One process, interleaved: after a warm-up, each round times ``--steps`` AdamW training steps of every
 geometry in turn (same model shape, same batch, same initialisation seed), and the reported time per
 step is the median over ``--rounds`` rounds; the ratio is Euclidean's median over the geometry's (higher
-is faster, 1.00 = as fast as SDPA). The first step of each geometry is timed separately (it includes any
+is faster, 1.00 = as fast as SDPA), with Python's garbage collector off while a geometry's steps are timed
+(as ``timeit`` does; collected between them). The first step of each geometry is timed separately (it includes any
 one-time build, e.g. the native kernel's compile). Run it alone on idle cores: a second job beside it
 moves same-process ratios by 20-50% on a 2-core machine.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gc
 import statistics
 import time
 from pathlib import Path
@@ -84,10 +86,15 @@ def measure(labels: list[str], shape_name: str, threads: int, rounds: int, steps
     for _ in range(rounds):
         for label in labels:  # interleaved: every geometry sees the same machine state in each round
             step = runs[label][0]
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                step()
-            times[label].append((time.perf_counter() - t0) / steps)
+            gc.collect()  # as timeit does: the collector off while timing, so a collection of garbage that any
+            gc.disable()  # geometry left does not land on whichever geometry happens to be running
+            try:
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    step()
+                times[label].append((time.perf_counter() - t0) / steps)
+            finally:
+                gc.enable()
     base = statistics.median(times["euclidean"])
     rows = []
     for label in labels:

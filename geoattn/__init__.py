@@ -33,7 +33,8 @@ from . import models  # noqa: F401  (the backbone: geoattn.models.DecoderLM, ...
 __version__ = "0.1.0"
 
 __all__ = [
-    "AffineForm", "ClipWarning", "CurvedGeometry", "Euclidean", "Geometry", "L2", "Lifted", "Lorentz", "Metric", "MultiheadAttention",
+    "AffineForm", "ClipWarning", "CurvedGeometry", "Euclidean", "Geometry", "L2", "Lifted", "Lorentz", "Metric",
+    "MultiheadAttention",
     "Poincare", "Sphere", "Stereographic", "TemperedGeometry", "Trace", "attention", "available_backends",
     "available_geometries", "default_backend", "energy", "explain_backend", "make_geometry", "register",
     "riemannian_optimizer", "scores", "set_default_backend", "set_tiled_compile", "set_validation", "swap", "trace",

@@ -9,7 +9,8 @@ from .sphere import Sphere
 from .stereographic import Poincare, Stereographic
 
 __all__ = [
-    "AffineForm", "ClipWarning", "CurvedGeometry", "Euclidean", "Geometry", "L2", "Lifted", "Lorentz", "Metric", "Poincare", "Sphere",
+    "AffineForm", "ClipWarning", "CurvedGeometry", "Euclidean", "Geometry", "L2", "Lifted", "Lorentz", "Metric",
+    "Poincare", "Sphere",
     "Stereographic", "TemperedGeometry", "available_geometries", "geometry_class", "geometry_for_module",
     "make_geometry", "register",
 ]

@@ -296,8 +296,10 @@ void token_chain(const Problem& P, const Terms& T, const Grads& Gr) {
           double g_norm = 0.0;
           if (affine_kind(P.kind)) {
             const double gs[3] = {g[r], g[rows + r], g[2 * rows + r]};
+            const float* kept = (key ? T.kt(n, 3) : T.qt(n, 3)) + r;
+            const double kd[2] = {kept[0], kept[key ? T.Sp : T.L]};  // slots 3 and 4
             double g_kappa;
-            radial_chain(P.kind, nr, kappa, P.inv_sqrt_e, P.clip, key, gs, g_norm, g_kappa);
+            radial_chain(P.kind, nr, kappa, P.inv_sqrt_e, P.clip, key, gs, kd, g_norm, g_kappa);
             mine[n % P.H] += g_kappa;
           } else if (P.kind == kSphere) {
             g_norm = -(double)g[2 * rows + r] / (nr * nr);  // ρ = 1/‖x‖

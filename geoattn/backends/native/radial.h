@@ -1,6 +1,7 @@
 // Per-token terms of the radial affine kinds (the affine.h score μ(aᵢ bⱼ ⟨qᵢ, kⱼ⟩ + βⱼ + αᵢγⱼ) on the raw
 // vectors), in double, and their chain back to each token's norm n = ‖x‖ and to κ. Slots: query α 0, a 1;
-// key β 0, γ 1, b 2 (the backward's per-token gradients arrive in the same slots).
+// key β 0, γ 1, b 2 (the backward's per-token gradients arrive in the same slots); Lorentz keeps σ and
+// cosh(√c t) in slots 3 and 4 for the backward (one expm1 per token and call).
 //   lorentz:  a = b = σ(t)/n, α = −x₀, γ = x₀, with t = min(n/√E, clip/√c) (c = −κ), σ = sinh(√c t)/√c,
 //             x₀ = cosh(√c t)/√c: the spatial part and time coordinate of exp_o(x/√E) on the hyperboloid;
 //   cosine:   a = 1/‖q‖, b = 1/‖k‖;
@@ -16,12 +17,17 @@ struct LorentzToken {
   bool clipped;
 };
 
-inline LorentzToken lorentz_token(double n, double kappa, double inv_sqrt_e, double clip) {
+// sig, ch < 0: compute them (forward); else the values the forward kept (backward)
+inline LorentzToken lorentz_token(double n, double kappa, double inv_sqrt_e, double clip, double sig = -1,
+                                  double ch = -1) {
   LorentzToken L;
   L.c = -kappa, L.s = std::sqrt(L.c);
   L.t = tangent_norm(n, kappa, inv_sqrt_e, clip, L.clipped);
-  const double em = std::expm1(L.s * L.t), e = em + 1.0;  // one expm1 for sinh and cosh, exact near 0
-  L.sig = em * (em + 2.0) / (2.0 * e) / L.s, L.ch = 1.0 + em * em / (2.0 * e), L.x0 = L.ch / L.s;
+  if (ch < 0) {
+    const double em = std::expm1(L.s * L.t), e = em + 1.0;  // one expm1 for sinh and cosh, exact near 0
+    sig = em * (em + 2.0) / (2.0 * e) / L.s, ch = 1.0 + em * em / (2.0 * e);
+  }
+  L.sig = sig, L.ch = ch, L.x0 = ch / L.s;
   L.f = n > 0 ? L.sig / n : inv_sqrt_e;  // σ(t)/n → 1/√E as n → 0
   return L;
 }
@@ -34,6 +40,7 @@ inline bool radial_terms(int kind, double n, double kappa, double inv_sqrt_e, do
     const LorentzToken L = lorentz_token(n, kappa, inv_sqrt_e, clip);
     if (key) *slot[0] = 0.0f, *slot[1] = (float)L.x0, *slot[2] = (float)L.f;
     else *slot[0] = (float)-L.x0, *slot[1] = (float)L.f;
+    out[3 * stride + r] = (float)L.sig, out[4 * stride + r] = (float)L.ch;
     return L.clipped;
   }
   const double inv = n > 0 ? 1.0 / n : 0.0;
@@ -47,9 +54,9 @@ inline bool radial_terms(int kind, double n, double kappa, double inv_sqrt_e, do
   return false;
 }
 
-// ∂L/∂n and ∂L/∂κ of one token from the gradients g of its slots
+// ∂L/∂n and ∂L/∂κ of one token from the gradients g of its slots (kept: its slots 3 and 4)
 inline void radial_chain(int kind, double n, double kappa, double inv_sqrt_e, double clip, bool key,
-                         const double g[3], double& g_norm, double& g_kappa) {
+                         const double g[3], const double kept[2], double& g_norm, double& g_kappa) {
   g_norm = g_kappa = 0.0;
   if (kind == kCosine) {
     if (n > 0) g_norm = -(key ? g[2] : g[1]) / (n * n);
@@ -59,7 +66,7 @@ inline void radial_chain(int kind, double n, double kappa, double inv_sqrt_e, do
     if (key) g_norm = -g[0] * n;
     return;
   }
-  const LorentzToken L = lorentz_token(n, kappa, inv_sqrt_e, clip);
+  const LorentzToken L = lorentz_token(n, kappa, inv_sqrt_e, clip, kept[0], kept[1]);
   const double g_f = key ? g[2] : g[1];
   const double g_x0 = key ? g[1] : -g[0];
   const double dt_dn = L.clipped ? 0.0 : inv_sqrt_e;

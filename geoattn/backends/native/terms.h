@@ -83,6 +83,7 @@ inline void sigma_grads(double a, double kappa, double& dsig_da, double& dsig_dk
 
 inline double row_norm(const float* x, int64_t D) {
   double s = 0.0;
+#pragma omp simd reduction(+ : s)
   for (int64_t d = 0; d < D; ++d) s += (double)x[d] * x[d];
   return std::sqrt(s);
 }
