@@ -35,27 +35,31 @@ CASES: dict[str, tuple[str, dict]] = {
 }
 
 
+# Further cases of a registered geometry: label → (geometry, parameters)
+MORE_CASES: dict[str, tuple[str, dict]] = {"sphere-cosine": ("sphere", {"score": "cosine", "learnable": True})}
+
+
 def geometries() -> dict[str, Callable[[int], geoattn.Geometry]]:
-    """Label → ``head_dim ↦ geometry`` for every registered geometry (its case in :data:`CASES`, or its defaults)."""
+    """Label → ``head_dim ↦ geometry`` for every registered geometry (its case in :data:`CASES`, or its
+    defaults) and the cases of :data:`MORE_CASES`."""
     out = {}
     for name in geoattn.available_geometries():
         label, params = CASES.get(name, (name, {}))
         out[label] = lambda d, name=name, params=params: geoattn.make_geometry(name, head_dim=d, **params)
+    for label, (name, params) in MORE_CASES.items():
+        if name in geoattn.available_geometries():
+            out[label] = lambda d, name=name, params=params: geoattn.make_geometry(name, head_dim=d, **params)
     return out
 FIELDS = ["device", "geometry", "backend", "L", "fwd_s", "fwdbwd_s", "first_call_s", "peak_mib",
           "sdpa_fwd_s", "sdpa_fwdbwd_s", "sdpa_peak_mib", "fwd_ratio", "fwdbwd_ratio", "mem_ratio"]
 
 
-def _median_time(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def _timed(fn: Callable[[], object], sync: Callable[[], None]) -> float:
+    sync()
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t0
 
 
 def _peak_mib(fn: Callable[[], object], device: str) -> float:
@@ -70,65 +74,103 @@ def _peak_mib(fn: Callable[[], object], device: str) -> float:
     return float("nan") if peak is None else peak / 2**20
 
 
-def measure(call: Callable, q, k, v, backward: bool, repeats: int, device: str, memory_only: bool = False) -> dict:
-    """Times and peak memory of ``call(q, k, v)`` (forward, and forward+backward if ``backward``)."""
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+class Case:
+    """One measured call: ``call(q, k, v)`` forward (no grad) and forward+backward (if ``backward``)."""
 
-    def fwd():
+    def __init__(self, call: Callable, q, k, v, backward: bool, sync: Callable[[], None]) -> None:
+        self.call, self.q, self.k, self.v, self.backward, self.sync = call, q, k, v, backward, sync
+        self.fwd_times: list[float] = []
+        self.fwdbwd_times: list[float] = []
+
+    def fwd(self):
         with torch.no_grad():
-            return call(q, k, v)
+            return self.call(self.q, self.k, self.v)
 
-    def fwdbwd():
-        out = call(q, k, v)
+    def fwdbwd(self):
+        out = self.call(self.q, self.k, self.v)
         out.sum().backward()
-        q.grad = k.grad = v.grad = None
+        self.q.grad = self.k.grad = self.v.grad = None
 
-    t0 = time.perf_counter()
-    (fwdbwd if backward else fwd)()
-    sync()
-    first = time.perf_counter() - t0
-    nan = float("nan")
-    row = {"first_call_s": first, "fwd_s": nan if memory_only else _median_time(fwd, repeats, sync)}
-    row["fwdbwd_s"] = _median_time(fwdbwd, repeats, sync) if backward and not memory_only else nan
-    # CPU memory only in a --memory-only run: the RSS method switches glibc to one mmap per large
-    # allocation for the rest of the process, which would slow (and bias) every timing taken after it.
-    measured = memory_only or device == "cuda"
-    row["peak_mib"] = _peak_mib(fwdbwd if backward else fwd, device) if measured else nan
-    return row
+    def first(self) -> float:
+        """The first call (forward+backward, or forward without a backward), any one-time build included."""
+        return _timed(self.fwdbwd if self.backward else self.fwd, self.sync)
+
+    def time_once(self) -> None:
+        self.fwd_times.append(_timed(self.fwd, self.sync))
+        if self.backward:
+            self.fwdbwd_times.append(_timed(self.fwdbwd, self.sync))
+
+    def medians(self) -> tuple[float, float]:
+        nan = float("nan")
+        return (statistics.median(self.fwd_times) if self.fwd_times else nan,
+                statistics.median(self.fwdbwd_times) if self.fwdbwd_times else nan)
+
+
+def measure_interleaved(cases: list[Case], repeats: int) -> None:
+    """After one warm-up call each, ``repeats`` rounds timing every case in turn (each round sees the same
+    machine state for all of them: ratios from one round are comparable); medians over the rounds."""
+    for case in cases:
+        case.fwd()
+        if case.backward:
+            case.fwdbwd()
+    for _ in range(repeats):
+        for case in cases:
+            case.time_once()
 
 
 def backends_for(geom: geoattn.Geometry, L: int, max_dense: int, device: str = "cpu") -> list[str]:
-    """The backends a geometry is measured on: SDPA for affine scores; for the others the native CPU
-    kernel (what ``auto`` picks on CPU) and the portable tiled one, flex on an accelerator, dense while small."""
+    """The backends a geometry is measured on: the native CPU kernel where it has one (what ``auto`` picks
+    on CPU); then SDPA for affine scores, and for the others the portable tiled kernel (flex on an
+    accelerator) and dense while small."""
+    native = ["native"] if device == "cpu" and geom.native_kind is not None else []
     if geom.affine:
-        return ["sdpa"]
-    names = (["native"] if device == "cpu" and geom.native_kind is not None else ["flex"]) + ["tiled"]
-    return names + (["dense"] if L * L <= max_dense else [])
+        return native + ["sdpa"]
+    return native + (["tiled"] if native else ["flex", "tiled"]) + (["dense"] if L * L <= max_dense else [])
 
 
-def run(lengths, names, B, H, D, repeats, device, dtype, max_dense, log=print, memory_only=False) -> list[dict]:
-    rows, cases = [], geometries()
+def run(lengths, names, B, H, D, repeats, device, dtype, max_dense, log=print, memory_only=False,
+        only: list[str] | None = None) -> list[dict]:
+    """Every (geometry, backend) against SDPA at each length: times interleaved (:func:`measure_interleaved`),
+    or with ``memory_only`` the first call and the peak memory of each, one after another (CPU memory only
+    in such a run: the RSS method switches glibc to one mmap per large allocation for the rest of the
+    process, which would slow and bias any timing taken after it)."""
+    rows, geoms = [], geometries()
     if memory_only and device == "cpu":
         configure_peak_rss()  # before the first tensor, so no freed heap memory is reused unseen
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    nan = float("nan")
     for L in lengths:
         gen = torch.Generator().manual_seed(L)
         q, k, v = ((0.5 * torch.randn(B, H, L, D, generator=gen)).to(device, dtype).requires_grad_() for _ in range(3))
-        sdpa = measure(F.scaled_dot_product_attention, q, k, v, True, repeats, device, memory_only)
+        sdpa = Case(F.scaled_dot_product_attention, q, k, v, True, sync)
+        labelled = []
         for name in names:
-            geom = cases[name](D).to(device)
+            geom = geoms[name](D).to(device)
             for backend in backends_for(geom, L, max_dense, device):
+                if only and backend not in only:
+                    continue
                 backward = not (backend == "flex" and device == "cpu")  # no CPU backward in torch 2.13
 
                 def call(q, k, v, geom=geom, backend=backend):
                     return geoattn.attention(q, k, v, geometry=geom, backend=backend)
-                r = measure(call, q, k, v, backward, repeats, device, memory_only)
-                r.update(device=device, geometry=name, backend=backend, L=L, sdpa_fwd_s=sdpa["fwd_s"],
-                         sdpa_fwdbwd_s=sdpa["fwdbwd_s"], sdpa_peak_mib=sdpa["peak_mib"])
-                r["fwd_ratio"] = r["fwd_s"] / sdpa["fwd_s"]
-                r["fwdbwd_ratio"] = r["fwdbwd_s"] / sdpa["fwdbwd_s"]
-                r["mem_ratio"] = r["peak_mib"] / sdpa["peak_mib"] if sdpa["peak_mib"] > 0 else float("nan")
-                rows.append(r)
-                log(_format(r))
+                labelled.append((name, backend, Case(call, q, k, v, backward, sync)))
+        first = {id(c): c.first() for c in [sdpa] + [c for _, _, c in labelled]}
+        measured_memory = memory_only or device == "cuda"
+        peak = {id(c): (_peak_mib(c.fwdbwd if c.backward else c.fwd, device) if measured_memory else nan)
+                for c in [sdpa] + [c for _, _, c in labelled]}
+        if not memory_only:
+            measure_interleaved([sdpa] + [c for _, _, c in labelled], repeats)
+        sdpa_fwd, sdpa_fwdbwd = sdpa.medians()
+        for name, backend, case in labelled:
+            fwd, fwdbwd = case.medians()
+            r = dict(device=device, geometry=name, backend=backend, L=L, fwd_s=fwd, fwdbwd_s=fwdbwd,
+                     first_call_s=first[id(case)], peak_mib=peak[id(case)], sdpa_fwd_s=sdpa_fwd,
+                     sdpa_fwdbwd_s=sdpa_fwdbwd, sdpa_peak_mib=peak[id(sdpa)])
+            r["fwd_ratio"] = fwd / sdpa_fwd if not memory_only else nan
+            r["fwdbwd_ratio"] = fwdbwd / sdpa_fwdbwd if not memory_only else nan
+            r["mem_ratio"] = r["peak_mib"] / r["sdpa_peak_mib"] if r["sdpa_peak_mib"] > 0 else nan
+            rows.append(r)
+            log(_format(r))
     return rows
 
 
@@ -240,6 +282,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--first-call", action="store_true",
                    help="only the first-call latencies, cold and warm on-disk caches (subprocesses), at --lengths[0]")
     p.add_argument("--first-call-child", nargs=3, metavar=("LABEL", "L", "BACKEND"), help=argparse.SUPPRESS)
+    p.add_argument("--backends", nargs="+", default=None,
+                   help="measure only these of each geometry's backends (default: all of backends_for)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/kernels"))
     a = p.parse_args(argv)
     if a.first_call_child:
@@ -263,7 +307,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                                            if n <= top])
     repeats = 3 if a.quick and a.repeats == 5 else a.repeats
     rows = run(lengths, a.geometries, a.batch, a.heads, a.head_dim, repeats, a.device, getattr(torch, a.dtype),
-               a.max_dense, memory_only=a.memory_only)
+               a.max_dense, memory_only=a.memory_only, only=a.backends)
     write(rows, a.out)
     print(f"\nwrote {a.out / 'kernels.csv'} and {a.out / 'kernels.png'}")
     return rows
