@@ -13,6 +13,7 @@ per geometry/backend) to ``--out`` and prints a table.
 from __future__ import annotations
 
 import argparse
+import random
 import csv
 import statistics
 import time
@@ -106,15 +107,17 @@ class Case:
                 statistics.median(self.fwdbwd_times) if self.fwdbwd_times else nan)
 
 
-def measure_interleaved(cases: list[Case], repeats: int) -> None:
+def measure_interleaved(cases: list[Case], repeats: int, seed: int = 0) -> None:
     """After one warm-up call each, ``repeats`` rounds timing every case in turn (each round sees the same
-    machine state for all of them: ratios from one round are comparable); medians over the rounds."""
+    machine state for all of them), in a new random order each round (measured: the case timed first in
+    a round ran ~8% slower than the same call later in it); medians over the rounds."""
     for case in cases:
         case.fwd()
         if case.backward:
             case.fwdbwd()
+    order = random.Random(seed)
     for _ in range(repeats):
-        for case in cases:
+        for case in order.sample(cases, len(cases)):
             case.time_once()
 
 
@@ -191,7 +194,7 @@ def first_call_child(label: str, L: int, backend: str) -> dict:
     return times
 
 
-def first_calls(labels: list[str], L: int, log=print) -> list[dict]:
+def first_calls(labels: list[str], L: int, log=print, only: list[str] | None = None) -> list[dict]:
     """Cold (empty on-disk caches: geoattn's native build, Inductor's) and warm first calls, each in its own
     process, for every fused geometry on the backend auto picks on CPU and on tiled."""
     import json
@@ -206,6 +209,8 @@ def first_calls(labels: list[str], L: int, log=print) -> list[dict]:
         if geom.affine:
             continue
         for backend in (["native"] if geom.native_kind is not None else []) + ["tiled"]:
+            if only and backend not in only:
+                continue
             with tempfile.TemporaryDirectory() as cache:
                 env = dict(os.environ, GEOATTN_CACHE=cache, TORCHINDUCTOR_CACHE_DIR=os.path.join(cache, "inductor"))
                 for state in ("cold", "warm"):
@@ -293,7 +298,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(json.dumps(first_call_child(label, int(n), backend)))
         return []
     if a.first_call:
-        rows = first_calls(a.geometries, (a.lengths or [1024])[0])
+        rows = first_calls(a.geometries, (a.lengths or [1024])[0], only=a.backends)
         a.out.mkdir(parents=True, exist_ok=True)
         with open(a.out / "first_call.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=FIRST_CALL_FIELDS)

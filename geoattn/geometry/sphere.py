@@ -61,9 +61,9 @@ class Sphere(CurvedGeometry):
         if not self.affine:
             raise ValueError("the geodesic sphere score is not affine; only score='cosine' has an affine form")
         cd = eps.compute_dtype(q.dtype)
+        floor = eps.norm_min(q.dtype)  # of the dtype the values came in (as for unit(), see geoattn.math.vectors)
         q, k = q.to(cd), k.to(cd)
         mu = self.score_multiplier(q, scale).view(-1, 1)
-        floor = eps.norm_min(q.dtype)
         inverse_norm = lambda x: 1 / robust_norm(x).clamp(min=floor).squeeze(-1)  # noqa: E731
         return AffineForm(q, k, q_factor=mu * inverse_norm(q), k_factor=inverse_norm(k))
 
