@@ -12,15 +12,22 @@
 
 namespace geoattn_native {
 
+// the terms of one row (query i of head n against the chunk's keys)
+template <bool OUTER>
+struct AffineTerms {
+  const float *beta, *gamma, *bk;
+  float alpha, aq, mu;
+  AffineTerms(const Problem& P, const Terms& T, const Row& w)
+      : beta(T.kt(w.n, 0) + w.c0), gamma(T.kt(w.n, 1) + w.c0), bk(T.kt(w.n, 2) + w.c0),
+        alpha(OUTER ? T.qt(w.n, 0)[w.i] : 0.0f), aq(T.qt(w.n, 1)[w.i]), mu(P.mu[w.n % P.H]) {}
+};
+
 // scores of a row into scratch; returns their max
 template <bool M, bool OUTER>
 float affine_scores(const Problem& P, const Terms& T, const Row& w, float* scratch) {
-  const float* beta = T.kt(w.n, 0) + w.c0;
-  const float* gamma = T.kt(w.n, 1) + w.c0;
-  const float* bk = T.kt(w.n, 2) + w.c0;
-  const float alpha = OUTER ? T.qt(w.n, 0)[w.i] : 0.0f;
-  const float aq = T.qt(w.n, 1)[w.i];
-  const float mu = P.mu[w.n % P.H];
+  const AffineTerms<OUTER> t(P, T, w);
+  const float *beta = t.beta, *gamma = t.gamma, *bk = t.bk;
+  const float alpha = t.alpha, aq = t.aq, mu = t.mu;
   const float* madd = row_mask(P, w, scratch + 2 * padded(P.S));
   float* __restrict__ score = scratch;  // restrict: its stores alias none of the row's inputs
   const float* g = w.g;
@@ -35,19 +42,11 @@ float affine_scores(const Problem& P, const Terms& T, const Row& w, float* scrat
 
 template <bool M, bool OUTER>
 void affine_backward_row(const Problem& P, const Terms& T, Row& w, float* scratch) {
-  w.ga = w.gs = w.gr = 0.0f;
+  if (keyless_row(w)) return;
   const float lse = *w.lse;
-  if (lse == INFINITY) {
-    std::memset(w.g, 0, sizeof(float) * w.S);
-    std::memset(w.dp, 0, sizeof(float) * w.S);
-    return;
-  }
-  const float* beta = T.kt(w.n, 0) + w.c0;
-  const float* gamma = T.kt(w.n, 1) + w.c0;
-  const float* bk = T.kt(w.n, 2) + w.c0;
-  const float alpha = OUTER ? T.qt(w.n, 0)[w.i] : 0.0f;
-  const float aq = T.qt(w.n, 1)[w.i];
-  const float mu = P.mu[w.n % P.H];
+  const AffineTerms<OUTER> t(P, T, w);
+  const float *beta = t.beta, *gamma = t.gamma, *bk = t.bk;
+  const float alpha = t.alpha, aq = t.aq, mu = t.mu;
   const float* madd = row_mask(P, w, scratch + 2 * padded(P.S));
   float* __restrict__ gkb = w.gkb;  // ∂/∂βⱼ
   float* __restrict__ gks = w.gks;  // ∂/∂γⱼ

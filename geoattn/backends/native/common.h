@@ -225,6 +225,15 @@ const float* row_mask(const Problem& P, const Row& w, float* buf) {
 template <bool M>
 inline float masked(float s, const float* add, int64_t j) { return M ? s + add[j] : s; }
 
+// backward: a row with no key (lse = +inf) has no gradient; zero its tile rows and say so
+inline bool keyless_row(Row& w) {
+  w.ga = w.gs = w.gr = 0.0f;
+  if (*w.lse != INFINITY) return false;
+  std::memset(w.g, 0, sizeof(float) * w.S);
+  std::memset(w.dp, 0, sizeof(float) * w.S);
+  return true;
+}
+
 // exp(s − m) of a chunk of a row's scores (m ≥ their max, masked = -inf → 0, −inf past jmax up to jpad)
 // into p, unnormalised (length S, zeros past jmax); returns their sum. The online softmax of the forward
 // rescales and normalises.

@@ -51,13 +51,8 @@ float sphere_scores(const Problem& P, const Terms& T, const Row& w, float* scrat
 
 template <bool M>
 void sphere_backward_row(const Problem& P, const Terms& T, Row& w, float* scratch) {
-  w.ga = w.gs = w.gr = 0.0f;
+  if (keyless_row(w)) return;
   const float lse = *w.lse;
-  if (lse == INFINITY) {
-    std::memset(w.g, 0, sizeof(float) * w.S);
-    std::memset(w.dp, 0, sizeof(float) * w.S);
-    return;
-  }
   const float rho = T.qt(w.n, 2)[w.i];
   const float* rhok = T.kt(w.n, 2) + w.c0;
   const float mu = P.mu[w.n % P.H];

@@ -93,13 +93,8 @@ float stereo_scores(const Problem& P, const Terms& T, const Row& w, float* scrat
 // KG: accumulate ∂/∂κ (skipped when κ needs no gradient)
 template <int SIGN, bool M, bool KG>
 void stereo_backward_row(const Problem& P, const Terms& T, Row& w, float* scratch) {
-  w.ga = w.gs = w.gr = 0.0f;
+  if (keyless_row(w)) return;
   const float lse = *w.lse;
-  if (lse == INFINITY) {  // a row with no key: no gradient
-    std::memset(w.g, 0, sizeof(float) * w.S);
-    std::memset(w.dp, 0, sizeof(float) * w.S);
-    return;
-  }
   const Stereo r(P, T, w);
   const float* madd = row_mask(P, w, scratch + 2 * padded(P.S));
   float* __restrict__ gap = scratch;
