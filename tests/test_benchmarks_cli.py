@@ -57,6 +57,9 @@ def no_training(monkeypatch):
     monkeypatch.setattr(benchmarks.runner, "train_one", refuse)
 
 
+HIERARCHY = ["--tasks", "wordnet-hierarchy"]  # in the standard suite; the quick suite does not run it
+
+
 @pytest.mark.parametrize("argv, match", [
     (["--set", "iters=abc"], "--set 'iters=abc': iters takes an int, got 'abc'; e.g. --set iters="),
     (["--set", "iters=0"], "--set 'iters=0': iters must be an int ≥ 1, got 0"),
@@ -68,14 +71,15 @@ def no_training(monkeypatch):
     (["--set", "lr=nan"], "lr takes a number, got 'nan'"),
     (["--set", "weight_decay=-0.1"], "weight_decay must be a finite number ≥ 0, got -0.1"),
     (["--set", "bias=1"], "bias takes true or false, got 1"),
-    (["--set", "wordnet-hierarchy:head_dim=[]"], "an empty list sweeps nothing, so no run would start; give one "
-                                                 "value or a non-empty list, e.g. --set head_dim=[2, 8, 32]"),
-    (["--set", "wordnet-hierarchy:head_dim=[2, 0]"], "head_dim must be an int ≥ 1, got 0"),
+    ([*HIERARCHY, "--set", "wordnet-hierarchy:head_dim=[]"],
+     "an empty list sweeps nothing, so no run would start; give one value or a non-empty list, e.g. --set "
+     "head_dim=[2, 8, 32]"),
+    ([*HIERARCHY, "--set", "wordnet-hierarchy:head_dim=[2, 0]"], "head_dim must be an int ≥ 1, got 0"),
     (["--set", "iters=[]"], "an empty list sweeps nothing"),
-    (["--set", "wordnet-hierarchy:iters=[5, 10]"], "task 'wordnet-hierarchy' would sweep head_dim, iters, but a run "
-                                                   "sweeps one key"),
+    ([*HIERARCHY, "--set", "wordnet-hierarchy:iters=[5, 10]"],
+     "task 'wordnet-hierarchy' would sweep head_dim, iters, but a run sweeps one key"),
     (["--set", "listops:iters=5"], "--set 'listops:iters=5': task 'listops' is not selected (selected: "
-                                   "shakespeare-char, wordnet-hierarchy, wordnet-reconstruction); add it with --tasks, "
+                                   "shakespeare-char, wordnet-reconstruction); add it with --tasks, "
                                    "or drop the 'listops:' "
                                    "prefix"),
     (["--set", "lisops:iters=5"], "unknown task 'lisops'; available tasks: shakespeare-char"),
