@@ -82,6 +82,10 @@ def run_case(name, kappa, tau, dtype_name, radius, seed, L, S, heads, dim, aggre
              "float16": torch.float16, "autocast": torch.float32}[dtype_name]
     if dtype == torch.float64:
         geometry = geometry.double()
+    if name == "euclidean" and dtype == torch.float16:
+        # the Euclidean score is SDPA's dot product, computed in the input dtype (as SDPA does): past
+        # ‖q‖‖k‖/√E ≈ 65504 it leaves float16's range in SDPA itself; keep the norms inside that range
+        q, k = (t * torch.clamp(100.0 / t.norm(dim=-1, keepdim=True).clamp(min=1e-30), max=1.0) for t in (q, k))
     q, k, v = (t.to(dtype).requires_grad_() for t in (q, k, v))
     mask = None
     if mask_kind == "bool":

@@ -64,7 +64,11 @@ class Sphere(CurvedGeometry):
         floor = eps.norm_min(q.dtype)  # of the dtype the values came in (as for unit(), see geoattn.math.vectors)
         q, k = q.to(cd), k.to(cd)
         mu = self.score_multiplier(q, scale).view(-1, 1)
-        inverse_norm = lambda x: 1 / robust_norm(x).clamp(min=floor).squeeze(-1)  # noqa: E731
+
+        def inverse_norm(x: Tensor) -> Tensor:  # 1/‖x‖, 0 for a zero vector (as unit() and the native kernel)
+            n = robust_norm(x).squeeze(-1)
+            return torch.where(n > 0, 1 / n.clamp(min=floor), torch.zeros_like(n))
+
         return AffineForm(q, k, q_factor=mu * inverse_norm(q), k_factor=inverse_norm(k))
 
     def native_spec(self, q: Tensor, scale: float | None) -> NativeSpec:

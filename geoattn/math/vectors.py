@@ -48,10 +48,12 @@ def robust_norm(x: Tensor) -> Tensor:
 
 
 def unit(x: Tensor, norm: Tensor | None = None, input_dtype: torch.dtype | None = None) -> Tensor:
-    """``x / max(‖x‖, NORM_MIN)``: the direction of x; a zero vector stays zero. The floor follows the
-    dtype the values came in (see :mod:`geoattn.math.eps`)."""
+    """``x / max(‖x‖, NORM_MIN)``: the direction of x; a zero vector stays zero, with gradient zero (the
+    direction has no derivative there; ``x / NORM_MIN`` would give one of 1/NORM_MIN, 1e15 in float64, as
+    the native kernel's 1/‖x‖ = 0 convention avoids too). The floor follows the dtype the values came in
+    (see :mod:`geoattn.math.eps`)."""
     norm = robust_norm(x) if norm is None else norm
-    return x / norm.clamp(min=eps.norm_min(input_dtype or x.dtype))
+    return torch.where(norm > 0, x / norm.clamp(min=eps.norm_min(input_dtype or x.dtype)), torch.zeros_like(x))
 
 
 def clip_radius(norm: Tensor, kappa: Tensor, clip: float) -> tuple[Tensor, Tensor]:
