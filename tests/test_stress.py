@@ -150,3 +150,28 @@ def test_tiny_tangent_vectors_regressions(name, kappa, radius, L, S):
     for aggregation in range(4):
         run_case(name=name, kappa=kappa, tau=1.0, dtype_name="float32", radius=radius, seed=0, L=L, S=S, heads=1,
                  dim=2, aggregation=aggregation, mask_kind="none", backend="auto")
+
+
+@pytest.mark.parametrize("name, backend", [("sphere", "dense"), ("sphere", "auto"), ("sphere-cosine", "dense"),
+                                           ("sphere-cosine", "auto")])
+def test_zero_query_vector_in_float16_regression(name, backend):
+    """Found by the 10,000-case run: a query that is exactly the zero vector (the test's origin) gave the geodesic
+    sphere an infinite float16 gradient (1/NORM_MIN through the direction), and cosine one from a compute-dtype
+    floor. The direction of a zero vector now has gradient zero (as in the native kernel)."""
+    geometry = geoattn.Sphere(score="geodesic" if name == "sphere" else "cosine", temperature=10.0)
+    q = torch.zeros(2, 1, 1, 2, dtype=torch.float16, requires_grad=True)
+    k = torch.tensor([[3.0, 4.0], [0.0, 0.0]], dtype=torch.float16).expand(2, 1, 2, 2).clone().requires_grad_()
+    v = torch.randn(2, 1, 2, 2, generator=torch.Generator().manual_seed(0)).half().requires_grad_()
+    geoattn.attention(q, k, v, geometry=geometry, backend=backend).float().square().mean().backward()
+    assert torch.isfinite(q.grad).all() and torch.isfinite(k.grad).all()
+    assert (q.grad == 0).all()  # nothing depends on the direction of a zero query
+
+
+def test_unit_of_a_zero_vector_has_zero_gradient():
+    from geoattn.math.vectors import unit
+
+    x = torch.zeros(3, 4, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    (unit(x) * torch.randn(3, 4, dtype=torch.float64)).sum().backward()
+    assert (x.grad == 0).all() and (unit(x) == 0).all()
+    torch.autograd.gradcheck(unit, (y,))  # away from zero: the ordinary derivative of x/‖x‖
