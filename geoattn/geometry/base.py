@@ -407,15 +407,21 @@ class CurvedGeometry(TemperedGeometry):
         return self._head(self.curvature, ref)
 
     # -- tangent vectors ---------------------------------------------------------------------
-    def radial(self, x: Tensor, kappa: Tensor, input_dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
-        """Direction and tangent norm of ``x`` (B, H, N, E) under the scale rule and the clip:
-        ``(x̂ (B, H, N, E), a = min(‖x‖/√E, clip/√|κ|) (B, H, N, 1))``; ``kappa`` is (H,). ``input_dtype``:
-        the dtype x came in (it sets the floor under ‖x‖, see :func:`geoattn.math.vectors.unit`)."""
+    def tangent_norm(self, x: Tensor, kappa: Tensor) -> tuple[Tensor, Tensor]:
+        """``(‖x‖, a = min(‖x‖/√E, clip/√|κ|))`` of ``x`` (B, H, N, E), both (B, H, N, 1), under the scale rule
+        and the clip (counted when it acts); ``kappa`` is (H,)."""
         norm = robust_norm(x)                                                    # (B, H, N, 1)
         a = norm / math.sqrt(x.shape[-1])
         if self.clip_radius is not None:
             a, shortened = clip_norm(a, kappa.view(-1, 1, 1), self.clip_radius)
             self.record_clip(shortened)
+        return norm, a
+
+    def radial(self, x: Tensor, kappa: Tensor, input_dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+        """Direction and tangent norm of ``x`` (B, H, N, E) under the scale rule and the clip:
+        ``(x̂ (B, H, N, E), a (B, H, N, 1))`` (:meth:`tangent_norm`). ``input_dtype``: the dtype x came in (it
+        sets the floor under ‖x‖, see :func:`geoattn.math.vectors.unit`)."""
+        norm, a = self.tangent_norm(x, kappa)
         return unit(x, norm, input_dtype), a
 
     def tangent(self, x: Tensor, kappa: Tensor, input_dtype: torch.dtype | None = None) -> Tensor:

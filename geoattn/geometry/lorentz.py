@@ -8,7 +8,6 @@ from torch import Tensor
 
 from ..math import eps, lorentz
 from ..math.functions import cos_sqrt
-from ..math.vectors import clip_radius as clip_norm, robust_norm
 from .base import AffineForm, CurvedGeometry, Lifted, NativeSpec
 from .registry import register
 
@@ -80,12 +79,8 @@ class Lorentz(CurvedGeometry):
 
     def _token_terms(self, x: Tensor, kappa: Tensor) -> tuple[Tensor, Tensor]:
         """``σ(a)/‖x‖`` and ``x₀ = cosh(√c a)/√c`` (B, H, N) of ``exp_o(x/√E)``, a = ‖x‖/√E (clipped)."""
-        norm = robust_norm(x.to(eps.compute_dtype(x.dtype)))                   # (B, H, N, 1)
-        a = norm / math.sqrt(x.shape[-1])
+        norm, a = self.tangent_norm(x.to(eps.compute_dtype(x.dtype)), kappa)   # (B, H, N, 1) each
         kb = kappa.view(-1, 1, 1)
-        if self.clip_radius is not None:
-            a, shortened = clip_norm(a, kb, self.clip_radius)
-            self.record_clip(shortened)
         factor = lorentz.radial_factor(a, kb) / norm.clamp(min=eps.norm_min(x.dtype))
         return factor.squeeze(-1), (cos_sqrt(kb * a * a) / (-kb).sqrt()).squeeze(-1)
 

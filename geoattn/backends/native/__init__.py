@@ -25,7 +25,7 @@ import torch
 
 from ..base import Backend, fused_unsupported
 from .build import load
-from .kernel import KINDS, AffineAttention, NativeAttention, Plan, affine_terms
+from .kernel import KINDS, AffineAttention, NativeAttention, Plan, affine_terms, kernel_input
 
 __all__ = ["NativeBackend", "load"]
 
@@ -65,7 +65,7 @@ class NativeBackend(Backend):
         native = load()
         geometry = call.geometry
         spec = geometry.native_spec(call.q, call.scale)
-        q, k, v = (t.float() if t.stride(-1) == 1 else t.float().contiguous() for t in (call.q, call.k, call.values))
+        q, k, v = (kernel_input(t) for t in (call.q, call.k, call.values))
         mask = call.mask
         bias = None if mask.bias is None else mask.bias.float()
         plan = Plan(native, spec.kind, mask.is_causal, spec.clip, allowed=mask.boolean, bias=bias)

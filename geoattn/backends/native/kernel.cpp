@@ -234,13 +234,18 @@ void backward_item(const Problem& P, const Terms& T, Grads& Gr, int64_t item, Wo
   }
 }
 
+// κ of head n for the kinds whose terms depend on it (stereographic, Lorentz); 0 for the others
+inline double head_kappa(const Problem& P, int64_t n) {
+  return P.kind == kStereographic || P.kind == kLorentz ? (double)P.kappa[n % P.H] : 0.0;
+}
+
 // Fill the caller's term buffers (forward only; the backward reads them back).
 void compute_terms(const Problem& P) {
   const int64_t N = P.B * P.H;
   int64_t clipped = 0;
 #pragma omp parallel for schedule(static) num_threads(P.nthreads) reduction(+ : clipped)
   for (int64_t n = 0; n < N; ++n) {
-    const double kappa = P.kind == kStereographic || P.kind == kLorentz ? (double)P.kappa[n % P.H] : 0.0;
+    const double kappa = head_kappa(P, n);
     for (int side = 0; side < 2; ++side) {
       const bool key = side == 1;
       const int64_t rows = key ? P.S : P.L;
@@ -281,7 +286,7 @@ void token_chain(const Problem& P, const Terms& T, const Grads& Gr) {
     std::vector<double> mine(P.H, 0.0);
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < N; ++n) {
-      const double kappa = P.kind == kStereographic || P.kind == kLorentz ? (double)P.kappa[n % P.H] : 0.0;
+      const double kappa = head_kappa(P, n);
       const double c = std::fabs(kappa);
       for (int side = 0; side < 2; ++side) {
         const bool key = side == 1;

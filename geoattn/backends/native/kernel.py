@@ -215,11 +215,16 @@ class AffineAttention(torch.autograd.Function):
         return dq, dk, dv, None, g.q_factor, g.k_factor, g.k_bias, g.alpha, g.gamma
 
 
+def kernel_input(t: Tensor) -> Tensor:
+    """``t`` as the kernel reads it: float32 with a contiguous last dim (other strides pass through)."""
+    return t.float() if t.stride(-1) == 1 else t.float().contiguous()
+
+
 def affine_terms(form) -> tuple[Tensor, Tensor, AffineTerms]:
     """``(q, k, terms)`` of a geometry's :class:`~geoattn.geometry.AffineForm` for the kernel: float32, the
     vectors' last dim contiguous, absent factors as ones and an absent β as zeros (per-query terms dropped:
     they cancel in the softmax)."""
-    q, k = (t.float() if t.stride(-1) == 1 else t.float().contiguous() for t in (form.q, form.k))
+    q, k = kernel_input(form.q), kernel_input(form.k)
     B, H, L, _ = q.shape
     S = k.shape[2]
 
