@@ -45,6 +45,30 @@ def _run(geom, q, k, v, mask, causal, backend):
     return out, [g for g in grads if g is not None]
 
 
+def _compare_with_float64(make_geometry, q, k, v, mask, causal, dtype):
+    """The native kernel's output and gradients against the dense float64 path (within the float32 dense
+    path's own error, or the dtype's tolerance); returns the native output."""
+    geom = make_geometry().float()
+    out, grads = _run(geom, q, k, v, mask, causal, "native")
+    same, same_grads = _run(geom, q, k, v, mask, causal, "dense")  # float32 conditioning bounds both
+    ref_geom = make_geometry().double()
+    ref_geom.load_state_dict({n: p.double() for n, p in geom.state_dict().items()})
+    qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref, ref_grads = _run(ref_geom, qd, kd, vd, mask, causal, "dense")
+    assert out.dtype == dtype and out.shape == ref.shape
+
+    def close(x, y, x_dense, tol):
+        err, err_dense = (x.double() - y).abs().max().item(), (x_dense.double() - y).abs().max().item()
+        assert torch.isfinite(x).all()
+        assert err < max(tol * (y.abs().max().item() + 1), 2 * err_dense), (err, err_dense)
+
+    close(out, ref, same, TOL[dtype])
+    assert len(grads) == len(ref_grads)
+    for g, r, g_dense in zip(grads, ref_grads, same_grads):
+        close(g, r, g_dense, GRAD_TOL[dtype])
+    return out
+
+
 SHAPES = {"one-chunk": (2, 37, 45), "chunks": (1, 70, 1100)}  # (B, L, S); chunks: 512 + 512 + 76 keys
 
 
@@ -71,30 +95,27 @@ def test_native_matches_dense_float64(name, mask_kind, shape, dtype):
     if mask_kind == "causal":
         S = L if shape == "one-chunk" else 1030  # top-left causal: rows end in every chunk
     gen = torch.Generator().manual_seed(zlib.crc32(f"{name}/{mask_kind}/{shape}".encode()))
-    geom = GEOMETRIES[name]()
     mask, causal = _mask(mask_kind, B, L, S, gen)
     q, k, v = ((0.6 * torch.randn(B, H, n, D, generator=gen, dtype=torch.float64)).to(dtype).requires_grad_()
                for n in (L, S, S))
-    geom = geom.float()
-    out, grads = _run(geom, q, k, v, mask, causal, "native")
-    same, same_grads = _run(geom, q, k, v, mask, causal, "dense")  # float32 conditioning bounds both
-    ref_geom = GEOMETRIES[name]().double()
-    ref_geom.load_state_dict({n: p.double() for n, p in geom.state_dict().items()})
-    qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
-    ref, ref_grads = _run(ref_geom, qd, kd, vd, mask, causal, "dense")
-    assert out.dtype == dtype and out.shape == ref.shape
-
-    def close(x, y, x_dense, tol):
-        err, err_dense = (x.double() - y).abs().max().item(), (x_dense.double() - y).abs().max().item()
-        assert torch.isfinite(x).all()
-        assert err < max(tol * (y.abs().max().item() + 1), 2 * err_dense), (err, err_dense)
-
-    close(out, ref, same, TOL[dtype])
-    assert len(grads) == len(ref_grads)
-    for g, r, g_dense in zip(grads, ref_grads, same_grads):
-        close(g, r, g_dense, GRAD_TOL[dtype])
+    out = _compare_with_float64(GEOMETRIES[name], q, k, v, mask, causal, dtype)
     if mask_kind == "bool":
         assert out[0, 0, 3].abs().max().item() == 0.0
+
+
+# The micro-kernel's products (smallgemm.h: tiles up to 64³ multiply-adds) at the head dims users pick:
+# whole vectors (16, 64), a vector and a tail (24), and keys past one 64-column panel (S = 80).
+@pytest.mark.parametrize("head_dim", [16, 24, 64])
+@pytest.mark.parametrize("mask_kind", ["none", "causal"])
+@pytest.mark.parametrize("name", ["poincare", "lorentz", "metric"])
+def test_native_small_tiles_match_dense_float64(name, mask_kind, head_dim):
+    B, L, S = 2, 64, (64 if mask_kind == "causal" else 80)
+    make = {"poincare": GEOMETRIES["poincare"], "lorentz": GEOMETRIES["lorentz"],
+            "metric": lambda: geoattn.Metric(head_dim=head_dim, rank=5, learnable=True)}[name]
+    gen = torch.Generator().manual_seed(zlib.crc32(f"small/{name}/{mask_kind}/{head_dim}".encode()))
+    q, k, v = ((0.6 * torch.randn(B, H, n, head_dim, generator=gen, dtype=torch.float64)).float().requires_grad_()
+               for n in (L, S, S))
+    _compare_with_float64(make, q, k, v, None, mask_kind == "causal", torch.float32)
 
 
 @pytest.mark.parametrize("name", ["lorentz", "metric", "sphere-cosine", "poincare"])
