@@ -77,9 +77,9 @@ SUITES: dict[str, dict[str, Any]] = {
             # 2550 steps of 256 pairs ≈ 100 epochs, d = 2, 5, 10, 20
             "wordnet-reconstruction": dict(RECON_OPT, dim=(2, 5, 10, 20), n_negatives=50, batch_size=256,
                                            init_range=1e-3, iters=2550, eval_interval=510),
-            # lengths 20-100 (LRA's are 500-2000: full suite). 600 steps (the committed standard results, commit
-            # 1933912) left 6 of 7 rows short of the plateau criterion; 2000 steps plateau (Euclidean and Poincaré,
-            # 3 seeds: results/budgets/standard-probes/listops-2000-3seeds, +20 min of the suite's wall time)
+            # lengths 20-100 (LRA's are 500-2000: full suite). 600 steps left 6 of 7 rows short of the plateau
+            # criterion (results/budgets/standard-listops-600steps); 2000 steps plateau (Euclidean and Poincaré,
+            # 3 seeds: results/budgets/standard-probes/listops-2000-3seeds; +20 min of the suite's wall time)
             "listops": dict(NANOGPT_OPT, n_layers=2, n_heads=4, d_model=64, max_len=100,
                             min_length=20, max_length=100, n_train=5000, n_test=2000, data_seed=0, batch_size=32,
                             iters=2000, eval_interval=200),
