@@ -103,8 +103,8 @@ def test_native_matches_dense_float64(name, mask_kind, shape, dtype):
         assert out[0, 0, 3].abs().max().item() == 0.0
 
 
-# The micro-kernel's products (smallgemm.h: tiles up to 64³ multiply-adds) at the head dims users pick:
-# whole vectors (16, 64), a vector and a tail (24), and keys past one 64-column panel (S = 80).
+# One query block and one key chunk (the quick suite's tiles, L = 64) at the head dims users pick: whole
+# 16-lane vectors (16, 64), a vector and a tail (24), and more keys than one 64-wide tile (S = 80).
 @pytest.mark.parametrize("head_dim", [16, 24, 64])
 @pytest.mark.parametrize("mask_kind", ["none", "causal"])
 @pytest.mark.parametrize("name", ["poincare", "lorentz", "metric"])
