@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from ..math import eps
 from ..math.vectors import clip_radius as clip_norm, robust_norm, unit
 from . import registry
+from .head import head_constants
 
 register = registry.register  # geometry modules written against geometry.base keep importing it from here
 Number = float | int
@@ -339,6 +340,11 @@ class TemperedGeometry(Geometry):
         inv = self._head((-self.log_temperature).exp(), ref)
         return inv if scale is None else inv * scale
 
+    def native_constants(self, ref: Tensor, scale: float | None, coef: float) -> tuple[Tensor, Tensor]:
+        """``(κ, μ)`` (H,) float32 for the native kernel, one autograd node (:mod:`.head`): κ = 0 (unused) and
+        ``μ = coef·scale/τ``."""
+        return head_constants(None, self.log_temperature, ref.shape[1], coef=coef * (1.0 if scale is None else scale))
+
 
 class CurvedGeometry(TemperedGeometry):
     """A tempered geometry with a per-head signed curvature κ, and values aggregated linearly or on the manifold.
@@ -405,6 +411,14 @@ class CurvedGeometry(TemperedGeometry):
     def kappa(self, ref: Tensor) -> Tensor:
         """κ per head as ``(H,)`` in ``ref``'s compute dtype."""
         return self._head(self.curvature, ref)
+
+    def native_constants(self, ref: Tensor, scale: float | None, coef: float, power: float = 0.0,
+                         curvature: bool = True) -> tuple[Tensor, Tensor]:
+        """``(κ, μ)`` (H,) float32 for the native kernel, one autograd node (:mod:`.head`): κ (0 and no gradient
+        unless ``curvature``) and ``μ = coef·scale/τ·|κ|^power``."""
+        raw = self.raw_curvature if curvature or power else None
+        return head_constants(raw, self.log_temperature, ref.shape[1], self.curvature_sign,
+                              coef * (1.0 if scale is None else scale), power)
 
     # -- tangent vectors ---------------------------------------------------------------------
     def tangent_norm(self, x: Tensor, kappa: Tensor) -> tuple[Tensor, Tensor]:

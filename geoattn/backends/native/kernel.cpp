@@ -239,6 +239,40 @@ inline double head_kappa(const Problem& P, int64_t n) {
   return P.kind == kStereographic || P.kind == kLorentz ? (double)P.kappa[n % P.H] : 0.0;
 }
 
+// The terms of one head's tokens on one side from their norms (the vectorised loops where there is one);
+// returns how many tokens the clip shortened.
+int64_t side_terms(const Problem& P, double kappa, bool key, const double* norms, int64_t rows, float* out,
+                   int64_t stride) {
+  if (P.kind == kSphere) {
+    float* rho = out + 2 * stride;  // ρ, at the stereographic ρ's slot
+#pragma omp simd
+    for (int64_t r = 0; r < rows; ++r) rho[r] = (float)(norms[r] > 0 ? 1.0 / (norms[r] > 0 ? norms[r] : 1.0) : 0.0);
+    return 0;
+  }
+  if (P.kind == kLorentz)
+    return key ? lorentz_terms<true>(norms, rows, kappa, P.inv_sqrt_e, P.clip, out, stride)
+               : lorentz_terms<false>(norms, rows, kappa, P.inv_sqrt_e, P.clip, out, stride);
+  if (P.kind == kStereographic && kappa < 0)
+    return key ? stereo_terms_hyperbolic<true>(norms, rows, kappa, P.inv_sqrt_e, P.clip, out, stride)
+               : stereo_terms_hyperbolic<false>(norms, rows, kappa, P.inv_sqrt_e, P.clip, out, stride);
+  int64_t clipped = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const double nr = norms[r];
+    if (affine_kind(P.kind)) {  // cosine, l2
+      clipped += radial_terms(P.kind, nr, kappa, P.inv_sqrt_e, P.clip, key, out, stride, r);
+      continue;
+    }
+    const TokenTerms t = stereo_token(nr, kappa, P.inv_sqrt_e, P.clip, key);
+    out[0 * stride + r] = (float)t.a;
+    out[1 * stride + r] = (float)t.sig;
+    out[2 * stride + r] = (float)t.rho;
+    out[3 * stride + r] = (float)t.e1;
+    out[4 * stride + r] = (float)t.e2;
+    clipped += t.clipped;
+  }
+  return clipped;
+}
+
 // Fill the caller's term buffers (forward only; the backward reads them back).
 void compute_terms(const Problem& P) {
   const int64_t N = P.B * P.H;
@@ -253,28 +287,51 @@ void compute_terms(const Problem& P) {
       const int64_t stride = key ? key_stride(P) : rows;  // of a term's row
       float* out = (key ? P.kterms : P.qterms) + n * kTerms * stride;
       double* norms = (key ? P.knorm : P.qnorm) + n * rows;
-      for (int64_t r = 0; r < rows; ++r) {
-        const double nr = row_norm(row_ptr(x, n, P.H, r), P.D);
-        norms[r] = nr;
-        if (P.kind == kSphere) {
-          out[2 * stride + r] = (float)(nr > 0 ? 1.0 / nr : 0.0);  // ρ, at the stereographic ρ's slot
-          continue;
-        }
-        if (affine_kind(P.kind)) {
-          clipped += radial_terms(P.kind, nr, kappa, P.inv_sqrt_e, P.clip, key, out, stride, r);
-          continue;
-        }
-        const TokenTerms t = stereo_token(nr, kappa, P.inv_sqrt_e, P.clip, key);
-        out[0 * stride + r] = (float)t.a;
-        out[1 * stride + r] = (float)t.sig;
-        out[2 * stride + r] = (float)t.rho;
-        out[3 * stride + r] = (float)t.e1;
-        out[4 * stride + r] = (float)t.e2;
-        clipped += t.clipped;
-      }
+      for (int64_t r = 0; r < rows; ++r) norms[r] = row_norm(row_ptr(x, n, P.H, r), P.D);
+      clipped += side_terms(P, kappa, key, norms, rows, out, stride);
     }
   }
   if (P.clipped) *P.clipped = clipped;
+}
+
+// The chain through the per-token terms of one head's tokens on one side: fac[r] = (∂L/∂‖x_r‖)/‖x_r‖ (0 for
+// a zero vector); returns their ∂L/∂κ. g: the slot gradients g_a, g_σ, g_ρ (3 rows of `rows`).
+double side_chain(const Problem& P, const Terms& T, int64_t n, double kappa, bool key, const double* norms,
+                  int64_t rows, const float* g, float* fac) {
+  if (P.kind == kLorentz)
+    return key ? lorentz_chain<true>(norms, rows, kappa, P.inv_sqrt_e, P.clip, g, T.kt(n, 3), T.Sp, fac)
+               : lorentz_chain<false>(norms, rows, kappa, P.inv_sqrt_e, P.clip, g, T.qt(n, 3), T.L, fac);
+  if (P.kind == kStereographic && kappa < 0)
+    return stereo_chain_hyperbolic(norms, rows, kappa, P.inv_sqrt_e, P.clip, g, fac);
+  const double c = std::fabs(kappa);
+  double g_kappa_sum = 0.0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const double nr = norms[r];
+    fac[r] = 0.0f;
+    if (nr <= 0 && !affine_kind(P.kind)) continue;  // a zero vector: no direction, no radius term
+    double g_norm = 0.0;
+    if (affine_kind(P.kind)) {  // cosine, l2
+      const double gs[3] = {g[r], g[rows + r], g[2 * rows + r]};
+      const double kd[2] = {0.0, 0.0};  // slots 3 and 4: Lorentz only
+      double g_kappa;
+      radial_chain(P.kind, nr, kappa, P.inv_sqrt_e, P.clip, key, gs, kd, g_norm, g_kappa);
+      g_kappa_sum += g_kappa;
+    } else if (P.kind == kSphere) {
+      g_norm = -(double)g[2 * rows + r] / (nr * nr);  // ρ = 1/‖x‖
+    } else {
+      bool clipped;
+      const double a = tangent_norm(nr, kappa, P.inv_sqrt_e, P.clip, clipped);
+      double dsa, dsk;
+      sigma_grads(a, kappa, dsa, dsk);
+      const double g_a = (double)g[r] + (double)g[rows + r] * dsa;
+      g_kappa_sum += (double)g[rows + r] * dsk;
+      if (clipped) g_kappa_sum += g_a * a / (2.0 * c);  // a = clip/√c: ∂a/∂κ = a/(2c) for κ = −c
+      else g_norm += g_a * P.inv_sqrt_e;
+      g_norm -= (double)g[2 * rows + r] / (nr * nr);
+    }
+    if (nr > 0) fac[r] = (float)(g_norm / nr);
+  }
+  return g_kappa_sum;
 }
 
 // The chain through the per-token terms: g_a, g_σ, g_ρ → ∂/∂‖x‖ (added to dx along x) and ∂/∂κ.
@@ -284,10 +341,10 @@ void token_chain(const Problem& P, const Terms& T, const Grads& Gr) {
 #pragma omp parallel num_threads(P.nthreads)
   {
     std::vector<double> mine(P.H, 0.0);
+    std::vector<float> fac(std::max(P.L, P.S));
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < N; ++n) {
       const double kappa = head_kappa(P, n);
-      const double c = std::fabs(kappa);
       for (int side = 0; side < 2; ++side) {
         const bool key = side == 1;
         const int64_t rows = key ? P.S : P.L;
@@ -295,34 +352,12 @@ void token_chain(const Problem& P, const Terms& T, const Grads& Gr) {
         const View& dx = key ? P.dk : P.dq;
         const float* g = (key ? Gr.k.data() : Gr.q.data()) + n * 3 * rows;
         const double* norms = (key ? T.kn : T.qn) + n * rows;
+        mine[n % P.H] += side_chain(P, T, n, kappa, key, norms, rows, g, fac.data());
         for (int64_t r = 0; r < rows; ++r) {
-          const double nr = norms[r];
-          if (nr <= 0 && !affine_kind(P.kind)) continue;  // a zero vector: no direction, no radius term
-          double g_norm = 0.0;
-          if (affine_kind(P.kind)) {
-            const double gs[3] = {g[r], g[rows + r], g[2 * rows + r]};
-            const float* kept = (key ? T.kt(n, 3) : T.qt(n, 3)) + r;
-            const double kd[2] = {kept[0], kept[key ? T.Sp : T.L]};  // slots 3 and 4
-            double g_kappa;
-            radial_chain(P.kind, nr, kappa, P.inv_sqrt_e, P.clip, key, gs, kd, g_norm, g_kappa);
-            mine[n % P.H] += g_kappa;
-          } else if (P.kind == kSphere) {
-            g_norm = -(double)g[2 * rows + r] / (nr * nr);  // ρ = 1/‖x‖
-          } else {
-            bool clipped;
-            const double a = tangent_norm(nr, kappa, P.inv_sqrt_e, P.clip, clipped);
-            double dsa, dsk;
-            sigma_grads(a, kappa, dsa, dsk);
-            const double g_a = (double)g[r] + (double)g[rows + r] * dsa;
-            mine[n % P.H] += (double)g[rows + r] * dsk;
-            if (clipped) mine[n % P.H] += g_a * a / (2.0 * c);  // a = clip/√c: ∂a/∂κ = a/(2c) for κ = −c
-            else g_norm += g_a * P.inv_sqrt_e;
-            g_norm -= (double)g[2 * rows + r] / (nr * nr);
-          }
-          if (nr <= 0) continue;
+          if (norms[r] <= 0) continue;
           const float* xr = row_ptr(x, n, P.H, r);
           float* dr = row_ptr_mut(dx, n, P.H, r);
-          const float f = (float)(g_norm / nr);
+          const float f = fac[r];
           for (int64_t d = 0; d < P.D; ++d) dr[d] += f * xr[d];
         }
       }

@@ -61,6 +61,8 @@ class Plan:
     allowed: Tensor | None = None   # bool (B|1, H|1, L|1, S|1), True = take part
     bias: Tensor | None = None      # float, same broadcasting
     clipped: int = 0                # out: vectors the clip shortened (forward)
+    problem: _Problem | None = None  # the forward's arguments, completed by the backward (one struct per call)
+    keep: tuple = ()                # tensors only the struct points to (kept alive until the backward)
 
 
 def _problem(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: Tensor, mu: Tensor, terms) -> _Problem:
@@ -86,15 +88,27 @@ def _problem(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: Tensor, mu: Ten
     return p
 
 
+def _heads_last(like: Tensor, rows: int, cols: int, fill: float | None = None) -> Tensor:
+    """A (B, H, rows, cols) float32 buffer laid out as (B, rows, H, cols), SDPA's layout for its outputs and
+    gradients: what a transformer layer makes of them (``out.transpose(1, 2).reshape(B, T, H·E)``, the
+    gradients of q, k, v split from one projection) is then a view, not a copy."""
+    B, H = like.shape[:2]
+    t = like.new_empty(B, rows, H, cols) if fill is None else like.new_full((B, rows, H, cols), fill)
+    return t.transpose(1, 2)
+
+
 def _terms(q: Tensor, k: Tensor, affine: "AffineTerms | None") -> tuple[Tensor, ...]:
     """The per-token term buffers: (B·H, 5, L), (B·H, 5, S padded) float and the norms (B·H, L), (B·H, S) in
-    double.
+    double, views of one float and one double allocation.
     The kernel fills them (forward) for its own kinds; the affine kind's terms are written here (affine.h)."""
     B, H, L, _ = q.shape
     S = k.shape[2]
+    N, Sp = B * H, -(-S // LANES) * LANES
     # key-term rows padded with zeros to whole vectors: the kernel's row loops read up to one past S (Row)
-    terms = (q.new_zeros(B * H, TERMS, L), q.new_zeros(B * H, TERMS, -(-S // LANES) * LANES),
-             q.new_zeros(B * H, L, dtype=torch.float64), q.new_zeros(B * H, S, dtype=torch.float64))
+    floats = q.new_zeros(N * TERMS * (L + Sp))
+    norms = q.new_zeros(N * (L + S), dtype=torch.float64)
+    terms = (floats[:N * TERMS * L].view(N, TERMS, L), floats[N * TERMS * L:].view(N, TERMS, Sp),
+             norms[:N * L].view(N, L), norms[N * L:].view(N, S))
     if affine is not None:
         qt, kt = terms[0].view(B, H, TERMS, L), terms[1].view(B, H, TERMS, -1)[..., :S]
         qt[:, :, 1].copy_(affine.q_factor)
@@ -108,46 +122,52 @@ def _terms(q: Tensor, k: Tensor, affine: "AffineTerms | None") -> tuple[Tensor, 
 
 def _forward(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: Tensor, mu: Tensor,
              affine: AffineTerms | None = None):
-    """One forward call: (out (B, H, L, Ev), lse (B·H, L), per-token terms kept for the backward)."""
+    """One forward call: (out (B, H, L, Ev), lse (B·H, L), per-token terms kept for the backward). The filled
+    struct stays on ``plan`` for the backward, which adds its own fields."""
     B, H, L, _ = q.shape
-    out = q.new_empty(B, H, L, v.shape[-1])
+    out = _heads_last(q, L, v.shape[-1])
     lse = q.new_empty(B * H, L)
-    clipped = torch.zeros(1, dtype=torch.int64)
+    clipped = ctypes.c_int64(0)
     terms = _terms(q, k, affine)
     p = _problem(plan, q, k, v, kappa, mu, terms)
-    p.out, p.lse, p.clipped = _view(out), lse.data_ptr(), clipped.data_ptr()
+    p.out, p.lse, p.clipped = _view(out), lse.data_ptr(), ctypes.addressof(clipped)
     if affine is not None:
         p.outer = int(affine.outer)
     plan.native.lib.geoattn_forward(ctypes.byref(p))
-    plan.clipped = int(clipped)
+    plan.clipped = clipped.value
+    plan.problem, plan.keep = p, (kappa, mu)
     return out, lse, terms
 
 
-def _backward(plan: Plan, q, k, v, kappa, mu, out, lse, terms, dout: Tensor, want_dkappa: bool = True,
+def _backward(plan: Plan, q, k, v, out, lse, dout: Tensor, dtype: torch.dtype, want_dkappa: bool = True,
               outer: bool | None = None):
-    """One backward call: (dq, dk, dv, dκ (zeros unless ``want_dkappa``), dμ, the gradients of the affine
-    kind's terms as an :class:`AffineTerms`, None for the other kinds). ``outer``: the affine kind's score
-    has the outer term (None: not the affine kind)."""
+    """One backward call, on the forward's struct (q, k, v, out, lse and the terms are the forward's tensors,
+    kept by autograd): (dq, dk, dv, dκ (zeros unless ``want_dkappa``), dμ in ``dtype``, the gradients of the
+    affine kind's terms as an :class:`AffineTerms`, None for the other kinds). ``outer``: the affine kind's
+    score has the outer term (None: not the affine kind)."""
     dout = dout if dout.stride(-1) == 1 else dout.contiguous()
-    dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
-    dkappa = torch.zeros(kappa.shape, dtype=torch.float64)
-    dmu = torch.zeros(mu.shape, dtype=torch.float64)
-    p = _problem(plan, q, k, v, kappa, mu, terms)
-    p.out, p.lse, p.dout = _view(out), lse.data_ptr(), _view(dout)
-    p.dq, p.dk, p.dv, p.dkappa, p.dmu = _view(dq), _view(dk), _view(dv), dkappa.data_ptr(), dmu.data_ptr()
+    B, H, L, _ = q.shape
+    S = k.shape[2]
+    dq, dk, dv = _heads_last(q, L, q.shape[-1]), _heads_last(k, S, k.shape[-1], 0.0), _heads_last(v, S, v.shape[-1], 0.0)
+    dhead = torch.zeros(2, H, dtype=torch.float64)  # dκ, dμ (accumulated in double)
+    p = plan.problem
+    p.nthreads = torch.get_num_threads()
+    p.dout, p.dq, p.dk, p.dv = _view(dout), _view(dq), _view(dk), _view(dv)
+    p.dkappa, p.dmu = dhead[0].data_ptr(), dhead[1].data_ptr()
     p.want_dkappa = int(want_dkappa)
     grads = None
     if outer is not None:
-        B, H, L, _ = q.shape
-        S = k.shape[2]
-        per_query, per_key = (lambda: q.new_empty(B, H, L)), (lambda: q.new_empty(B, H, S))
-        grads = AffineTerms(per_query(), per_key(), per_key(), *((per_query(), per_key()) if outer else (None, None)))
+        sizes = (L, S, S, *((L, S) if outer else ()))  # a, b, β (, α, γ)
+        flat = q.new_empty(B * H * sum(sizes))
+        parts = [part.view(B, H, n) for part, n in zip(flat.split([B * H * n for n in sizes]), sizes)]
+        grads = AffineTerms(*parts, *((None, None) if not outer else ()))
         p.dqfactor, p.dkfactor, p.dkbias = (t.data_ptr() for t in (grads.q_factor, grads.k_factor, grads.k_bias))
         p.outer = int(outer)
         if outer:
             p.dqouter, p.dkouter = grads.alpha.data_ptr(), grads.gamma.data_ptr()
     plan.native.lib.geoattn_backward(ctypes.byref(p))
-    return dq, dk, dv, dkappa.to(kappa.dtype), dmu.to(mu.dtype), grads
+    dkappa, dmu = dhead.to(dtype)
+    return dq, dk, dv, dkappa, dmu, grads
 
 
 class NativeAttention(torch.autograd.Function):
@@ -165,7 +185,7 @@ class NativeAttention(torch.autograd.Function):
     def backward(ctx, dout: Tensor):
         q, k, v, kappa, mu, out, lse, *terms = ctx.saved_tensors
         want_dkappa = ctx.needs_input_grad[3]
-        dq, dk, dv, dkappa, dmu, _ = _backward(ctx.plan, q, k, v, kappa, mu, out, lse, terms, dout, want_dkappa)
+        dq, dk, dv, dkappa, dmu, _ = _backward(ctx.plan, q, k, v, out, lse, dout, kappa.dtype, want_dkappa)
         return dq, dk, dv, dkappa if want_dkappa else None, dmu, None
 
 
@@ -199,19 +219,14 @@ class AffineAttention(torch.autograd.Function):
         affine = AffineTerms(q_factor, k_factor, k_bias, alpha, gamma)
         unused, one = q.new_zeros(q.shape[1]), q.new_ones(q.shape[1])  # κ (unread), μ = 1: terms in score units
         out, lse, terms = _forward(plan, q, k, v, unused, one, affine)
-        ctx.save_for_backward(q, k, v, out, lse, *terms[:2])
+        ctx.save_for_backward(q, k, v, out, lse, *terms)
         ctx.plan, ctx.outer = plan, affine.outer
         return out
 
     @staticmethod
     def backward(ctx, dout: Tensor):
-        q, k, v, out, lse, qterms, kterms = ctx.saved_tensors
-        B, H, L, _ = q.shape
-        S = k.shape[2]
-        empty = (q.new_zeros(B * H, L, dtype=torch.float64), q.new_zeros(B * H, S, dtype=torch.float64))
-        unused, one = q.new_zeros(H), q.new_ones(H)
-        dq, dk, dv, _, _, g = _backward(ctx.plan, q, k, v, unused, one, out, lse, (qterms, kterms, *empty), dout,
-                                        False, ctx.outer)
+        q, k, v, out, lse, *terms = ctx.saved_tensors
+        dq, dk, dv, _, _, g = _backward(ctx.plan, q, k, v, out, lse, dout, q.dtype, False, ctx.outer)
         return dq, dk, dv, None, g.q_factor, g.k_factor, g.k_bias, g.alpha, g.gamma
 
 

@@ -54,6 +54,63 @@ inline bool radial_terms(int kind, double n, double kappa, double inv_sqrt_e, do
   return false;
 }
 
+// lorentz_token and radial_terms for the `rows` tokens of one head and side at once (one simd loop, dexpm1):
+// the forward's terms of the Lorentz kind; returns how many tokens the clip shortened
+template <bool KEY>
+int64_t lorentz_terms(const double* norms, int64_t rows, double kappa, double inv_sqrt_e, double clip, float* out,
+                      int64_t stride) {
+  const double c = -kappa, s = std::sqrt(c);
+  float *o0 = out, *o1 = out + stride, *o2 = out + 2 * stride, *o3 = out + 3 * stride, *o4 = out + 4 * stride;
+  int64_t clipped = 0;
+#pragma omp simd reduction(+ : clipped)
+  for (int64_t r = 0; r < rows; ++r) {
+    const double n = norms[r], a = n * inv_sqrt_e;
+    const bool cl = s * a > clip;  // tangent_norm's test
+    const double t = cl ? clip / s : a;
+    const double em = dexpm1_nonneg(s * t), e = em + 1.0;
+    const double sig = em * (em + 2.0) / (2.0 * e) / s, ch = 1.0 + em * em / (2.0 * e);
+    const double x0 = ch / s, f = n > 0 ? sig / n : inv_sqrt_e;
+    o0[r] = KEY ? 0.0f : (float)-x0;
+    o1[r] = KEY ? (float)x0 : (float)f;
+    if (KEY) o2[r] = (float)f;
+    o3[r] = (float)sig, o4[r] = (float)ch;
+    clipped += cl ? 1 : 0;
+  }
+  return clipped;
+}
+
+// radial_chain of the Lorentz kind for the `rows` tokens of one head and side at once: fac[r] = (∂L/∂n)/n
+// (0 for a zero vector), returns Σ ∂L/∂κ. g: the tokens' slot gradients (3 rows of `rows`), kept: slot 3 (σ)
+// of the forward's terms, slot 4 (cosh) `stride` after it.
+template <bool KEY>
+double lorentz_chain(const double* norms, int64_t rows, double kappa, double inv_sqrt_e, double clip, const float* g,
+                     const float* kept, int64_t stride, float* fac) {
+  const double c = -kappa, s = std::sqrt(c);
+  double g_kappa = 0.0;
+#pragma omp simd reduction(+ : g_kappa)
+  for (int64_t r = 0; r < rows; ++r) {
+    const double n = norms[r], a = n * inv_sqrt_e;
+    const bool cl = s * a > clip;
+    const double t = cl ? clip / s : a;
+    const double sig = kept[r], ch = kept[stride + r], x0 = ch / s;
+    const double g_f = KEY ? g[2 * rows + r] : g[rows + r];
+    const double g_x0 = KEY ? g[rows + r] : -(double)g[r];
+    const double dt_dn = cl ? 0.0 : inv_sqrt_e;
+    const double ssig = s * sig;
+    const bool pos = n > 0;
+    const double nn = pos ? n : 1.0;
+    const double g_norm = pos ? g_f * (ch * dt_dn / nn - sig / (nn * nn)) + g_x0 * ssig * dt_dn : 0.0;
+    const double ct2 = c * t * t;
+    const double dsig_dc = ct2 < 1e-4 ? t * t * t / 6.0 * (1.0 + ct2 / 10.0) : (t * ch - sig) / (2.0 * c);
+    const double dx0_dc = (t * sig - x0 / s) / (2.0 * s);
+    const double dt_dc = cl ? -t / (2.0 * c) : 0.0;
+    const double df_dc = pos ? (dsig_dc + ch * dt_dc) / nn : 0.0;
+    g_kappa += -(g_f * df_dc + g_x0 * (dx0_dc + ssig * dt_dc));
+    fac[r] = (float)(g_norm / nn);
+  }
+  return g_kappa;
+}
+
 // ∂L/∂n and ∂L/∂κ of one token from the gradients g of its slots (kept: its slots 3 and 4)
 inline void radial_chain(int kind, double n, double kappa, double inv_sqrt_e, double clip, bool key,
                          const double g[3], const double kept[2], double& g_norm, double& g_kappa) {

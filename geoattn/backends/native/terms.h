@@ -81,6 +81,59 @@ inline void sigma_grads(double a, double kappa, double& dsig_da, double& dsig_dk
   }
 }
 
+// stereo_token for the `rows` tokens of one head and side at once where κ < 0 (one simd loop, dexp); returns how
+// many tokens the clip shortened
+template <bool KEY>
+int64_t stereo_terms_hyperbolic(const double* norms, int64_t rows, double kappa, double inv_sqrt_e, double clip,
+                                float* out, int64_t stride) {
+  const double c = -kappa, sc = std::sqrt(c);
+  int64_t clipped = 0;
+#pragma omp simd reduction(+ : clipped)
+  for (int64_t r = 0; r < rows; ++r) {
+    const double n = norms[r], a0 = n * inv_sqrt_e;
+    const bool cl = sc * a0 > clip;  // tangent_norm's test
+    const double a = cl ? clip / sc : a0;
+    const double v = 4.0 * kappa * a * a;
+    const double e = dexp(sc * a), ie = 1.0 / e;
+    const double sig = std::fabs(v) < kSeriesSigma ? a * (1.0 - v / 6.0 + v * v / 120.0) : (e * e - ie * ie) / (4.0 * sc);
+    out[r] = (float)a;
+    out[stride + r] = (float)sig;
+    out[2 * stride + r] = (float)(n > 0 ? 1.0 / (n > 0 ? n : 1.0) : 0.0);
+    out[3 * stride + r] = (float)(KEY ? ie / 2 : e);
+    out[4 * stride + r] = (float)(KEY ? e / 2 : ie);
+    clipped += cl ? 1 : 0;
+  }
+  return clipped;
+}
+
+// token_chain's stereographic step for the `rows` tokens of one head and side at once where κ < 0: fac[r] =
+// (∂L/∂n)/n (0 for a zero vector, which has no radius term), returns Σ ∂L/∂κ; g: the slot gradients (a|σ|ρ)
+inline double stereo_chain_hyperbolic(const double* norms, int64_t rows, double kappa, double inv_sqrt_e, double clip,
+                                      const float* g, float* fac) {
+  const double c = -kappa, sc = std::sqrt(c);
+  double g_kappa = 0.0;
+#pragma omp simd reduction(+ : g_kappa)
+  for (int64_t r = 0; r < rows; ++r) {
+    const double n = norms[r], a0 = n * inv_sqrt_e;
+    const bool pos = n > 0, cl = sc * a0 > clip;
+    const double nn = pos ? n : 1.0;
+    const double a = cl ? clip / sc : a0;
+    const double v = 4.0 * kappa * a * a;
+    const double e2 = dexp(2.0 * sc * a), ie2 = 1.0 / e2;
+    const double ch = (e2 + ie2) / 2, sig = (e2 - ie2) / (4.0 * sc);
+    const bool series = std::fabs(v) < kSeriesSigma;
+    const double dsa = series ? 1.0 - 2.0 * kappa * a * a + (2.0 / 3.0) * kappa * kappa * a * a * a * a : ch;
+    const double dsk = series ? -(2.0 / 3.0) * a * a * a + (4.0 / 15.0) * kappa * a * a * a * a * a
+                              : -(a * ch - sig) / (2.0 * c);
+    const double g_a = (double)g[r] + (double)g[rows + r] * dsa;
+    const double gk = (double)g[rows + r] * dsk + (cl ? g_a * a / (2.0 * c) : 0.0);
+    const double g_norm = (cl ? 0.0 : g_a * inv_sqrt_e) - (double)g[2 * rows + r] / (nn * nn);
+    g_kappa += pos ? gk : 0.0;
+    fac[r] = pos ? (float)(g_norm / nn) : 0.0f;
+  }
+  return g_kappa;
+}
+
 inline double row_norm(const float* x, int64_t D) {
   double s = 0.0;
 #pragma omp simd reduction(+ : s)
