@@ -153,7 +153,8 @@ def test_lorentz_clip_is_counted_on_the_native_kernel():
     assert geom.clipped == 2  # the query and the key
 
 
-@pytest.mark.parametrize("sign, power, param_heads", [(-1, 0.0, 4), (1, -0.5, 4), (0, 0.0, 1), (1, -0.5, 1), (None, 0.0, 4)])
+@pytest.mark.parametrize("sign, power, param_heads",
+                         [(-1, 0.0, 4), (1, -0.5, 4), (0, 0.0, 1), (1, -0.5, 1), (None, 0.0, 4)])
 def test_head_constants_match_the_tensor_expression(sign, power, param_heads):
     """κ and μ of the native kernel's single autograd node (geoattn.geometry.head) against the plain tensor
     expression in float64: values (to float32 rounding) and both parameters' gradients for random cotangents."""
@@ -161,7 +162,8 @@ def test_head_constants_match_the_tensor_expression(sign, power, param_heads):
 
     heads, coef = 4, -1.7
     gen = torch.Generator().manual_seed(3)
-    raw = None if sign is None else (0.5 * torch.randn(param_heads, generator=gen, dtype=torch.float64)).requires_grad_()
+    raw = None if sign is None else 0.5 * torch.randn(param_heads, generator=gen, dtype=torch.float64)
+    raw = None if raw is None else raw.requires_grad_()
     log_t = (0.3 * torch.randn(param_heads, generator=gen, dtype=torch.float64)).requires_grad_()
     d_kappa, d_mu = torch.randn(2, heads, generator=gen, dtype=torch.float64)
 

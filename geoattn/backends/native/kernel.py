@@ -148,7 +148,8 @@ def _backward(plan: Plan, q, k, v, out, lse, dout: Tensor, dtype: torch.dtype, w
     dout = dout if dout.stride(-1) == 1 else dout.contiguous()
     B, H, L, _ = q.shape
     S = k.shape[2]
-    dq, dk, dv = _heads_last(q, L, q.shape[-1]), _heads_last(k, S, k.shape[-1], 0.0), _heads_last(v, S, v.shape[-1], 0.0)
+    dq = _heads_last(q, L, q.shape[-1])
+    dk, dv = _heads_last(k, S, k.shape[-1], 0.0), _heads_last(v, S, v.shape[-1], 0.0)  # accumulated into
     dhead = torch.zeros(2, H, dtype=torch.float64)  # dκ, dμ (accumulated in double)
     p = plan.problem
     p.nthreads = torch.get_num_threads()
