@@ -259,7 +259,7 @@ int64_t side_terms(const Problem& P, double kappa, bool key, const double* norms
   for (int64_t r = 0; r < rows; ++r) {
     const double nr = norms[r];
     if (affine_kind(P.kind)) {  // cosine, l2
-      clipped += radial_terms(P.kind, nr, kappa, P.inv_sqrt_e, P.clip, key, out, stride, r);
+      radial_terms(P.kind, nr, key, out, stride, r);
       continue;
     }
     const TokenTerms t = stereo_token(nr, kappa, P.inv_sqrt_e, P.clip, key);
@@ -310,12 +310,9 @@ double side_chain(const Problem& P, const Terms& T, int64_t n, double kappa, boo
     fac[r] = 0.0f;
     if (nr <= 0 && !affine_kind(P.kind)) continue;  // a zero vector: no direction, no radius term
     double g_norm = 0.0;
-    if (affine_kind(P.kind)) {  // cosine, l2
+    if (affine_kind(P.kind)) {  // cosine, l2: no κ
       const double gs[3] = {g[r], g[rows + r], g[2 * rows + r]};
-      const double kd[2] = {0.0, 0.0};  // slots 3 and 4: Lorentz only
-      double g_kappa;
-      radial_chain(P.kind, nr, kappa, P.inv_sqrt_e, P.clip, key, gs, kd, g_norm, g_kappa);
-      g_kappa_sum += g_kappa;
+      g_norm = radial_chain(P.kind, nr, key, gs);
     } else if (P.kind == kSphere) {
       g_norm = -(double)g[2 * rows + r] / (nr * nr);  // ρ = 1/‖x‖
     } else {

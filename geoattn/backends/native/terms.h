@@ -35,7 +35,8 @@ inline double tangent_norm(double n, double kappa, double inv_sqrt_e, double cli
   return clipped ? clip / sc : a;
 }
 
-// κ-stereographic terms of a token of raw norm n (one exponential, or one sincos); key: β-style factors.
+// κ-stereographic terms of a token of raw norm n where κ ≥ 0 (one sincos); key: β-style factors. κ < 0:
+// stereo_terms_hyperbolic, for all of a head's tokens at once.
 inline TokenTerms stereo_token(double n, double kappa, double inv_sqrt_e, double clip, bool key) {
   TokenTerms t;
   const double c = std::fabs(kappa), sc = std::sqrt(c);
@@ -44,12 +45,7 @@ inline TokenTerms stereo_token(double n, double kappa, double inv_sqrt_e, double
   t.rho = n > 0 ? 1.0 / n : 0.0;
   const double v = 4.0 * kappa * a * a;
   const bool series = std::fabs(v) < kSeriesSigma;
-  if (kappa < 0) {
-    const double e = std::exp(sc * a), ie = 1.0 / e;
-    t.sig = series ? a * (1.0 - v / 6.0 + v * v / 120.0) : (e * e - ie * ie) / (4.0 * sc);  // sinh(2√c a)/(2√c)
-    t.e1 = key ? ie / 2 : e;
-    t.e2 = key ? e / 2 : ie;
-  } else if (kappa > 0) {
+  if (kappa > 0) {
     const double s1 = std::sin(sc * a), c1 = std::cos(sc * a);
     t.sig = series ? a * (1.0 - v / 6.0 + v * v / 120.0) : s1 * c1 / sc;                    // sin(2√κ a)/(2√κ)
     t.e1 = key ? c1 : s1;
@@ -61,7 +57,7 @@ inline TokenTerms stereo_token(double n, double kappa, double inv_sqrt_e, double
   return t;
 }
 
-// ∂σ/∂a and ∂σ/∂κ (at fixed a) of a token's σ(a, κ)
+// ∂σ/∂a and ∂σ/∂κ (at fixed a) of a token's σ(a, κ), κ ≥ 0 (κ < 0: stereo_chain_hyperbolic)
 inline void sigma_grads(double a, double kappa, double& dsig_da, double& dsig_dk) {
   const double v = 4.0 * kappa * a * a, c = std::fabs(kappa), sc = std::sqrt(c);
   if (std::fabs(v) < kSeriesSigma) {  // σ = a − (2/3)κa³ + (2/15)κ²a⁵
@@ -69,16 +65,9 @@ inline void sigma_grads(double a, double kappa, double& dsig_da, double& dsig_dk
     dsig_dk = -(2.0 / 3.0) * a * a * a + (4.0 / 15.0) * kappa * a * a * a * a * a;
     return;
   }
-  if (kappa < 0) {
-    const double e2 = std::exp(2.0 * sc * a), ie2 = 1.0 / e2;
-    const double ch = (e2 + ie2) / 2, sig = (e2 - ie2) / (4.0 * sc);
-    dsig_da = ch;
-    dsig_dk = -(a * ch - sig) / (2.0 * c);  // ∂/∂κ = −∂/∂c
-  } else {
-    const double y = 2.0 * sc * a, co = std::cos(y), sig = std::sin(y) / (2.0 * sc);
-    dsig_da = co;
-    dsig_dk = (a * co - sig) / (2.0 * c);
-  }
+  const double y = 2.0 * sc * a, co = std::cos(y), sig = std::sin(y) / (2.0 * sc);
+  dsig_da = co;
+  dsig_dk = (a * co - sig) / (2.0 * c);
 }
 
 // stereo_token for the `rows` tokens of one head and side at once where κ < 0 (one simd loop, dexp); returns how
