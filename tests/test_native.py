@@ -156,9 +156,10 @@ def test_lorentz_clip_is_counted_on_the_native_kernel():
 @pytest.mark.parametrize("sign, power, param_heads",
                          [(-1, 0.0, 4), (1, -0.5, 4), (0, 0.0, 1), (1, -0.5, 1), (None, 0.0, 4)])
 def test_head_constants_match_the_tensor_expression(sign, power, param_heads):
-    """κ and μ of the native kernel's single autograd node (geoattn.geometry.head) against the plain tensor
-    expression in float64: values (to float32 rounding) and both parameters' gradients for random cotangents."""
-    from geoattn.geometry.head import head_constants
+    """κ and μ of the native kernel (geoattn.geometry.head.HeadConstants, no autograd graph) and its written-out
+    chain rule against the plain tensor expression in float64: the values (to float32 rounding) and both
+    parameters' gradients for random cotangents (autograd of the expression)."""
+    from geoattn.geometry.head import HeadConstants
 
     heads, coef = 4, -1.7
     gen = torch.Generator().manual_seed(3)
@@ -167,19 +168,18 @@ def test_head_constants_match_the_tensor_expression(sign, power, param_heads):
     log_t = (0.3 * torch.randn(param_heads, generator=gen, dtype=torch.float64)).requires_grad_()
     d_kappa, d_mu = torch.randn(2, heads, generator=gen, dtype=torch.float64)
 
-    def plain(raw, log_t):
-        kappa = torch.zeros(1, dtype=torch.float64) if raw is None else (sign * raw.exp() if sign else raw)
-        mu = coef * (-log_t).exp() * (kappa.abs() ** power if power else 1.0)
-        return kappa.expand(heads), mu.expand(heads)
+    kappa = torch.zeros(1, dtype=torch.float64) if raw is None else (sign * raw.exp() if sign else raw)
+    mu = coef * (-log_t).exp() * (kappa.abs() ** power if power else 1.0)
+    want = kappa.expand(heads), mu.expand(heads)
 
-    got = head_constants(raw, log_t, heads, sign or 0, coef, power)
-    want = plain(raw, log_t)
+    head = HeadConstants(raw, log_t, heads, sign or 0, coef, power)
+    for got, ref in zip(head.values(), want):
+        assert got.dtype == torch.float32 and got.shape == (heads,) and not got.requires_grad
+        torch.testing.assert_close(got.double(), ref.detach(), rtol=1e-7, atol=0)
     params = [t for t in (raw, log_t) if t is not None]
-    for g, w in zip(got, want):
-        assert g.dtype == torch.float32 and g.shape == (heads,)
-        torch.testing.assert_close(g.double(), w, rtol=1e-7, atol=0)
-    grads = torch.autograd.grad((got[0].double() * d_kappa).sum() + (got[1].double() * d_mu).sum(), params,
-                                allow_unused=True)
     ref = torch.autograd.grad((want[0] * d_kappa).sum() + (want[1] * d_mu).sum(), params, allow_unused=True)
-    for g, r in zip(grads, ref):
-        torch.testing.assert_close(g, r, rtol=1e-6, atol=1e-7)  # the cotangents pass through float32
+    got = [g for g in head.grads(d_kappa, d_mu) if g is not None]
+    assert len(got) == len(ref)
+    for g, r in zip(got, ref):
+        assert g.shape == r.shape
+        torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-14)

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from ..math import eps
 from ..math.vectors import clip_radius as clip_norm, robust_norm, unit
 from . import registry
-from .head import head_constants
+from .head import HeadConstants
 
 register = registry.register  # geometry modules written against geometry.base keep importing it from here
 Number = float | int
@@ -99,13 +99,13 @@ class AffineForm:
 class NativeSpec:
     """What the native CPU kernel needs from a geometry (:mod:`geoattn.backends.native`): the kernel ``kind``
     (``"stereographic"``, ``"sphere"``; ``"lorentz"``, ``"cosine"``, ``"l2"``, whose affine terms the kernel
-    computes from the token norms; ``"affine"``, which runs :meth:`Geometry.affine_form`), per-head
-    ``kappa`` and score multiplier ``mu`` (H,) in float32
-    (differentiable: the kernel returns their gradients) and the tangent ``clip`` (√|κ|·‖u‖ ≤ clip, κ < 0)."""
+    computes from the token norms; ``"affine"``, which runs :meth:`Geometry.affine_form`), the per-head κ and
+    score multiplier μ as :class:`~geoattn.geometry.head.HeadConstants` (None for ``"affine"``: its terms carry
+    them; the kernel's autograd function differentiates the parameters behind them) and the tangent ``clip``
+    (√|κ|·‖u‖ ≤ clip, κ < 0)."""
 
     kind: str
-    kappa: Tensor
-    mu: Tensor
+    head: HeadConstants | None
     clip: float
 
 
@@ -284,8 +284,7 @@ class Geometry(nn.Module):
         None when it has none (then ``auto`` uses the other backends). An affine geometry with
         ``native_kind = "affine"`` runs its :meth:`affine_form` there, which needs nothing more."""
         if self.native_kind == "affine":
-            zeros = torch.zeros(q.shape[1], dtype=torch.float32, device=q.device)
-            return NativeSpec("affine", zeros, zeros + 1, 0.0)
+            return NativeSpec("affine", None, 0.0)
         return None
 
     # -- aggregation -------------------------------------------------------------------------
@@ -340,10 +339,9 @@ class TemperedGeometry(Geometry):
         inv = self._head((-self.log_temperature).exp(), ref)
         return inv if scale is None else inv * scale
 
-    def native_constants(self, ref: Tensor, scale: float | None, coef: float) -> tuple[Tensor, Tensor]:
-        """``(κ, μ)`` (H,) float32 for the native kernel, one autograd node (:mod:`.head`): κ = 0 (unused) and
-        ``μ = coef·scale/τ``."""
-        return head_constants(None, self.log_temperature, ref.shape[1], coef=coef * (1.0 if scale is None else scale))
+    def native_constants(self, ref: Tensor, scale: float | None, coef: float) -> HeadConstants:
+        """κ and μ for the native kernel (:mod:`.head`): κ = 0 (unused) and ``μ = coef·scale/τ``."""
+        return HeadConstants(None, self.log_temperature, ref.shape[1], coef=coef * (1.0 if scale is None else scale))
 
 
 class CurvedGeometry(TemperedGeometry):
@@ -413,12 +411,12 @@ class CurvedGeometry(TemperedGeometry):
         return self._head(self.curvature, ref)
 
     def native_constants(self, ref: Tensor, scale: float | None, coef: float, power: float = 0.0,
-                         curvature: bool = True) -> tuple[Tensor, Tensor]:
-        """``(κ, μ)`` (H,) float32 for the native kernel, one autograd node (:mod:`.head`): κ (0 and no gradient
-        unless ``curvature``) and ``μ = coef·scale/τ·|κ|^power``."""
+                         curvature: bool = True) -> HeadConstants:
+        """κ and μ for the native kernel (:mod:`.head`): κ (0 and no gradient unless ``curvature``) and
+        ``μ = coef·scale/τ·|κ|^power``."""
         raw = self.raw_curvature if curvature or power else None
-        return head_constants(raw, self.log_temperature, ref.shape[1], self.curvature_sign,
-                              coef * (1.0 if scale is None else scale), power)
+        return HeadConstants(raw, self.log_temperature, ref.shape[1], self.curvature_sign,
+                             coef * (1.0 if scale is None else scale), power)
 
     # -- tangent vectors ---------------------------------------------------------------------
     def tangent_norm(self, x: Tensor, kappa: Tensor) -> tuple[Tensor, Tensor]:

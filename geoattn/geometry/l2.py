@@ -59,5 +59,4 @@ class L2(TemperedGeometry):
 
     def native_spec(self, q: Tensor, scale: float | None) -> NativeSpec:
         """The ``l2`` kind: μ(⟨q, k⟩ − ½‖k‖²) with μ = scale/(√E τ), the key term from the kernel's norms."""
-        kappa, mu = self.native_constants(q, scale, 1 / math.sqrt(q.shape[-1]))   # _coefficient's μ, κ unused
-        return NativeSpec(self.native_kind, kappa, mu, 0.0)
+        return NativeSpec(self.native_kind, self.native_constants(q, scale, 1 / math.sqrt(q.shape[-1])), 0.0)

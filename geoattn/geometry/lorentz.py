@@ -74,8 +74,7 @@ class Lorentz(CurvedGeometry):
     def native_spec(self, q: Tensor, scale: float | None) -> NativeSpec:
         """The ``lorentz`` kind: :meth:`affine_form`'s factors and time coordinates computed in the kernel from
         the token norms (radial.h), μ = √E/τ."""
-        kappa, coef = self.native_constants(q, scale, math.sqrt(q.shape[-1]))
-        return NativeSpec(self.native_kind, kappa, coef, self.clip_radius)
+        return NativeSpec(self.native_kind, self.native_constants(q, scale, math.sqrt(q.shape[-1])), self.clip_radius)
 
     def _token_terms(self, x: Tensor, kappa: Tensor) -> tuple[Tensor, Tensor]:
         """``σ(a)/‖x‖`` and ``x₀ = cosh(√c a)/√c`` (B, H, N) of ``exp_o(x/√E)``, a = ‖x‖/√E (clipped)."""

@@ -74,9 +74,9 @@ class Sphere(CurvedGeometry):
     def native_spec(self, q: Tensor, scale: float | None) -> NativeSpec:
         # cosine: μ⟨q, k⟩/(‖q‖‖k‖), the factors from the kernel's norms (κ unused); geodesic: μθ
         root = math.sqrt(q.shape[-1])  # score_multiplier's μ: √E·scale/τ, or -√E·scale/(√κ τ)
-        kappa, mu = (self.native_constants(q, scale, root, curvature=False) if self.affine
-                     else self.native_constants(q, scale, -root, power=-0.5))
-        return NativeSpec(self.native_kind, kappa, mu, 0.0)
+        head = (self.native_constants(q, scale, root, curvature=False) if self.affine
+                else self.native_constants(q, scale, -root, power=-0.5))
+        return NativeSpec(self.native_kind, head, 0.0)
 
     def manifold_values(self, v: Tensor) -> Tensor:
         return unit(v.to(eps.compute_dtype(v.dtype)), input_dtype=v.dtype)

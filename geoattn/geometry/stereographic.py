@@ -65,8 +65,8 @@ class Stereographic(CurvedGeometry):
         return mu * stereo.distance_from_half_chord_sq(s2, kappa)
 
     def native_spec(self, q: Tensor, scale: float | None) -> NativeSpec:
-        kappa, mu = self.native_constants(q, scale, -math.sqrt(q.shape[-1]) / 2)   # score_multiplier's μ
-        return NativeSpec(self.native_kind, kappa, mu, self.clip_radius)
+        head = self.native_constants(q, scale, -math.sqrt(q.shape[-1]) / 2)   # score_multiplier's μ
+        return NativeSpec(self.native_kind, head, self.clip_radius)
 
     def manifold_values(self, v: Tensor) -> Tensor:
         kappa = self.kappa(v)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ...geometry.head import HeadConstants
 from .build import Native
 
 KINDS = {"stereographic": 0, "sphere": 1, "affine": 2, "lorentz": 3, "cosine": 4, "l2": 5}
@@ -61,6 +62,7 @@ class Plan:
     allowed: Tensor | None = None   # bool (B|1, H|1, L|1, S|1), True = take part
     bias: Tensor | None = None      # float, same broadcasting
     clipped: int = 0                # out: vectors the clip shortened (forward)
+    head: HeadConstants | None = None  # κ and μ (the kinds with per-token terms in the kernel)
     problem: _Problem | None = None  # the forward's arguments, completed by the backward (one struct per call)
     keep: tuple = ()                # tensors only the struct points to (kept alive until the backward)
 
@@ -173,21 +175,26 @@ def _backward(plan: Plan, q, k, v, out, lse, dout: Tensor, dtype: torch.dtype, w
 
 class NativeAttention(torch.autograd.Function):
     """``softmax(score(q, k) + mask) · v`` for the kinds with per-token terms computed in the kernel
-    (stereographic, sphere, lorentz, cosine, l2); see the module docstring."""
+    (stereographic, sphere, lorentz, cosine, l2); see the module docstring. ``raw`` and ``log_t`` are the
+    geometry's parameters behind κ and μ (``plan.head``, :class:`~geoattn.geometry.head.HeadConstants`): their
+    gradients come from the kernel's dκ, dμ through the chain rule written there, with no autograd graph for
+    the per-head constants."""
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, kappa: Tensor, mu: Tensor, plan: Plan) -> Tensor:
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, raw: Tensor | None, log_t: Tensor, plan: Plan) -> Tensor:
+        kappa, mu = plan.head.values()
         out, lse, terms = _forward(plan, q, k, v, kappa, mu)
-        ctx.save_for_backward(q, k, v, kappa, mu, out, lse, *terms)
+        ctx.save_for_backward(q, k, v, out, lse, *terms)
         ctx.plan = plan
         return out
 
     @staticmethod
     def backward(ctx, dout: Tensor):
-        q, k, v, kappa, mu, out, lse, *terms = ctx.saved_tensors
+        q, k, v, out, lse, *terms = ctx.saved_tensors
         want_dkappa = ctx.needs_input_grad[3]
-        dq, dk, dv, dkappa, dmu, _ = _backward(ctx.plan, q, k, v, out, lse, dout, kappa.dtype, want_dkappa)
-        return dq, dk, dv, dkappa if want_dkappa else None, dmu, None
+        dq, dk, dv, dkappa, dmu, _ = _backward(ctx.plan, q, k, v, out, lse, dout, torch.float64, want_dkappa)
+        d_raw, d_logt = ctx.plan.head.grads(dkappa, dmu)
+        return dq, dk, dv, d_raw if want_dkappa else None, d_logt if ctx.needs_input_grad[4] else None, None
 
 
 @dataclass
