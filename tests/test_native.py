@@ -22,6 +22,14 @@ NATIVE = load()
 pytestmark = pytest.mark.skipif(isinstance(NATIVE, str), reason=str(NATIVE))
 
 H, D = 2, 8
+class AffineFormMetric(geoattn.Metric):
+    """The learned metric through the generic ``affine`` native kind (the terms of its ``affine_form`` computed
+    in torch, ``AffineAttention``): the path of a new affine geometry that has no kernel kind of its own."""
+
+    native_kind = "affine"
+    native_spec = geoattn.Geometry.native_spec
+
+
 GEOMETRIES = {
     "poincare": lambda: geoattn.Poincare(curvature=[-0.7, -1.3], temperature=[0.8, 1.5], num_heads=H, learnable=True),
     "stereo-pos": lambda: geoattn.Stereographic(curvature=0.4, temperature=1.2, learnable=True),
@@ -33,6 +41,7 @@ GEOMETRIES = {
     "metric": lambda: geoattn.Metric(head_dim=D, rank=3, learnable=True),
     "metric-full": lambda: geoattn.Metric(head_dim=D, temperature=[1.0, 0.6], num_heads=H, learnable=True),
     "l2": lambda: geoattn.L2(temperature=[0.8, 1.3], num_heads=H, learnable=True),
+    "affine-form": lambda: AffineFormMetric(head_dim=D, temperature=[1.0, 0.6], num_heads=H, learnable=True),
 }
 
 

@@ -101,12 +101,14 @@ class NativeSpec:
     (``"stereographic"``, ``"sphere"``; ``"lorentz"``, ``"cosine"``, ``"l2"``, whose affine terms the kernel
     computes from the token norms; ``"affine"``, which runs :meth:`Geometry.affine_form`), the per-head κ and
     score multiplier μ as :class:`~geoattn.geometry.head.HeadConstants` (None for ``"affine"``: its terms carry
-    them; the kernel's autograd function differentiates the parameters behind them) and the tangent ``clip``
-    (√|κ|·‖u‖ ≤ clip, κ < 0)."""
+    them; the kernel's autograd function differentiates the parameters behind them), the tangent ``clip``
+    (√|κ|·‖u‖ ≤ clip, κ < 0) and, for ``"metric"`` (whose terms the kernel computes from q, k and G), the
+    per-head metric G."""
 
     kind: str
     head: HeadConstants | None
     clip: float
+    metric: Tensor | None = None  # the metric kind's G (H, E, E), float32, contiguous (differentiable)
 
 
 class ClipWarning(UserWarning):

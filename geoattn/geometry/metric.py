@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..math import eps
-from .base import AffineForm, Lifted, TemperedGeometry
+from .base import AffineForm, Lifted, NativeSpec, TemperedGeometry
 from .registry import register
 
 
@@ -33,7 +33,7 @@ class Metric(TemperedGeometry):
     name = "metric"
     affine = True
     chord = True
-    native_kind = "affine"  # the native CPU kernel runs affine_form (k̃ = G k and β from torch) at head dim E
+    native_kind = "metric"  # the native CPU kernel forms affine_form's k̃ = G k and β itself, at head dim E
     options = ("rank", "epsilon")
 
     def __init__(self, head_dim: int, rank: int | None = None, temperature=1.0, num_heads: int = 1,
@@ -97,6 +97,14 @@ class Metric(TemperedGeometry):
         gk = k @ g
         return AffineForm(q, gk, q_factor=inv_t, q_bias=lambda: -inv_t / 2 * (q * (q @ g)).sum(-1),
                           k_bias=-inv_t / 2 * (k * gk).sum(-1))
+
+    def native_spec(self, q: Tensor, scale: float | None) -> NativeSpec:
+        """The ``metric`` kind: G per head and μ = scale/(√E τ); the kernel forms :meth:`affine_form`'s k̃ = G k
+        and β = -kᵀGk/2 (the per-query term cancels)."""
+        self._check_size(q)
+        g = self.metric_tensor().float().expand(q.shape[1], -1, -1).contiguous()   # (H, E, E)
+        head = self.native_constants(q, scale, 1 / math.sqrt(self.head_dim))
+        return NativeSpec(self.native_kind, head, 0.0, metric=g)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, head_dim={self.head_dim}"

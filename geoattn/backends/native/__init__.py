@@ -73,7 +73,7 @@ class NativeBackend(Backend):
             qa, ka, t = affine_terms(geometry.affine_form(q, k, call.scale))
             return AffineAttention.apply(qa, ka, v, plan, t.q_factor, t.k_factor, t.k_bias, t.alpha, t.gamma), None
         plan.head = spec.head
-        out = NativeAttention.apply(q, k, v, spec.head.raw, spec.head.log_t, plan)
+        out = NativeAttention.apply(q, k, v, spec.head.raw, spec.head.log_t, spec.metric, plan)
         if plan.clipped and hasattr(geometry, "record_clip"):
             geometry.record_clip(plan.clipped)
         return out, None

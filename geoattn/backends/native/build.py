@@ -30,7 +30,7 @@ import torch
 
 SOURCES = [Path(__file__).with_name("kernel.cpp")]
 HEADERS = sorted(Path(__file__).parent.glob("*.h"))
-ABI = 9  # must equal geoattn_native_abi() in kernel.cpp (and the Problem layout in kernel.py)
+ABI = 10  # must equal geoattn_native_abi() in kernel.cpp (and the Problem layout in kernel.py)
 # vect-partial-vector-usage=2: masked (AVX-512) loop epilogues, not scalar ones (short causal rows: 1.3× measured)
 FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "--param=vect-partial-vector-usage=2", "-fopenmp",
          "-fno-math-errno", "-fno-trapping-math", "-fno-split-loops", "-std=c++17", "-shared", "-fPIC"]

@@ -18,8 +18,9 @@ extern "C" {
 typedef void (*sgemm_fn)(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
                          const int*, const float*, const int*, const float*, float*, const int*);
 
-// kAffine: the caller writes the affine terms; kLorentz, kCosine, kL2: the kernel computes them (radial.h)
-enum Kind : int32_t { kStereographic = 0, kSphere = 1, kAffine = 2, kLorentz = 3, kCosine = 4, kL2 = 5 };
+// kAffine: the caller writes the affine terms; kLorentz, kCosine, kL2: the kernel computes them (radial.h);
+// kMetric: the learned metric's keys k̃ = G k and terms, computed here too (metric.h)
+enum Kind : int32_t { kStereographic = 0, kSphere = 1, kAffine = 2, kLorentz = 3, kCosine = 4, kL2 = 5, kMetric = 6 };
 inline bool affine_kind(int32_t kind) { return kind >= kAffine; }
 
 // A 4-D tensor (B, H, rows, cols) with a contiguous last dim, by its strides (elements).
@@ -57,6 +58,9 @@ struct Problem {
   float *dqfactor, *dkfactor; // affine: ∂/∂a (B·H, L), ∂/∂b (B·H, S), written
   int32_t outer, pad3_;       // affine: 1 when the score has the αᵢγⱼ term
   sgemm_fn sgemm;
+  const float* metric;        // kMetric: G per head (H, D, D), symmetric
+  float* ktilde;              // kMetric: k̃ = G k (B·H, S, D), written by the forward, read by the backward
+  float* dmetric;             // kMetric backward: ∂L/∂G per batch and head (B·H, D, D), written
 };
 
 }  // extern "C"

@@ -27,6 +27,7 @@
 // α' = e^{−√c a}, β' = e^{√c b}/2; absolute error ≤ 4ε/√c in distance), or from its Taylor series
 // where |κ(a − b)²| < 0.01.
 #include "affine.h"
+#include "metric.h"
 #include "radial.h"
 #include "sphere.h"
 #include "stereographic.h"
@@ -397,23 +398,38 @@ using namespace geoattn_native;
 
 extern "C" {
 
-int geoattn_native_abi() { return 9; }
+int geoattn_native_abi() { return 10; }
 
 void geoattn_forward(const Problem* P) {
   FlushDenormals ftz;
-  if (P->kind != kAffine) compute_terms(*P);  // affine: the caller wrote its terms (affine.h)
-  const Terms T(*P);
-  parallel_items(*P, false, [&](int64_t item, Work& ws) { forward_item(*P, T, item, ws); }, nullptr);
+  Problem Q = *P;
+  if (P->kind == kMetric) {  // the rows' keys are k̃ = G k
+    metric_terms(*P);
+    Q.k = ktilde_view(*P);
+  } else if (P->kind != kAffine) {
+    compute_terms(*P);  // affine: the caller wrote its terms (affine.h)
+  }
+  const Terms T(Q);
+  parallel_items(Q, false, [&](int64_t item, Work& ws) { forward_item(Q, T, item, ws); }, nullptr);
 }
 
 void geoattn_backward(const Problem* P) {
   FlushDenormals ftz;
-  const Terms T(*P);
+  Problem Q = *P;
+  std::vector<float> dkt;  // kMetric: the gradient of k̃, chained to dk and dG after the rows
+  if (P->kind == kMetric) {
+    dkt.assign(P->B * P->H * P->S * P->D, 0.0f);
+    Q.k = ktilde_view(*P);
+    Q.dk = View{dkt.data(), P->H * P->S * P->D, P->S * P->D, P->D};
+  }
+  const Terms T(Q);
   Grads Gr;
   Gr.q.assign(P->B * P->H * 3 * P->L, 0.0f);
   Gr.k.assign(P->B * P->H * 3 * P->S, 0.0f);
-  parallel_items(*P, true, [&](int64_t item, Work& ws) { backward_item(*P, T, Gr, item, ws); }, &Gr);
-  if (P->kind == kAffine) {  // the terms' gradients back to the caller (its autograd carries them on)
+  parallel_items(Q, true, [&](int64_t item, Work& ws) { backward_item(Q, T, Gr, item, ws); }, &Gr);
+  if (P->kind == kMetric) {
+    metric_chain(*P, dkt.data(), Gr.k.data());
+  } else if (P->kind == kAffine) {  // the terms' gradients back to the caller (its autograd carries them on)
     for (int64_t n = 0; n < P->B * P->H; ++n) {
       const float* gq = Gr.q.data() + n * 3 * P->L;
       const float* gk = Gr.k.data() + n * 3 * P->S;

@@ -18,7 +18,7 @@ from torch import Tensor
 from ...geometry.head import HeadConstants
 from .build import Native
 
-KINDS = {"stereographic": 0, "sphere": 1, "affine": 2, "lorentz": 3, "cosine": 4, "l2": 5}
+KINDS = {"stereographic": 0, "sphere": 1, "affine": 2, "lorentz": 3, "cosine": 4, "l2": 5, "metric": 6}
 TERMS = 5  # per-token terms of kernel.cpp (kTerms)
 LANES = 16  # the kernel's vector width in floats (common.h, kLanes)
 ETA = 1.0 / 32  # gaps below this (nearly parallel pairs) are recomputed from the vectors in double precision
@@ -43,7 +43,7 @@ class _Problem(ctypes.Structure):  # the layout of ``struct Problem`` in kernel.
         ("clipped", _P), ("qterms", _P), ("kterms", _P), ("qnorm", _P), ("knorm", _P),
         ("dout", _View), ("dq", _View), ("dk", _View), ("dv", _View), ("dkappa", _P), ("dmu", _P), ("dkbias", _P),
         ("dqouter", _P), ("dkouter", _P), ("dqfactor", _P), ("dkfactor", _P), ("outer", _I32), ("pad3_", _I32),
-        ("sgemm", _P),
+        ("sgemm", _P), ("metric", _P), ("ktilde", _P), ("dmetric", _P),
     ]
 
 
@@ -63,6 +63,7 @@ class Plan:
     bias: Tensor | None = None      # float, same broadcasting
     clipped: int = 0                # out: vectors the clip shortened (forward)
     head: HeadConstants | None = None  # κ and μ (the kinds with per-token terms in the kernel)
+    metric: Tensor | None = None    # the metric kind's G (H, E, E) float32, contiguous
     problem: _Problem | None = None  # the forward's arguments, completed by the backward (one struct per call)
     keep: tuple = ()                # tensors only the struct points to (kept alive until the backward)
 
@@ -133,11 +134,16 @@ def _forward(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: Tensor, mu: Ten
     terms = _terms(q, k, affine)
     p = _problem(plan, q, k, v, kappa, mu, terms)
     p.out, p.lse, p.clipped = _view(out), lse.data_ptr(), ctypes.addressof(clipped)
+    keep = (kappa, mu)
     if affine is not None:
         p.outer = int(affine.outer)
+    if plan.metric is not None:  # k̃ = G k, written here and read by the backward
+        ktilde = q.new_empty(B, H, k.shape[2], k.shape[3])
+        p.metric, p.ktilde = plan.metric.data_ptr(), ktilde.data_ptr()
+        keep = (*keep, plan.metric, ktilde)
     plan.native.lib.geoattn_forward(ctypes.byref(p))
     plan.clipped = clipped.value
-    plan.problem, plan.keep = p, (kappa, mu)
+    plan.problem, plan.keep = p, keep
     return out, lse, terms
 
 
@@ -145,8 +151,8 @@ def _backward(plan: Plan, q, k, v, out, lse, dout: Tensor, dtype: torch.dtype, w
               outer: bool | None = None):
     """One backward call, on the forward's struct (q, k, v, out, lse and the terms are the forward's tensors,
     kept by autograd): (dq, dk, dv, dκ (zeros unless ``want_dkappa``), dμ in ``dtype``, the gradients of the
-    affine kind's terms as an :class:`AffineTerms`, None for the other kinds). ``outer``: the affine kind's
-    score has the outer term (None: not the affine kind)."""
+    affine kind's terms as an :class:`AffineTerms`, of G (H, E, E) for the metric kind, None for the other
+    kinds). ``outer``: the affine kind's score has the outer term (None: not the affine kind)."""
     dout = dout if dout.stride(-1) == 1 else dout.contiguous()
     B, H, L, _ = q.shape
     S = k.shape[2]
@@ -168,8 +174,14 @@ def _backward(plan: Plan, q, k, v, out, lse, dout: Tensor, dtype: torch.dtype, w
         p.outer = int(outer)
         if outer:
             p.dqouter, p.dkouter = grads.alpha.data_ptr(), grads.gamma.data_ptr()
+    dmetric = None
+    if plan.metric is not None:
+        dmetric = q.new_empty(B, H, *plan.metric.shape[1:])
+        p.dmetric = dmetric.data_ptr()
     plan.native.lib.geoattn_backward(ctypes.byref(p))
     dkappa, dmu = dhead.to(dtype)
+    if dmetric is not None:  # per batch element → per head
+        grads = dmetric.sum(0)
     return dq, dk, dv, dkappa, dmu, grads
 
 
@@ -181,8 +193,10 @@ class NativeAttention(torch.autograd.Function):
     the per-head constants."""
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, raw: Tensor | None, log_t: Tensor, plan: Plan) -> Tensor:
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, raw: Tensor | None, log_t: Tensor, metric: Tensor | None,
+                plan: Plan) -> Tensor:
         kappa, mu = plan.head.values()
+        plan.metric = None if metric is None else metric.detach()
         out, lse, terms = _forward(plan, q, k, v, kappa, mu)
         ctx.save_for_backward(q, k, v, out, lse, *terms)
         ctx.plan = plan
@@ -192,9 +206,10 @@ class NativeAttention(torch.autograd.Function):
     def backward(ctx, dout: Tensor):
         q, k, v, out, lse, *terms = ctx.saved_tensors
         want_dkappa = ctx.needs_input_grad[3]
-        dq, dk, dv, dkappa, dmu, _ = _backward(ctx.plan, q, k, v, out, lse, dout, torch.float64, want_dkappa)
+        dq, dk, dv, dkappa, dmu, dmetric = _backward(ctx.plan, q, k, v, out, lse, dout, torch.float64, want_dkappa)
         d_raw, d_logt = ctx.plan.head.grads(dkappa, dmu)
-        return dq, dk, dv, d_raw if want_dkappa else None, d_logt if ctx.needs_input_grad[4] else None, None
+        need = ctx.needs_input_grad
+        return dq, dk, dv, d_raw if need[3] else None, d_logt if need[4] else None, dmetric if need[5] else None, None
 
 
 @dataclass

@@ -1,0 +1,73 @@
+// The learned metric (geoattn.Metric) on the affine rows: score μ(⟨qᵢ, k̃ⱼ⟩ + βⱼ) with k̃ = G k and
+// βⱼ = −½ kⱼᵀ G kⱼ (the per-query −½ qᵀGq cancels in the softmax), μ = scale/(√E τ). The forward forms k̃ (one
+// sgemm per head) and β here, so the caller passes q, k and G and nothing of size L × E is made in torch; the
+// backward's rows give dk̃ (the gradient of the keys the Gram used) and dβ, and metric_chain turns them into
+//   dk = dk̃ G − dβ ⊙ k̃        (∂βⱼ/∂kⱼ = −G kⱼ = −k̃ⱼ),        dG = Σⱼ kⱼ (dk̃ⱼ − ½ dβⱼ kⱼ)ᵀ,
+// with G symmetric (the metric_tensor of geoattn.Metric is, exactly: L Lᵀ and U Uᵀ are symmetric in floating
+// point too); dG per batch element and head, summed by the caller.
+#pragma once
+
+#include "terms.h"
+
+namespace geoattn_native {
+
+// k̃ of the whole problem as a View, (B, H, S, D) contiguous
+inline View ktilde_view(const Problem& P) { return View{P.ktilde, P.H * P.S * P.D, P.S * P.D, P.D}; }
+
+// k̃ = K G and the affine terms (a = b = 1, β = −½ k·k̃) of every head (forward)
+void metric_terms(const Problem& P) {
+  const int64_t N = P.B * P.H, Sp = key_stride(P);
+#pragma omp parallel for schedule(static) num_threads(P.nthreads)
+  for (int64_t n = 0; n < N; ++n) {
+    const float* G = P.metric + (n % P.H) * P.D * P.D;
+    float* kt = P.ktilde + n * P.S * P.D;
+    if (P.S > 0) gemm_ab(P, (int)P.S, (int)P.D, (int)P.D, row_ptr(P.k, n, P.H, 0), P.k.sr, G, P.D, 0.0f, kt, P.D);
+    float* qa = P.qterms + (n * kTerms + 1) * P.L;
+    std::fill(qa, qa + P.L, 1.0f);
+    float* beta = P.kterms + n * kTerms * Sp;
+    float* b = beta + 2 * Sp;
+    for (int64_t j = 0; j < P.S; ++j) {
+      const float* kj = row_ptr(P.k, n, P.H, j);
+      const float* ktj = kt + j * P.D;
+      double dot = 0.0;
+      for (int64_t d = 0; d < P.D; ++d) dot += (double)kj[d] * ktj[d];
+      beta[j] = (float)(-0.5 * dot);
+      b[j] = 1.0f;
+    }
+  }
+}
+
+// dk and dG from dk̃ (B·H, S, D) and dβ (slot 0 of the key-term gradients, (B·H, 3, S)) (backward)
+void metric_chain(const Problem& P, const float* dkt, const float* gk) {
+  const int64_t N = P.B * P.H;
+#pragma omp parallel num_threads(P.nthreads)
+  {
+    std::vector<float> m(P.S * P.D);
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      const float* G = P.metric + (n % P.H) * P.D * P.D;
+      const float* kt = P.ktilde + n * P.S * P.D;
+      const float* dk_t = dkt + n * P.S * P.D;
+      const float* dbeta = gk + n * 3 * P.S;
+      float* dG = P.dmetric + n * P.D * P.D;
+      if (P.S == 0) {
+        std::fill(dG, dG + P.D * P.D, 0.0f);
+        continue;
+      }
+      float* dk = row_ptr_mut(P.dk, n, P.H, 0);
+      gemm_ab(P, (int)P.S, (int)P.D, (int)P.D, dk_t, P.D, G, P.D, 0.0f, dk, P.dk.sr);   // dk̃ G
+      for (int64_t j = 0; j < P.S; ++j) {
+        float* dkj = dk + j * P.dk.sr;
+        const float* kj = row_ptr(P.k, n, P.H, j);
+        const float db = dbeta[j];
+        for (int64_t d = 0; d < P.D; ++d) {
+          dkj[d] -= db * kt[j * P.D + d];
+          m[j * P.D + d] = dk_t[j * P.D + d] - 0.5f * db * kj[d];
+        }
+      }
+      gemm_atb(P, (int)P.D, (int)P.D, (int)P.S, row_ptr(P.k, n, P.H, 0), P.k.sr, m.data(), P.D, 0.0f, dG, P.D);
+    }
+  }
+}
+
+}  // namespace geoattn_native
