@@ -55,11 +55,11 @@ class Metric(TemperedGeometry):
             self.raw_diagonal = nn.Parameter(ones)
 
     def metric_tensor(self) -> Tensor:
-        """``G`` per head, shape ``(num_heads, E, E)``."""
-        g = self.factor @ self.factor.transpose(-1, -2)
-        if self.rank is not None:
-            g = g + torch.diag_embed(F.softplus(self.raw_diagonal))
-        return g + self.epsilon * torch.eye(self.head_dim, device=g.device, dtype=g.dtype)
+        """``G`` per head, shape ``(num_heads, E, E)``: ``εI + F Fᵀ`` (+ the diagonal) in one ``baddbmm``."""
+        eye = torch.eye(self.head_dim, device=self.factor.device, dtype=self.factor.dtype)
+        diagonal = (self.epsilon * eye if self.rank is None
+                    else torch.diag_embed(F.softplus(self.raw_diagonal) + self.epsilon))
+        return torch.baddbmm(diagonal.expand(self.factor.shape[0], -1, -1), self.factor, self.factor.transpose(-1, -2))
 
     def _check_size(self, q: Tensor) -> None:
         if q.shape[-1] != self.head_dim:
