@@ -416,19 +416,14 @@ void geoattn_forward(const Problem* P) {
 void geoattn_backward(const Problem* P) {
   FlushDenormals ftz;
   Problem Q = *P;
-  std::vector<float> dkt;  // kMetric: the gradient of k̃, chained to dk and dG after the rows
-  if (P->kind == kMetric) {
-    dkt.assign(P->B * P->H * P->S * P->D, 0.0f);
-    Q.k = ktilde_view(*P);
-    Q.dk = View{dkt.data(), P->H * P->S * P->D, P->S * P->D, P->D};
-  }
+  if (P->kind == kMetric) Q.k = ktilde_view(*P);  // the rows accumulate dk̃ into P.dk; metric_chain makes it dk
   const Terms T(Q);
   Grads Gr;
   Gr.q.assign(P->B * P->H * 3 * P->L, 0.0f);
   Gr.k.assign(P->B * P->H * 3 * P->S, 0.0f);
   parallel_items(Q, true, [&](int64_t item, Work& ws) { backward_item(Q, T, Gr, item, ws); }, &Gr);
   if (P->kind == kMetric) {
-    metric_chain(*P, dkt.data(), Gr.k.data());
+    metric_chain(*P, Gr.k.data());
   } else if (P->kind == kAffine) {  // the terms' gradients back to the caller (its autograd carries them on)
     for (int64_t n = 0; n < P->B * P->H; ++n) {
       const float* gq = Gr.q.data() + n * 3 * P->L;

@@ -37,17 +37,17 @@ void metric_terms(const Problem& P) {
   }
 }
 
-// dk and dG from dk̃ (B·H, S, D) and dβ (slot 0 of the key-term gradients, (B·H, 3, S)) (backward)
-void metric_chain(const Problem& P, const float* dkt, const float* gk) {
+// dk and dG from dk̃ (what the rows accumulated into P.dk: the gradient of the keys they used) and dβ (slot 0 of
+// the key-term gradients, (B·H, 3, S)), in place: P.dk ← dk̃ G − dβ ⊙ k̃ (backward)
+void metric_chain(const Problem& P, const float* gk) {
   const int64_t N = P.B * P.H;
 #pragma omp parallel num_threads(P.nthreads)
   {
-    std::vector<float> m(P.S * P.D);
+    std::vector<float> m(P.S * P.D);  // this head's dk̃, then dk̃ − ½ dβ ⊙ k
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < N; ++n) {
       const float* G = P.metric + (n % P.H) * P.D * P.D;
       const float* kt = P.ktilde + n * P.S * P.D;
-      const float* dk_t = dkt + n * P.S * P.D;
       const float* dbeta = gk + n * 3 * P.S;
       float* dG = P.dmetric + n * P.D * P.D;
       if (P.S == 0) {
@@ -55,14 +55,16 @@ void metric_chain(const Problem& P, const float* dkt, const float* gk) {
         continue;
       }
       float* dk = row_ptr_mut(P.dk, n, P.H, 0);
-      gemm_ab(P, (int)P.S, (int)P.D, (int)P.D, dk_t, P.D, G, P.D, 0.0f, dk, P.dk.sr);   // dk̃ G
+      for (int64_t j = 0; j < P.S; ++j) std::memcpy(m.data() + j * P.D, dk + j * P.dk.sr, sizeof(float) * P.D);
+      gemm_ab(P, (int)P.S, (int)P.D, (int)P.D, m.data(), P.D, G, P.D, 0.0f, dk, P.dk.sr);   // dk̃ G
       for (int64_t j = 0; j < P.S; ++j) {
         float* dkj = dk + j * P.dk.sr;
+        float* mj = m.data() + j * P.D;
         const float* kj = row_ptr(P.k, n, P.H, j);
         const float db = dbeta[j];
         for (int64_t d = 0; d < P.D; ++d) {
           dkj[d] -= db * kt[j * P.D + d];
-          m[j * P.D + d] = dk_t[j * P.D + d] - 0.5f * db * kj[d];
+          mj[d] -= 0.5f * db * kj[d];
         }
       }
       gemm_atb(P, (int)P.D, (int)P.D, (int)P.S, row_ptr(P.k, n, P.H, 0), P.k.sr, m.data(), P.D, 0.0f, dG, P.D);
