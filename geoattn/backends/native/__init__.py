@@ -8,12 +8,18 @@ per element, and the tile multiplied back. Two families of kinds:
   kernel computes the per-token terms itself (norms, clipped radii, sinh factors, in double), and
   nearly parallel pairs get their direction gap recomputed in double precision, so the distance never
   cancels (unlike the Gram form of ``tiled``/``flex``): exact at every radius;
-* ``affine`` (learned metric, l2, sphere cosine, Lorentz): the geometry's :meth:`affine_form`
-  ``aᵢ bⱼ ⟨qᵢ, kⱼ⟩ + βⱼ + αᵢγⱼ`` runs on the raw vectors at their head dim, the per-token factors
-  (radial factors, 1/‖x‖, temperatures) and terms applied to the Gram tile (SDPA needs the lifted
-  vectors and a column more for each of β and the outer term αγ, e.g. Lorentz's time coordinates);
-  only what SDPA keeps is saved, plus O(L) terms. Same bound as the SDPA route (the affine form of
-  :mod:`geoattn.math.eps`).
+* the affine kinds (``lorentz``, ``cosine``, ``l2``, ``metric``, and ``affine`` for any other geometry with
+  an :meth:`affine_form`): ``aᵢ bⱼ ⟨qᵢ, kⱼ⟩ + βⱼ + αᵢγⱼ`` runs on the raw vectors at their head dim, the
+  per-token factors (radial factors, 1/‖x‖) and terms applied to the Gram tile (SDPA needs the lifted
+  vectors and a column more for each of β and the outer term αγ, e.g. Lorentz's time coordinates). The
+  kernel forms the terms itself from the token norms (Lorentz, cosine, l2) or from q, k and G (the learned
+  metric: k̃ = G k, β = −½kᵀGk); ``affine`` takes them from the geometry's ``affine_form`` in torch. Only
+  what SDPA keeps is saved, plus O(L) terms (and k̃ for the metric). Same bound as the SDPA route (the
+  affine form of :mod:`geoattn.math.eps`).
+
+Per-head κ and μ come from the geometry's parameters without an autograd graph
+(:class:`~geoattn.geometry.head.HeadConstants`); outputs and gradients are laid out as SDPA lays out
+its own, (B, L, H, E) in memory, so a transformer layer reshapes them without a copy.
 
 Built on first use with the system's C++ compiler (a few seconds, cached on disk: :mod:`.build`); it
 runs float32 (bf16/fp16 inputs are cast up, as every geometric score is), and float64 calls go to the

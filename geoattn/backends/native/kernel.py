@@ -1,10 +1,12 @@
 """The native kernel's autograd function: one call forward, one call backward, everything else in C++.
 
-``NativeAttention.apply(q, k, v, kappa, mu, plan)``: q (B, H, L, E), k (B, H, S, E), v (B, H, S, Ev) in
-float32 with a contiguous last dim (other strides are passed through, so transposed views cost no
-copy), ``kappa`` and ``mu`` (H,) per-head constants. The kernel computes the per-token terms itself
-(norms, clipped tangent radii, radial factors, in double precision), so autograd sees one node whose
-backward returns dq, dk, dv, dκ and dμ; nothing but the output and one log-sum-exp per row is saved.
+``NativeAttention.apply(q, k, v, raw, log_t, metric, plan)``: q (B, H, L, E), k (B, H, S, E), v (B, H, S, Ev)
+in float32 with a contiguous last dim (other strides are passed through, so transposed views cost no
+copy); ``raw`` and ``log_t`` the geometry's parameters behind the per-head κ and μ (``plan.head``), ``metric``
+the learned metric's G (or None). The kernel computes the per-token terms itself (norms, clipped tangent
+radii, radial factors, in double precision), so autograd sees one node whose backward returns dq, dk, dv
+and the parameters' gradients; nothing but the output, one log-sum-exp per row and O(L) terms is saved.
+``AffineAttention`` runs the generic ``affine`` kind, whose terms come from the geometry's ``affine_form``.
 """
 from __future__ import annotations
 
