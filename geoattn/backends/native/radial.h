@@ -36,9 +36,9 @@ int64_t lorentz_terms(const double* norms, int64_t rows, double kappa, double in
   int64_t clipped = 0;
 #pragma omp simd reduction(+ : clipped)
   for (int64_t r = 0; r < rows; ++r) {
-    const double n = norms[r], a = n * inv_sqrt_e;
-    const bool cl = s * a > clip;  // tangent_norm's test
-    const double t = cl ? clip / s : a;
+    const double n = norms[r];
+    bool cl;
+    const double t = tangent_norm(n, kappa, inv_sqrt_e, clip, cl);
     const double em = dexpm1_nonneg(s * t), e = em + 1.0;
     const double sig = em * (em + 2.0) / (2.0 * e) / s, ch = 1.0 + em * em / (2.0 * e);
     const double x0 = ch / s, f = n > 0 ? sig / n : inv_sqrt_e;
@@ -61,9 +61,9 @@ double lorentz_chain(const double* norms, int64_t rows, double kappa, double inv
   double g_kappa = 0.0;
 #pragma omp simd reduction(+ : g_kappa)
   for (int64_t r = 0; r < rows; ++r) {
-    const double n = norms[r], a = n * inv_sqrt_e;
-    const bool cl = s * a > clip;
-    const double t = cl ? clip / s : a;
+    const double n = norms[r];
+    bool cl;
+    const double t = tangent_norm(n, kappa, inv_sqrt_e, clip, cl);
     const double sig = kept[r], ch = kept[stride + r], x0 = ch / s;
     const double g_f = KEY ? g[2 * rows + r] : g[rows + r];
     const double g_x0 = KEY ? g[rows + r] : -(double)g[r];

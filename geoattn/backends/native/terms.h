@@ -79,9 +79,9 @@ int64_t stereo_terms_hyperbolic(const double* norms, int64_t rows, double kappa,
   int64_t clipped = 0;
 #pragma omp simd reduction(+ : clipped)
   for (int64_t r = 0; r < rows; ++r) {
-    const double n = norms[r], a0 = n * inv_sqrt_e;
-    const bool cl = sc * a0 > clip;  // tangent_norm's test
-    const double a = cl ? clip / sc : a0;
+    const double n = norms[r];
+    bool cl;
+    const double a = tangent_norm(n, kappa, inv_sqrt_e, clip, cl);
     const double v = 4.0 * kappa * a * a;
     const double e = dexp(sc * a), ie = 1.0 / e;
     const double sig = std::fabs(v) < kSeriesSigma ? a * (1.0 - v / 6.0 + v * v / 120.0) : (e * e - ie * ie) / (4.0 * sc);
@@ -103,10 +103,11 @@ inline double stereo_chain_hyperbolic(const double* norms, int64_t rows, double 
   double g_kappa = 0.0;
 #pragma omp simd reduction(+ : g_kappa)
   for (int64_t r = 0; r < rows; ++r) {
-    const double n = norms[r], a0 = n * inv_sqrt_e;
-    const bool pos = n > 0, cl = sc * a0 > clip;
+    const double n = norms[r];
+    bool cl;
+    const double a = tangent_norm(n, kappa, inv_sqrt_e, clip, cl);
+    const bool pos = n > 0;
     const double nn = pos ? n : 1.0;
-    const double a = cl ? clip / sc : a0;
     const double v = 4.0 * kappa * a * a;
     const double e2 = dexp(2.0 * sc * a), ie2 = 1.0 / e2;
     const double ch = (e2 + ie2) / 2, sig = (e2 - ie2) / (4.0 * sc);
