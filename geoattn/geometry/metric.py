@@ -56,8 +56,8 @@ class Metric(TemperedGeometry):
 
     def metric_tensor(self) -> Tensor:
         """``G`` per head, shape ``(num_heads, E, E)``: ``εI + F Fᵀ`` (+ the diagonal) in one ``baddbmm``."""
-        eye = torch.eye(self.head_dim, device=self.factor.device, dtype=self.factor.dtype)
-        diagonal = (self.epsilon * eye if self.rank is None
+        f = self.factor
+        diagonal = (self.epsilon * torch.eye(self.head_dim, device=f.device, dtype=f.dtype) if self.rank is None
                     else torch.diag_embed(F.softplus(self.raw_diagonal) + self.epsilon))
         return torch.baddbmm(diagonal.expand(self.factor.shape[0], -1, -1), self.factor, self.factor.transpose(-1, -2))
 

@@ -74,11 +74,11 @@ class NativeBackend(Backend):
         q, k, v = (kernel_input(t) for t in (call.q, call.k, call.values))
         mask = call.mask
         bias = None if mask.bias is None else mask.bias.float()
-        plan = Plan(native, spec.kind, mask.is_causal, spec.clip, allowed=mask.boolean, bias=bias)
+        plan = Plan(native, spec.kind, mask.is_causal, spec.clip, allowed=mask.boolean, bias=bias, head=spec.head,
+                    metric=None if spec.metric is None else spec.metric.detach())
         if spec.kind == "affine":
             qa, ka, t = affine_terms(geometry.affine_form(q, k, call.scale))
             return AffineAttention.apply(qa, ka, v, plan, t.q_factor, t.k_factor, t.k_bias, t.alpha, t.gamma), None
-        plan.head = spec.head
         out = NativeAttention.apply(q, k, v, spec.head.raw, spec.head.log_t, spec.metric, plan)
         if plan.clipped and hasattr(geometry, "record_clip"):
             geometry.record_clip(plan.clipped)

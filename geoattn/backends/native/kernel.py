@@ -65,7 +65,7 @@ class Plan:
     bias: Tensor | None = None      # float, same broadcasting
     clipped: int = 0                # out: vectors the clip shortened (forward)
     head: HeadConstants | None = None  # κ and μ (the kinds with per-token terms in the kernel)
-    metric: Tensor | None = None    # the metric kind's G (H, E, E) float32, contiguous
+    metric: Tensor | None = None    # the metric kind's G (H, E, E) float32, detached (NativeAttention's input: grad)
     problem: _Problem | None = None  # the forward's arguments, completed by the backward (one struct per call)
     keep: tuple = ()                # tensors only the struct points to (kept alive until the backward)
 
@@ -142,17 +142,16 @@ def _forward(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: Tensor, mu: Ten
     if plan.metric is not None:  # k̃ = G k, written here and read by the backward
         ktilde = q.new_empty(B, H, k.shape[2], k.shape[3])
         p.metric, p.ktilde = plan.metric.data_ptr(), ktilde.data_ptr()
-        keep = (*keep, plan.metric, ktilde)
+        keep = (*keep, ktilde)
     plan.native.lib.geoattn_forward(ctypes.byref(p))
     plan.clipped = clipped.value
     plan.problem, plan.keep = p, keep
     return out, lse, terms
 
 
-def _backward(plan: Plan, q, k, v, out, lse, dout: Tensor, dtype: torch.dtype, want_dkappa: bool = True,
-              outer: bool | None = None):
+def _backward(plan: Plan, q, k, v, out, lse, dout: Tensor, want_dkappa: bool = True, outer: bool | None = None):
     """One backward call, on the forward's struct (q, k, v, out, lse and the terms are the forward's tensors,
-    kept by autograd): (dq, dk, dv, dκ (zeros unless ``want_dkappa``), dμ in ``dtype``, the gradients of the
+    kept by autograd): (dq, dk, dv, dκ (zeros unless ``want_dkappa``), dμ in float64, the gradients of the
     affine kind's terms as an :class:`AffineTerms`, of G (H, E, E) for the metric kind, None for the other
     kinds). ``outer``: the affine kind's score has the outer term (None: not the affine kind)."""
     dout = dout if dout.stride(-1) == 1 else dout.contiguous()
@@ -181,7 +180,7 @@ def _backward(plan: Plan, q, k, v, out, lse, dout: Tensor, dtype: torch.dtype, w
         dmetric = q.new_empty(B, H, *plan.metric.shape[1:])
         p.dmetric = dmetric.data_ptr()
     plan.native.lib.geoattn_backward(ctypes.byref(p))
-    dkappa, dmu = dhead.to(dtype)
+    dkappa, dmu = dhead
     if dmetric is not None:  # per batch element → per head
         grads = dmetric.sum(0)
     return dq, dk, dv, dkappa, dmu, grads
@@ -198,7 +197,6 @@ class NativeAttention(torch.autograd.Function):
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, raw: Tensor | None, log_t: Tensor, metric: Tensor | None,
                 plan: Plan) -> Tensor:
         kappa, mu = plan.head.values()
-        plan.metric = None if metric is None else metric.detach()
         out, lse, terms = _forward(plan, q, k, v, kappa, mu)
         ctx.save_for_backward(q, k, v, out, lse, *terms)
         ctx.plan = plan
@@ -208,7 +206,7 @@ class NativeAttention(torch.autograd.Function):
     def backward(ctx, dout: Tensor):
         q, k, v, out, lse, *terms = ctx.saved_tensors
         want_dkappa = ctx.needs_input_grad[3]
-        dq, dk, dv, dkappa, dmu, dmetric = _backward(ctx.plan, q, k, v, out, lse, dout, torch.float64, want_dkappa)
+        dq, dk, dv, dkappa, dmu, dmetric = _backward(ctx.plan, q, k, v, out, lse, dout, want_dkappa)
         d_raw, d_logt = ctx.plan.head.grads(dkappa, dmu)
         need = ctx.needs_input_grad
         return dq, dk, dv, d_raw if need[3] else None, d_logt if need[4] else None, dmetric if need[5] else None, None
@@ -251,7 +249,7 @@ class AffineAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout: Tensor):
         q, k, v, out, lse, *terms = ctx.saved_tensors
-        dq, dk, dv, _, _, g = _backward(ctx.plan, q, k, v, out, lse, dout, q.dtype, False, ctx.outer)
+        dq, dk, dv, _, _, g = _backward(ctx.plan, q, k, v, out, lse, dout, False, ctx.outer)
         return dq, dk, dv, None, g.q_factor, g.k_factor, g.k_bias, g.alpha, g.gamma
 
 
