@@ -5,7 +5,7 @@ of a chosen manifold (Poincaré ball, Lorentz hyperboloid, sphere, learned metri
 instead of the flat dot product, on the fastest backend that computes it exactly.
 """
 from .backends import available_backends, default_backend, set_default_backend, set_tiled_compile
-from .energy import Trace, energy, scores, trace
+from .energy import Trace, energy, pair_scores, scores, trace
 from .functional import attention, explain_backend
 from .geometry import (
     AffineForm,
@@ -36,6 +36,7 @@ __all__ = [
     "AffineForm", "ClipWarning", "CurvedGeometry", "Euclidean", "Geometry", "L2", "Lifted", "Lorentz", "Metric",
     "MultiheadAttention",
     "Poincare", "Sphere", "Stereographic", "TemperedGeometry", "Trace", "attention", "available_backends",
-    "available_geometries", "default_backend", "energy", "explain_backend", "make_geometry", "register",
-    "riemannian_optimizer", "scores", "set_default_backend", "set_tiled_compile", "set_validation", "swap", "trace",
+    "available_geometries", "default_backend", "energy", "explain_backend", "make_geometry", "pair_scores",
+    "register", "riemannian_optimizer", "scores", "set_default_backend", "set_tiled_compile", "set_validation",
+    "swap", "trace",
 ]

@@ -163,3 +163,47 @@ def test_trace_decoder_and_seq2seq(geometry):
     assert len(geoattn.trace(s2s, x).hidden) == 4
     with pytest.raises(TypeError, match="backbone"):
         geoattn.trace(torch.nn.Linear(2, 2), x)
+
+
+@pytest.mark.parametrize("name", list(GEOMS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pair_scores_equal_scores_of_the_gathered_rows(name, dtype):
+    """pair_scores lifts each point once; the scores and every gradient (points and geometry parameters) are those
+    of scores() on the gathered queries and keys."""
+    geom = GEOMS[name].to(dtype)
+    g = torch.Generator().manual_seed(3)
+    points = (0.8 * torch.randn(12, 3, generator=g, dtype=dtype)).requires_grad_()
+    u = torch.randint(12, (9,), generator=g)
+    keys = torch.randint(12, (9, 6), generator=g)
+    keys[0] = u[0]                                                    # a key equal to its query: distance 0
+    fast = geoattn.pair_scores(points, u, keys, geom)
+    slow = geoattn.scores(points[u][:, None, None], points[keys][:, None], geom)[:, 0, 0]
+    assert fast.shape == (9, 6) and fast.dtype == slow.dtype
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast, slow, **tol)
+    weights = torch.randn(9, 6, generator=g, dtype=dtype)
+    inputs = [points, *[p for p in geom.parameters() if p.requires_grad]]
+    for a, b in zip(torch.autograd.grad((fast * weights).sum(), inputs, allow_unused=True),
+                    torch.autograd.grad((slow * weights).sum(), inputs, allow_unused=True)):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, **tol)
+    geom.double()
+
+
+def test_pair_scores_empty_and_bad_input():
+    points = torch.randn(5, 3)
+    assert geoattn.pair_scores(points, torch.zeros(0, dtype=torch.long), torch.zeros(0, 4, dtype=torch.long),
+                               "poincare").shape == (0, 4)
+    assert geoattn.pair_scores(points, torch.tensor([1, 2]), torch.zeros(2, 0, dtype=torch.long)).shape == (2, 0)
+    u, keys = torch.tensor([0, 1]), torch.tensor([[1, 2], [3, 4]])
+    with pytest.raises(ValueError, match=r"\(N, E\)"):
+        geoattn.pair_scores(points[None], u, keys)
+    with pytest.raises(TypeError, match="int64"):
+        geoattn.pair_scores(points, u.int(), keys)
+    with pytest.raises(TypeError, match="key_index as a 2-D"):
+        geoattn.pair_scores(points, u, keys[0])
+    with pytest.raises(ValueError, match=r"outside \[0, 5\)"):
+        geoattn.pair_scores(points, u, keys + 1)
+    with pytest.raises(ValueError, match="one row of keys per query"):
+        geoattn.pair_scores(points, u, keys[:1])

@@ -30,6 +30,14 @@ def dense_scores(geometry: Geometry, lifted: Lifted) -> Tensor:
     return geometry.score_from_dot(dot, q_terms, k_terms, head)
 
 
+def reference_lift(geometry: Geometry, q: Tensor, k: Tensor, scale: float | None) -> Lifted:
+    """``geometry.lift(q, k, scale)`` in the dtype the dense reference scores in: a chord lift in float64 whatever
+    the input dtype (see :func:`masked_scores`), every other lift in the input's."""
+    if geometry.chord and q.dtype != torch.float64:
+        q, k = q.double(), k.double()
+    return geometry.lift(q, k, scale)
+
+
 def masked_scores(call) -> Tensor:
     """The call's scores plus the float mask, -inf where a key does not take part: (B, H, L, S).
 
@@ -37,11 +45,8 @@ def masked_scores(call) -> Tensor:
     the caller casts after the softmax (or log-sum-exp), so the reference stays exact where a float32
     direction would already carry ``ε·sinh(radius)`` of error, and where scores are so large (``q·1e10``
     under the metric) that a float32 score would round away their differences."""
-    geometry, mask = call.geometry, call.mask
-    q, k = call.q, call.k
-    if geometry.chord and q.dtype != torch.float64:
-        q, k = q.double(), k.double()
-    score = dense_scores(geometry, geometry.lift(q, k, call.scale))
+    mask = call.mask
+    score = dense_scores(call.geometry, reference_lift(call.geometry, call.q, call.k, call.scale))
     if mask.bias is not None:
         score = score + mask.bias.to(score.dtype)
     if mask.allowed is not None:
