@@ -192,3 +192,55 @@ def test_head_constants_match_the_tensor_expression(sign, power, param_heads):
     for g, r in zip(got, ref):
         assert g.shape == r.shape
         torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("rank, param_heads", [(None, 4), (None, 1), (3, 4), (3, 1)])
+def test_metric_constants_match_the_tensor_expression(rank, param_heads):
+    """G of the native kernel (geoattn.geometry.metric.MetricConstants, no autograd graph) and its written-out
+    chain rule against Metric.metric_tensor in float64: the values (to float32 rounding, expanded to every
+    head) and the gradients of the factor and raw_diagonal for a random, non-symmetric dG (as the kernel's
+    is), with heads sharing one parameter (param_heads = 1) or each its own."""
+    from geoattn.geometry.metric import MetricConstants
+
+    heads, E = 4, 6
+    gen = torch.Generator().manual_seed(5)
+    geom = geoattn.Metric(head_dim=E, rank=rank, num_heads=param_heads)
+    with torch.no_grad():
+        for p in geom.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    d_metric = torch.randn(heads, E, E, generator=gen, dtype=torch.float64)
+    want = geom.metric_tensor().expand(heads, -1, -1)
+
+    metric = MetricConstants(geom.factor, geom.raw_diagonal, geom.epsilon, heads)
+    got = metric.values()
+    assert got.dtype == torch.float32 and got.shape == (heads, E, E) and got.is_contiguous()
+    assert not got.requires_grad
+    torch.testing.assert_close(got.double(), want.detach(), rtol=1e-7, atol=1e-7)
+    params = [p for p in (geom.factor, geom.raw_diagonal) if p is not None]
+    ref = torch.autograd.grad((want * d_metric).sum(), params)
+    grads = [g for g in metric.grads(d_metric) if g is not None]
+    assert len(grads) == len(ref) == (1 if rank is None else 2)
+    for g, r in zip(grads, ref):
+        assert g.shape == r.shape
+        torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("rank", [None, 3])
+@pytest.mark.parametrize("param_heads", [4, 1])
+def test_native_metric_parameter_gradients_match_dense_float64(rank, param_heads):
+    """The learned metric's parameter gradients (factor, and raw_diagonal for rank=r) through the native kernel's
+    one autograd node (dG from the kernel, the chain rule of MetricConstants) against the dense float64 path,
+    with 4 heads, each with its own parameters or all sharing one, and a factor away from its initial value."""
+    heads, B, L, E = 4, 2, 33, 8
+    gen = torch.Generator().manual_seed(zlib.crc32(f"metric-params/{rank}/{param_heads}".encode()))
+    perturb = 0.3 * torch.randn(param_heads, E, E if rank is None else rank, generator=gen, dtype=torch.float64)
+
+    def make():
+        geom = geoattn.Metric(head_dim=E, rank=rank, temperature=0.8, num_heads=param_heads, learnable=True)
+        with torch.no_grad():
+            geom.factor.add_(perturb)
+        return geom
+
+    q, k, v = ((0.6 * torch.randn(B, heads, L, E, generator=gen, dtype=torch.float64)).float().requires_grad_()
+               for _ in range(3))
+    _compare_with_float64(make, q, k, v, None, True, torch.float32)

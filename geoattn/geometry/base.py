@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Sequence
+from typing import TYPE_CHECKING, Callable, ClassVar, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -47,6 +47,9 @@ from ..math import eps
 from ..math.vectors import clip_radius as clip_norm, robust_norm, unit
 from . import registry
 from .head import HeadConstants
+
+if TYPE_CHECKING:
+    from .metric import MetricConstants
 
 register = registry.register  # geometry modules written against geometry.base keep importing it from here
 Number = float | int
@@ -103,12 +106,12 @@ class NativeSpec:
     score multiplier μ as :class:`~geoattn.geometry.head.HeadConstants` (None for ``"affine"``: its terms carry
     them; the kernel's autograd function differentiates the parameters behind them), the tangent ``clip``
     (√|κ|·‖u‖ ≤ clip, κ < 0) and, for ``"metric"`` (whose terms the kernel computes from q, k and G), the
-    per-head metric G."""
+    per-head metric G as :class:`~geoattn.geometry.metric.MetricConstants` (likewise without a graph)."""
 
     kind: str
     head: HeadConstants | None
     clip: float
-    metric: Tensor | None = None  # the metric kind's G (H, E, E), float32, contiguous (differentiable)
+    metric: MetricConstants | None = None  # the metric kind's G (H, E, E) and its chain rule
 
 
 class ClipWarning(UserWarning):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -10,6 +11,54 @@ from torch import Tensor, nn
 from ..math import eps
 from .base import AffineForm, Lifted, NativeSpec, TemperedGeometry
 from .registry import register
+
+
+def metric_tensor(factor: Tensor, raw_diagonal: Tensor | None, epsilon: float) -> Tensor:
+    """``G`` per head, shape ``(heads, E, E)``, in one ``baddbmm``: ``F Fᵀ + εI`` (full rank, ``raw_diagonal``
+    None) or ``U Uᵀ + diag(softplus(d) + ε)`` (``factor`` U (heads, E, r), ``raw_diagonal`` d (heads, E))."""
+    diagonal = (epsilon * torch.eye(factor.shape[-2], device=factor.device, dtype=factor.dtype)
+                if raw_diagonal is None else torch.diag_embed(F.softplus(raw_diagonal) + epsilon))
+    return torch.baddbmm(diagonal.expand(factor.shape[0], -1, -1), factor, factor.transpose(-1, -2))
+
+
+@dataclass
+class MetricConstants:
+    """G of ``heads`` heads for the native kernel without an autograd graph, and its chain rule, in the manner
+    of :class:`~geoattn.geometry.head.HeadConstants`: the kernel's autograd function
+    (:class:`geoattn.backends.native.kernel.NativeAttention`) takes ``factor`` and ``raw_diagonal`` themselves,
+    so a call is one autograd node (G's graph added four: the baddbmm, its transpose, the cast, the expand).
+    Forming G and its gradient costs ≈ 0.07–0.1 ms per call either way at the quick benchmark shape (one
+    thread, outside the C++ kernel; the whole SDPA call takes ≈ 1.4 ms): the torch ops, not the graph, are
+    the cost. With dG the gradient of the G the kernel used (not symmetrised, ``metric.h``) and
+    :func:`metric_tensor`'s form,
+
+        G = F Fᵀ + εI                    ⇒  dF = (dG + dGᵀ) F,
+        G = U Uᵀ + diag(softplus(d) + ε)  ⇒  dU = (dG + dGᵀ) U,   dd = diag(dG) ⊙ sigmoid(d),
+
+    summed over the heads that share a parameter. Checked against :func:`metric_tensor`'s autograd gradients
+    (tests/test_native.py)."""
+
+    factor: Tensor
+    raw_diagonal: Tensor | None
+    epsilon: float
+    heads: int
+
+    def values(self) -> Tensor:
+        """G, (heads, E, E) float32, contiguous, outside autograd."""
+        with torch.no_grad():
+            g = metric_tensor(self.factor, self.raw_diagonal, self.epsilon)
+            return g.float().expand(self.heads, -1, -1).contiguous()
+
+    def grads(self, d_metric: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The gradients of ``factor`` and ``raw_diagonal`` (None when absent) from that of G ((heads, E, E),
+        summed here over the heads that share a parameter, in the parameters' dtype)."""
+        with torch.no_grad():
+            f = self.factor
+            dg = d_metric.to(f.dtype).sum_to_size(f.shape[0], *d_metric.shape[1:])
+            d_factor = (dg + dg.transpose(-1, -2)) @ f
+            if self.raw_diagonal is None:
+                return d_factor, None
+            return d_factor, dg.diagonal(dim1=-2, dim2=-1) * torch.sigmoid(self.raw_diagonal)
 
 
 @register
@@ -48,6 +97,7 @@ class Metric(TemperedGeometry):
         self.head_dim, self.rank, self.epsilon = head_dim, rank, float(epsilon)
         if rank is None:
             self.factor = nn.Parameter(torch.eye(head_dim, dtype=torch.float64).expand(num_heads, -1, -1).clone())
+            self.register_parameter("raw_diagonal", None)
         else:
             # U ~ N(0, 0.01²), not 0: UUᵀ has no gradient at U = 0
             self.factor = nn.Parameter(0.01 * torch.randn(num_heads, head_dim, rank, dtype=torch.float64))
@@ -55,11 +105,8 @@ class Metric(TemperedGeometry):
             self.raw_diagonal = nn.Parameter(ones)
 
     def metric_tensor(self) -> Tensor:
-        """``G`` per head, shape ``(num_heads, E, E)``: ``εI + F Fᵀ`` (+ the diagonal) in one ``baddbmm``."""
-        f = self.factor
-        diagonal = (self.epsilon * torch.eye(self.head_dim, device=f.device, dtype=f.dtype) if self.rank is None
-                    else torch.diag_embed(F.softplus(self.raw_diagonal) + self.epsilon))
-        return torch.baddbmm(diagonal.expand(self.factor.shape[0], -1, -1), self.factor, self.factor.transpose(-1, -2))
+        """``G`` per head, shape ``(num_heads, E, E)`` (:func:`metric_tensor`)."""
+        return metric_tensor(self.factor, self.raw_diagonal, self.epsilon)
 
     def _check_size(self, q: Tensor) -> None:
         if q.shape[-1] != self.head_dim:
@@ -99,12 +146,12 @@ class Metric(TemperedGeometry):
                           k_bias=-inv_t / 2 * (k * gk).sum(-1))
 
     def native_spec(self, q: Tensor, scale: float | None) -> NativeSpec:
-        """The ``metric`` kind: G per head and μ = scale/(√E τ); the kernel forms :meth:`affine_form`'s k̃ = G k
-        and β = -kᵀGk/2 (the per-query term cancels)."""
+        """The ``metric`` kind: G per head (:class:`MetricConstants`) and μ = scale/(√E τ); the kernel forms
+        :meth:`affine_form`'s k̃ = G k and β = -kᵀGk/2 (the per-query term cancels)."""
         self._check_size(q)
-        g = self.metric_tensor().float().expand(q.shape[1], -1, -1).contiguous()   # (H, E, E)
         head = self.native_constants(q, scale, 1 / math.sqrt(self.head_dim))
-        return NativeSpec(self.native_kind, head, 0.0, metric=g)
+        metric = MetricConstants(self.factor, self.raw_diagonal, self.epsilon, q.shape[1])
+        return NativeSpec(self.native_kind, head, 0.0, metric=metric)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, head_dim={self.head_dim}"

@@ -17,9 +17,10 @@ per element, and the tile multiplied back. Two families of kinds:
   what SDPA keeps is saved, plus O(L) terms (and k̃ for the metric). Same bound as the SDPA route (the
   affine form of :mod:`geoattn.math.eps`).
 
-Per-head κ and μ come from the geometry's parameters without an autograd graph
-(:class:`~geoattn.geometry.head.HeadConstants`); outputs and gradients are laid out as SDPA lays out
-its own, (B, L, H, E) in memory, so a transformer layer reshapes them without a copy.
+Per-head κ and μ, and the learned metric's G, come from the geometry's parameters without an autograd
+graph (:class:`~geoattn.geometry.head.HeadConstants`, :class:`~geoattn.geometry.metric.MetricConstants`);
+outputs and gradients are laid out as SDPA lays out its own, (B, L, H, E) in memory, so a transformer
+layer reshapes them without a copy.
 
 Built on first use with the system's C++ compiler (a few seconds, cached on disk: :mod:`.build`); it
 runs float32 (bf16/fp16 inputs are cast up, as every geometric score is), and float64 calls go to the
@@ -75,11 +76,13 @@ class NativeBackend(Backend):
         mask = call.mask
         bias = None if mask.bias is None else mask.bias.float()
         plan = Plan(native, spec.kind, mask.is_causal, spec.clip, allowed=mask.boolean, bias=bias, head=spec.head,
-                    metric=None if spec.metric is None else spec.metric.detach())
+                    metric=spec.metric)
         if spec.kind == "affine":
             qa, ka, t = affine_terms(geometry.affine_form(q, k, call.scale))
             return AffineAttention.apply(qa, ka, v, plan, t.q_factor, t.k_factor, t.k_bias, t.alpha, t.gamma), None
-        out = NativeAttention.apply(q, k, v, spec.head.raw, spec.head.log_t, spec.metric, plan)
+        metric = spec.metric
+        factor, diagonal = (None, None) if metric is None else (metric.factor, metric.raw_diagonal)
+        out = NativeAttention.apply(q, k, v, spec.head.raw, spec.head.log_t, factor, diagonal, plan)
         if plan.clipped and hasattr(geometry, "record_clip"):
             geometry.record_clip(plan.clipped)
         return out, None

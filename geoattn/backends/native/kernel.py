@@ -1,11 +1,12 @@
 """The native kernel's autograd function: one call forward, one call backward, everything else in C++.
 
-``NativeAttention.apply(q, k, v, raw, log_t, metric, plan)``: q (B, H, L, E), k (B, H, S, E), v (B, H, S, Ev)
-in float32 with a contiguous last dim (other strides are passed through, so transposed views cost no
-copy); ``raw`` and ``log_t`` the geometry's parameters behind the per-head κ and μ (``plan.head``), ``metric``
-the learned metric's G (or None). The kernel computes the per-token terms itself (norms, clipped tangent
-radii, radial factors, in double precision), so autograd sees one node whose backward returns dq, dk, dv
-and the parameters' gradients; nothing but the output, one log-sum-exp per row and O(L) terms is saved.
+``NativeAttention.apply(q, k, v, raw, log_t, factor, diagonal, plan)``: q (B, H, L, E), k (B, H, S, E), v
+(B, H, S, Ev) in float32 with a contiguous last dim (other strides are passed through, so transposed views
+cost no copy); ``raw`` and ``log_t`` the geometry's parameters behind the per-head κ and μ (``plan.head``),
+``factor`` and ``diagonal`` the learned metric's parameters behind its G (``plan.metric``; None for the other
+kinds). The kernel computes the per-token terms itself (norms, clipped tangent radii, radial factors, in
+double precision), so autograd sees one node whose backward returns dq, dk, dv and the parameters'
+gradients; nothing but the output, one log-sum-exp per row and O(L) terms is saved.
 ``AffineAttention`` runs the generic ``affine`` kind, whose terms come from the geometry's ``affine_form``.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ...geometry.head import HeadConstants
+from ...geometry.metric import MetricConstants
 from .build import Native
 
 KINDS = {"stereographic": 0, "sphere": 1, "affine": 2, "lorentz": 3, "cosine": 4, "l2": 5, "metric": 6}
@@ -65,7 +67,7 @@ class Plan:
     bias: Tensor | None = None      # float, same broadcasting
     clipped: int = 0                # out: vectors the clip shortened (forward)
     head: HeadConstants | None = None  # κ and μ (the kinds with per-token terms in the kernel)
-    metric: Tensor | None = None    # the metric kind's G (H, E, E) float32, detached (NativeAttention's input: grad)
+    metric: MetricConstants | None = None  # the metric kind's G and its chain rule
     problem: _Problem | None = None  # the forward's arguments, completed by the backward (one struct per call)
     keep: tuple = ()                # tensors only the struct points to (kept alive until the backward)
 
@@ -126,9 +128,10 @@ def _terms(q: Tensor, k: Tensor, affine: "AffineTerms | None") -> tuple[Tensor, 
 
 
 def _forward(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: Tensor, mu: Tensor,
-             affine: AffineTerms | None = None):
+             affine: AffineTerms | None = None, metric: Tensor | None = None):
     """One forward call: (out (B, H, L, Ev), lse (B·H, L), per-token terms kept for the backward). The filled
-    struct stays on ``plan`` for the backward, which adds its own fields."""
+    struct stays on ``plan`` for the backward, which adds its own fields. ``metric``: the metric kind's G
+    (H, E, E) float32, contiguous."""
     B, H, L, _ = q.shape
     out = _heads_last(q, L, v.shape[-1])
     lse = q.new_empty(B * H, L)
@@ -139,10 +142,10 @@ def _forward(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: Tensor, mu: Ten
     keep = (kappa, mu)
     if affine is not None:
         p.outer = int(affine.outer)
-    if plan.metric is not None:  # k̃ = G k, written here and read by the backward
+    if metric is not None:  # k̃ = G k, written here and read by the backward (as is G)
         ktilde = q.new_empty(B, H, k.shape[2], k.shape[3])
-        p.metric, p.ktilde = plan.metric.data_ptr(), ktilde.data_ptr()
-        keep = (*keep, ktilde)
+        p.metric, p.ktilde = metric.data_ptr(), ktilde.data_ptr()
+        keep = (*keep, metric, ktilde)
     plan.native.lib.geoattn_forward(ctypes.byref(p))
     plan.clipped = clipped.value
     plan.problem, plan.keep = p, keep
@@ -177,7 +180,7 @@ def _backward(plan: Plan, q, k, v, out, lse, dout: Tensor, want_dkappa: bool = T
             p.dqouter, p.dkouter = grads.alpha.data_ptr(), grads.gamma.data_ptr()
     dmetric = None
     if plan.metric is not None:
-        dmetric = q.new_empty(B, H, *plan.metric.shape[1:])
+        dmetric = q.new_empty(B, H, k.shape[-1], k.shape[-1])
         p.dmetric = dmetric.data_ptr()
     plan.native.lib.geoattn_backward(ctypes.byref(p))
     dkappa, dmu = dhead
@@ -188,16 +191,18 @@ def _backward(plan: Plan, q, k, v, out, lse, dout: Tensor, want_dkappa: bool = T
 
 class NativeAttention(torch.autograd.Function):
     """``softmax(score(q, k) + mask) · v`` for the kinds with per-token terms computed in the kernel
-    (stereographic, sphere, lorentz, cosine, l2); see the module docstring. ``raw`` and ``log_t`` are the
-    geometry's parameters behind κ and μ (``plan.head``, :class:`~geoattn.geometry.head.HeadConstants`): their
-    gradients come from the kernel's dκ, dμ through the chain rule written there, with no autograd graph for
-    the per-head constants."""
+    (stereographic, sphere, lorentz, cosine, l2, metric); see the module docstring. ``raw`` and ``log_t`` are
+    the geometry's parameters behind κ and μ (``plan.head``, :class:`~geoattn.geometry.head.HeadConstants`),
+    ``factor`` and ``diagonal`` the learned metric's behind G (``plan.metric``,
+    :class:`~geoattn.geometry.metric.MetricConstants`): their gradients come from the kernel's dκ, dμ, dG
+    through the chain rules written there, with no autograd graph for the per-head constants."""
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, raw: Tensor | None, log_t: Tensor, metric: Tensor | None,
-                plan: Plan) -> Tensor:
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, raw: Tensor | None, log_t: Tensor, factor: Tensor | None,
+                diagonal: Tensor | None, plan: Plan) -> Tensor:
         kappa, mu = plan.head.values()
-        out, lse, terms = _forward(plan, q, k, v, kappa, mu)
+        metric = None if plan.metric is None else plan.metric.values()
+        out, lse, terms = _forward(plan, q, k, v, kappa, mu, metric=metric)
         ctx.save_for_backward(q, k, v, out, lse, *terms)
         ctx.plan = plan
         return out
@@ -205,11 +210,12 @@ class NativeAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout: Tensor):
         q, k, v, out, lse, *terms = ctx.saved_tensors
-        want_dkappa = ctx.needs_input_grad[3]
-        dq, dk, dv, dkappa, dmu, dmetric = _backward(ctx.plan, q, k, v, out, lse, dout, want_dkappa)
-        d_raw, d_logt = ctx.plan.head.grads(dkappa, dmu)
         need = ctx.needs_input_grad
-        return dq, dk, dv, d_raw if need[3] else None, d_logt if need[4] else None, dmetric if need[5] else None, None
+        dq, dk, dv, dkappa, dmu, dmetric = _backward(ctx.plan, q, k, v, out, lse, dout, need[3])
+        d_raw, d_logt = ctx.plan.head.grads(dkappa, dmu)
+        d_factor, d_diagonal = (None, None) if dmetric is None else ctx.plan.metric.grads(dmetric)
+        return (dq, dk, dv, d_raw if need[3] else None, d_logt if need[4] else None,
+                d_factor if need[5] else None, d_diagonal if need[6] else None, None)
 
 
 @dataclass
