@@ -43,8 +43,8 @@ SUITES: dict[str, dict[str, Any]] = {
                                      eval_iters=20, bias=False),
             # the carnivore subtree (366 synsets) of the mammal closure: test ≈ train accuracy ≈ 0.9 after 1200 steps
             "wordnet-hierarchy": dict(CARNIVORE_HIERARCHY, iters=1200, eval_interval=120),
-            # Nickel & Kiela's mammal closure: 2040 steps of 256 pairs ≈ 80 epochs at a constant lr 0.01, evaluated every
-            # 16 epochs (the last evaluation interval is the criterion's last 20%). Poincaré at d = 5 passes the
+            # Nickel & Kiela's mammal closure: 2040 steps of 256 pairs ≈ 80 epochs at a constant lr 0.01, evaluated
+            # every 16 epochs (the last evaluation interval is the criterion's last 20%). Poincaré at d = 5 passes the
             # published anchor from ≈ 64 epochs on (mean rank 1.23 at 1632 steps, 1.34 at 1224, 1.16 at 2040); 80
             # epochs fit in the 10 minutes since the task scores through geoattn.pair_scores (each node lifted once)
             "wordnet-reconstruction": dict(RECON_OPT, dim=(2, 5, 10), n_negatives=50, batch_size=256, init_range=1e-3,
