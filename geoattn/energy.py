@@ -53,8 +53,8 @@ def pair_scores(points: Tensor, query_index: Tensor, key_index: Tensor, geometry
 
     The numbers of ``scores(points[query_index][:, None, None], points[key_index][:, None])[:, 0, 0]`` (the same
     formulas per row; equal to rounding, as vectorised and scalar transcendental functions may differ in the last
-    bit), but each point is lifted once (:func:`reference_lift`
-    on the whole table, then the lifted rows and per-token terms are gathered) instead of once per occurrence.
+    bit), but each point is lifted once (:func:`~geoattn.backends.dense.reference_lift` on the whole table, then
+    the lifted rows and per-token terms are gathered) instead of once per occurrence.
     That is the shape of embedding training with sampled negatives (Nickel & Kiela 2017): 256 queries × 51 keys
     are 13,312 lifted rows per batch against the mammal closure's 1,180 points, and the lift (norms, directions,
     radial factors, in float64 for distance geometries) is most of the cost of scoring them. A clip counts
