@@ -8,7 +8,7 @@ and the score count. Queries and keys stay as given (each backend lifts them wit
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
@@ -44,6 +44,7 @@ class AttentionCall:
     needs_grad: bool = False    # autograd will differentiate the call (inputs or geometry parameters)
     num_scores: int = 0         # B·H·L·S
     lead: tuple = ()            # the query's leading dims, restored by :meth:`finish`
+    verdicts: dict = field(default_factory=dict, repr=False)  # backend → its unsupported() answer (policy)
 
     @property
     def L(self) -> int:

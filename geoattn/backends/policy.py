@@ -32,7 +32,7 @@ class Rule:
 
 
 RULES: list[Rule] = [
-    Rule(lambda c: c.geometry.affine and not c.return_weights and _BACKENDS["native"].unsupported(c) is None,
+    Rule(lambda c: c.geometry.affine and not c.return_weights and unsupported(c, "native") is None,
          "native", "on CPU the native kernel runs the affine score at the head dim of q and k (SDPA needs one more "
          "column for a per-key term) and keeps only what SDPA keeps for the backward (measured faster and smaller)"),
     Rule(lambda c: c.geometry.affine and not c.return_weights, "sdpa",
@@ -41,7 +41,7 @@ RULES: list[Rule] = [
     Rule(lambda c: c.under_transform, "dense",
          "under a torch.func transform (vmap, grad, ...), which the fused backends do not support"),
     Rule(lambda c: c.dropout_p > 0, "dense", "attention dropout (only the dense backend applies it to this score)"),
-    Rule(lambda c: _BACKENDS["native"].unsupported(c) is None, "native",
+    Rule(lambda c: unsupported(c, "native") is None, "native",
          "on CPU the native kernel fuses this geometry's score exactly, at any size (measured fastest)"),
     Rule(lambda c: c.num_scores <= DENSE_MAX_SCORES, "dense",
          f"the score matrix is small (B·H·L·S ≤ {DENSE_MAX_SCORES}): dense is faster than compiling a fused kernel"),
@@ -101,12 +101,20 @@ def choose(call: AttentionCall, backend: str = "auto") -> Choice:
     if name == "auto":
         rule = next(rule for rule in RULES if rule.applies(call))
         name, why = rule.backend, f"auto: {rule.reason}"
-    reason = _BACKENDS[name].unsupported(call)
+    reason = unsupported(call, name)
     if reason is not None:
         raise ValueError(f"backend {name!r} cannot run this call: {reason}")
     if _log.isEnabledFor(logging.DEBUG):
         _log.debug("backend %s for %s: %s", name, describe(call), why)
     return Choice(name, why)
+
+
+def unsupported(call: AttentionCall, name: str) -> str | None:
+    """Why backend ``name`` cannot run ``call`` (None: it can), asked once per call: a row of :data:`RULES` and
+    :func:`choose` ask the same backend (its answer is kept in ``call.verdicts``)."""
+    if name not in call.verdicts:
+        call.verdicts[name] = _BACKENDS[name].unsupported(call)
+    return call.verdicts[name]
 
 
 def backend_for(call: AttentionCall, backend: str = "auto") -> Backend:

@@ -2,22 +2,49 @@
 
 Every native call needs κ (H,) and μ (H,) in float32 from the geometry's float64 parameters (``log|κ|`` or κ,
 and ``log τ``). Built from tensor ops under autograd, that is a chain of about eight small operations forward
-and as many autograd nodes backward, ~0.14 ms per call on one core (measured at the quick benchmark shape,
-where the whole SDPA call takes ~1.5 ms). A :class:`HeadConstants` instead gives the values without a graph
-and the kernel's autograd function (:class:`geoattn.backends.native.kernel.NativeAttention`) takes the
-parameters themselves and applies the derivatives written out here:
+and as many autograd nodes backward; even without the graph, each of those tensor ops costs a few µs of
+dispatch on (H,)-sized tensors, ~0.15 ms per call forward and backward together at the quick benchmark shape
+(one thread, measured in place; the whole SDPA call takes ~1.5 ms). A :class:`HeadConstants` therefore
+takes one torch ``exp`` per parameter (the transcendental, so the bits are torch's) and does the rest of the
+arithmetic on Python floats (IEEE double: the same products, quotients and square roots as torch's float64
+kernels, bit for bit), and the kernel's autograd function
+(:class:`geoattn.backends.native.kernel.NativeAttention`) takes the parameters themselves and applies the
+derivatives written out here:
 
     κ = s·e^r (s = ±1, r = log|κ|) or κ = r (free sign, s = 0),      μ = c·e^{−log τ}·|κ|^p,
-    ∂μ/∂log τ = −μ,   ∂μ/∂κ = p·μ/κ,   ∂κ/∂r = κ (s = ±1) or 1.
+    ∂μ/∂log τ = −μ,   ∂μ/∂κ = p·μ/κ,   ∂κ/∂r = κ (s = ±1) or 1,
 
-Checked against the plain tensor expression and its autograd gradients (tests/test_native.py).
+evaluated at the κ and μ of the forward. Checked against the plain tensor expression and its autograd
+gradients (tests/test_native.py), and bit for bit against the tensor-op form it replaced.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ctypes
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+
+# |κ|^p as torch's pow(tensor, scalar) computes it for these exponents (exact: sqrt, products, quotients)
+# (and as IEEE arithmetic does at |κ| = 0: inf where it divides by zero)
+_POWERS = {0.5: math.sqrt, -0.5: lambda x: 1.0 / math.sqrt(x) if x else math.inf, 1.0: lambda x: x,
+           -1.0: lambda x: 1.0 / x if x else math.inf, 2.0: lambda x: x * x,
+           -2.0: lambda x: 1.0 / (x * x) if x else math.inf}
+
+
+def _per_head(values: list[float], heads: int) -> list[float]:
+    """A parameter's values (1 or ``heads`` of them) for every head."""
+    return values * heads if len(values) == 1 else values
+
+
+def _to_parameter(values: list[float], like: Tensor) -> Tensor:
+    """Per-head gradients → the gradient of the parameter ``like`` (summed over the heads that share it, by torch's
+    own reduction, so the bits are those of ``sum_to_size``)."""
+    grad = torch.frombuffer((ctypes.c_double * len(values))(*values), dtype=torch.float64)  # ~40× faster than
+    grad = grad.to(like.device, like.dtype)  # torch.tensor(values) inside a backward (measured); no copy on CPU
+    return grad.reshape(like.shape) if grad.numel() == like.numel() else grad.sum_to_size(like.shape)
 
 
 @dataclass
@@ -32,36 +59,37 @@ class HeadConstants:
     sign: int = 0
     coef: float = 1.0
     power: float = 0.0
+    _at: tuple | None = field(default=None, init=False, repr=False)  # (κ, μ) per head in double, of values()
 
-    def _kappa(self, raw: Tensor | None) -> Tensor | None:
-        return None if raw is None else (self.sign * raw.exp() if self.sign else raw)
+    def _doubles(self) -> tuple[list[float] | None, list[float]]:
+        """(κ or None, μ), one float per head in double precision."""
+        kappa = None
+        if self.raw is not None:
+            raw = self.raw.detach()
+            kappa = [self.sign * e for e in raw.exp().tolist()] if self.sign else raw.tolist()
+            kappa = _per_head(kappa, self.heads)
+        mu = _per_head([self.coef * e for e in (-self.log_t.detach()).exp().tolist()], self.heads)
+        if self.power:
+            power = _POWERS.get(float(self.power), lambda x: math.pow(x, self.power))
+            mu = [m * power(abs(k)) for m, k in zip(mu, kappa)]
+        return kappa, mu
 
-    def _mu(self, kappa: Tensor | None, log_t: Tensor) -> Tensor:
-        mu = self.coef * (-log_t).exp()
-        return mu * kappa.abs() ** self.power if self.power else mu
+    def values(self) -> tuple[list[float], list[float]]:
+        """``(κ, μ)``, one float per head each (double precision; κ = 0 without curvature), outside autograd.
+        The kernel takes them rounded to float32."""
+        self._at = kappa, mu = self._doubles()
+        return ([0.0] * self.heads if kappa is None else kappa), mu
 
-    def values(self) -> tuple[Tensor, Tensor]:
-        """``(κ, μ)``, (heads,) float32 each, contiguous, outside autograd (κ = 0 without curvature)."""
-        with torch.no_grad():
-            kappa = self._kappa(self.raw)
-            mu = self._mu(kappa, self.log_t).float().expand(self.heads).contiguous()
-            if kappa is None:
-                return torch.zeros(self.heads, dtype=torch.float32, device=mu.device), mu
-            return kappa.float().expand(self.heads).contiguous(), mu
-
-    def grads(self, d_kappa: Tensor, d_mu: Tensor) -> tuple[Tensor | None, Tensor]:
-        """The gradients of ``raw`` and ``log_t`` from those of κ and μ ((heads,), summed over the heads that
-        share a parameter); None for an absent ``raw``."""
-        with torch.no_grad():
-            kappa = self._kappa(self.raw)
-            mu = self._mu(kappa, self.log_t).expand(self.heads)
-            d_mu = d_mu.to(mu.dtype)
-            d_logt = (-d_mu * mu).sum_to_size(self.log_t.shape)
-            if kappa is None:
-                return None, d_logt
-            kappa = kappa.expand(self.heads)
-            dk = d_kappa.to(kappa.dtype)
-            if self.power:
-                dk = dk + d_mu * self.power * mu / kappa
-            d_raw = dk * kappa if self.sign else dk
-            return d_raw.sum_to_size(self.raw.shape), d_logt
+    def grads(self, d_kappa: Sequence[float], d_mu: Sequence[float]) -> tuple[Tensor | None, Tensor]:
+        """The gradients of ``raw`` and ``log_t`` (tensors like them) from those of κ and μ (one float per
+        head; summed over the heads that share a parameter), at the κ and μ of :meth:`values`; None for an
+        absent ``raw``."""
+        kappa, mu = self._at if self._at is not None else self._doubles()
+        d_logt = _to_parameter([-g * m for g, m in zip(d_mu, mu)], self.log_t)
+        if kappa is None:
+            return None, d_logt
+        dk = list(d_kappa)
+        if self.power:
+            dk = [g + gm * self.power * m / k for g, gm, m, k in zip(dk, d_mu, mu, kappa)]
+        d_raw = [g * k for g, k in zip(dk, kappa)] if self.sign else dk
+        return _to_parameter(d_raw, self.raw), d_logt

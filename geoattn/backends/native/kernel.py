@@ -52,7 +52,12 @@ class _Problem(ctypes.Structure):  # the layout of ``struct Problem`` in kernel.
 
 
 def _view(t: Tensor) -> _View:
-    return _View(t.data_ptr(), t.stride(0), t.stride(1), t.stride(2))
+    return _View(t.data_ptr(), *t.stride()[:3])
+
+
+def _floats(values: list[float]) -> ctypes.Array:
+    """Per-head constants for the kernel: float32 (rounded to nearest, as ``Tensor.float()``)."""
+    return (_F32 * len(values))(*values)
 
 
 @dataclass
@@ -72,20 +77,22 @@ class Plan:
     keep: tuple = ()                # tensors only the struct points to (kept alive until the backward)
 
 
-def _problem(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: Tensor, mu: Tensor, terms) -> _Problem:
+def block_rows(L: int, chunk: int) -> int:
+    """Query rows per work item (bq)."""
+    return max(16, min(256, TILE_ELEMENTS // chunk))
+
+
+def _problem(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: ctypes.Array, mu: ctypes.Array, terms) -> _Problem:
     B, H, L, D = q.shape
     S = k.shape[2]
-    p = _Problem()
-    p.B, p.H, p.L, p.S, p.D, p.Ev = B, H, L, S, D, v.shape[-1]
     chunk = max(1, min(S, CHUNK))
-    p.bq, p.chunk = max(16, min(256, TILE_ELEMENTS // chunk)), chunk
-    p.kind, p.causal, p.nthreads = KINDS[plan.kind], int(plan.causal), torch.get_num_threads()
-    p.q, p.k, p.v = _view(q), _view(k), _view(v)
-    p.kappa, p.mu = kappa.data_ptr(), mu.data_ptr()
-    p.inv_sqrt_e, p.clip = 1 / math.sqrt(D), plan.clip
-    p.eta, p.sgemm = ETA, plan.native.sgemm
-    p.outer = int(plan.kind == "lorentz")  # its time coordinates; the "affine" kind's callers set it
-    p.qterms, p.kterms, p.qnorm, p.knorm = (t.data_ptr() for t in terms)
+    qterms, kterms, qnorm, knorm = (t.data_ptr() for t in terms)
+    p = _Problem(B=B, H=H, L=L, S=S, D=D, Ev=v.shape[-1], bq=block_rows(L, chunk),
+                 kind=KINDS[plan.kind], causal=int(plan.causal), nthreads=torch.get_num_threads(), chunk=chunk,
+                 q=_view(q), k=_view(k), v=_view(v), kappa=ctypes.addressof(kappa), mu=ctypes.addressof(mu),
+                 inv_sqrt_e=1 / math.sqrt(D), clip=plan.clip, eta=ETA, sgemm=plan.native.sgemm,
+                 outer=int(plan.kind == "lorentz"),  # its time coordinates; the "affine" kind's callers set it
+                 qterms=qterms, kterms=kterms, qnorm=qnorm, knorm=knorm)
     for part, prefix in ((plan.allowed, "am"), (plan.bias, "bm")):
         if part is not None:
             full = part.expand(B, H, L, S)  # a view: broadcast dims get stride 0
@@ -95,27 +102,32 @@ def _problem(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: Tensor, mu: Ten
     return p
 
 
-def _heads_last(like: Tensor, rows: int, cols: int, fill: float | None = None) -> Tensor:
+def _heads_last(like: Tensor, rows: int, cols: int, zero: bool = False) -> Tensor:
     """A (B, H, rows, cols) float32 buffer laid out as (B, rows, H, cols), SDPA's layout for its outputs and
     gradients: what a transformer layer makes of them (``out.transpose(1, 2).reshape(B, T, H·E)``, the
-    gradients of q, k, v split from one projection) is then a view, not a copy."""
+    gradients of q, k, v split from one projection) is then a view, not a copy. ``zero``: filled with zeros."""
     B, H = like.shape[:2]
-    t = like.new_empty(B, rows, H, cols) if fill is None else like.new_full((B, rows, H, cols), fill)
-    return t.transpose(1, 2)
+    t = torch.empty_strided((B, H, rows, cols), (rows * H * cols, cols, H * cols, 1), dtype=like.dtype,
+                            device=like.device)
+    return t.zero_() if zero else t
 
 
-def _terms(q: Tensor, k: Tensor, affine: "AffineTerms | None") -> tuple[Tensor, ...]:
-    """The per-token term buffers: (B·H, 5, L), (B·H, 5, S padded) float and the norms (B·H, L), (B·H, S) in
-    double, views of one float and one double allocation.
-    The kernel fills them (forward) for its own kinds; the affine kind's terms are written here (affine.h)."""
+def _buffers(q: Tensor, k: Tensor, affine: "AffineTerms | None") -> tuple[Tensor, tuple[Tensor, ...]]:
+    """The forward's small outputs, views of one zeroed allocation: the lse (B·H, L), the per-token term
+    buffers (B·H, 5, L), (B·H, 5, S padded) in float and the norms (B·H, L), (B·H, S) in double (first, so
+    they are aligned). The kernel fills them (forward) for its own kinds; the affine kind's terms are written
+    here (affine.h)."""
     B, H, L, _ = q.shape
     S = k.shape[2]
     N, Sp = B * H, -(-S // LANES) * LANES
     # key-term rows padded with zeros to whole vectors: the kernel's row loops read up to one past S (Row)
-    floats = q.new_zeros(N * TERMS * (L + Sp))
-    norms = q.new_zeros(N * (L + S), dtype=torch.float64)
-    terms = (floats[:N * TERMS * L].view(N, TERMS, L), floats[N * TERMS * L:].view(N, TERMS, Sp),
-             norms[:N * L].view(N, L), norms[N * L:].view(N, S))
+    start = 2 * N * (L + S)  # floats taken by the norms
+    buf = q.new_zeros(start + N * (L + TERMS * (L + Sp)))
+    norms = buf[:start].view(torch.float64)
+    lse = buf.as_strided((N, L), (L, 1), start)
+    terms = (buf.as_strided((N, TERMS, L), (TERMS * L, L, 1), start + N * L),
+             buf.as_strided((N, TERMS, Sp), (TERMS * Sp, Sp, 1), start + N * L * (1 + TERMS)),
+             norms.as_strided((N, L), (L, 1), 0), norms.as_strided((N, S), (S, 1), N * L))
     if affine is not None:
         qt, kt = terms[0].view(B, H, TERMS, L), terms[1].view(B, H, TERMS, -1)[..., :S]
         qt[:, :, 1].copy_(affine.q_factor)
@@ -124,19 +136,19 @@ def _terms(q: Tensor, k: Tensor, affine: "AffineTerms | None") -> tuple[Tensor, 
         if affine.outer:
             qt[:, :, 0].copy_(affine.alpha)
             kt[:, :, 1].copy_(affine.gamma)
-    return terms
+    return lse, terms
 
 
-def _forward(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: Tensor, mu: Tensor,
+def _forward(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: list[float], mu: list[float],
              affine: AffineTerms | None = None, metric: Tensor | None = None):
     """One forward call: (out (B, H, L, Ev), lse (B·H, L), per-token terms kept for the backward). The filled
-    struct stays on ``plan`` for the backward, which adds its own fields. ``metric``: the metric kind's G
-    (H, E, E) float32, contiguous."""
+    struct stays on ``plan`` for the backward, which adds its own fields. ``kappa``, ``mu``: one float per
+    head; ``metric``: the metric kind's G (H, E, E) float32, contiguous."""
     B, H, L, _ = q.shape
     out = _heads_last(q, L, v.shape[-1])
-    lse = q.new_empty(B * H, L)
     clipped = ctypes.c_int64(0)
-    terms = _terms(q, k, affine)
+    lse, terms = _buffers(q, k, affine)
+    kappa, mu = _floats(kappa), _floats(mu)
     p = _problem(plan, q, k, v, kappa, mu, terms)
     p.out, p.lse, p.clipped = _view(out), lse.data_ptr(), ctypes.addressof(clipped)
     keep = (kappa, mu)
@@ -154,19 +166,21 @@ def _forward(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: Tensor, mu: Ten
 
 def _backward(plan: Plan, q, k, v, out, lse, dout: Tensor, want_dkappa: bool = True, outer: bool | None = None):
     """One backward call, on the forward's struct (q, k, v, out, lse and the terms are the forward's tensors,
-    kept by autograd): (dq, dk, dv, dκ (zeros unless ``want_dkappa``), dμ in float64, the gradients of the
+    kept by autograd): (dq, dk, dv, dκ (zeros unless ``want_dkappa``) and dμ (one float per head, accumulated
+    in double), the gradients of the
     affine kind's terms as an :class:`AffineTerms`, of G (H, E, E) for the metric kind, None for the other
     kinds). ``outer``: the affine kind's score has the outer term (None: not the affine kind)."""
     dout = dout if dout.stride(-1) == 1 else dout.contiguous()
     B, H, L, _ = q.shape
     S = k.shape[2]
     dq = _heads_last(q, L, q.shape[-1])
-    dk, dv = _heads_last(k, S, k.shape[-1], 0.0), _heads_last(v, S, v.shape[-1], 0.0)  # accumulated into
-    dhead = torch.zeros(2, H, dtype=torch.float64)  # dκ, dμ (accumulated in double)
+    dk, dv = _heads_last(k, S, k.shape[-1], zero=True), _heads_last(v, S, v.shape[-1], zero=True)  # accumulated
+    dhead = (ctypes.c_double * (2 * H))()  # dκ, dμ (zeros)
     p = plan.problem
     p.nthreads = torch.get_num_threads()
     p.dout, p.dq, p.dk, p.dv = _view(dout), _view(dq), _view(dk), _view(dv)
-    p.dkappa, p.dmu = dhead[0].data_ptr(), dhead[1].data_ptr()
+    p.dkappa = ctypes.addressof(dhead)
+    p.dmu = p.dkappa + H * ctypes.sizeof(ctypes.c_double)
     p.want_dkappa = int(want_dkappa)
     grads = None
     if outer is not None:
@@ -183,7 +197,7 @@ def _backward(plan: Plan, q, k, v, out, lse, dout: Tensor, want_dkappa: bool = T
         dmetric = q.new_empty(B, H, k.shape[-1], k.shape[-1])
         p.dmetric = dmetric.data_ptr()
     plan.native.lib.geoattn_backward(ctypes.byref(p))
-    dkappa, dmu = dhead
+    dkappa, dmu = dhead[:H], dhead[H:]
     if dmetric is not None:  # per batch element → per head
         grads = dmetric.sum(0)
     return dq, dk, dv, dkappa, dmu, grads
@@ -246,7 +260,7 @@ class AffineAttention(torch.autograd.Function):
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, plan: Plan, q_factor: Tensor, k_factor: Tensor,
                 k_bias: Tensor, alpha: Tensor | None, gamma: Tensor | None) -> Tensor:
         affine = AffineTerms(q_factor, k_factor, k_bias, alpha, gamma)
-        unused, one = q.new_zeros(q.shape[1]), q.new_ones(q.shape[1])  # κ (unread), μ = 1: terms in score units
+        unused, one = [0.0] * q.shape[1], [1.0] * q.shape[1]  # κ (unread), μ = 1: terms in score units
         out, lse, terms = _forward(plan, q, k, v, unused, one, affine)
         ctx.save_for_backward(q, k, v, out, lse, *terms)
         ctx.plan, ctx.outer = plan, affine.outer
