@@ -61,7 +61,7 @@ def test_parameters_keep_the_values_given():
     g = geoattn.Poincare(curvature=-0.1, temperature=0.3)
     # log-parametrised, so exp(log 0.1) is exact to one float64 ulp
     assert abs(g.curvature.item() + 0.1) < 2e-17 and abs(g.temperature.item() - 0.3) < 6e-17
-    assert g.raw_curvature.dtype == torch.float64
+    assert g.curvature_parameter.dtype == torch.float64
     q, k, v = (torch.randn(1, 1, 5, 4, dtype=torch.float64) for _ in range(3))
     exact = geoattn.Poincare(curvature=torch.tensor(-0.1, dtype=torch.float64),
                              temperature=torch.tensor(0.3, dtype=torch.float64))

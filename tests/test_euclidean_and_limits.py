@@ -120,7 +120,7 @@ def test_stereographic_is_smooth_through_zero():
     def score(kappa: float):
         geometry = geoattn.Stereographic(curvature=torch.tensor(kappa, **T64), learnable=True)
         s = geoattn.backends.dense_scores(geometry, geometry.lift(q, k, None)).sum()
-        (grad,) = torch.autograd.grad(s, geometry.raw_curvature)
+        (grad,) = torch.autograd.grad(s, geometry.curvature_parameter)
         return s.item(), grad.item()
 
     (s_minus, g_minus), (s0, g0), (s_plus, g_plus) = score(-1e-6), score(0.0), score(1e-6)

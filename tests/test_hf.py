@@ -303,14 +303,14 @@ def test_save_pretrained_round_trip(tmp_path, shard):
     model = geoattn.swap(llama(), "stereographic", curvature=0.3, learnable=True, aggregation="midpoint")
     with torch.no_grad():
         for i, layer in enumerate(model.model.layers):
-            layer.self_attn.geoattn_geometry.raw_curvature.copy_(torch.tensor([-0.5, 0.2, 0.4, -1.0]) * (i + 1))
+            layer.self_attn.geoattn_geometry.curvature_parameter.copy_(torch.tensor([-0.5, 0.2, 0.4, -1.0]) * (i + 1))
     model.save_pretrained(tmp_path, **({"max_shard_size": shard} if shard else {}))
     assert (tmp_path / "model.safetensors.index.json").exists() == bool(shard)
     loaded = hf.from_pretrained(LlamaForCausalLM, tmp_path).eval()
     assert loaded.config.geoattn["geometry"] == "stereographic"
     for a, b in zip(model.model.layers, loaded.model.layers):
         g = b.self_attn.geoattn_geometry
-        assert g.aggregation == "midpoint" and g.learnable and g.raw_curvature.requires_grad
+        assert g.aggregation == "midpoint" and g.learnable and g.curvature_parameter.requires_grad
         torch.testing.assert_close(g.curvature, a.self_attn.geoattn_geometry.curvature)
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids, attention_mask=mask).logits, model(ids, attention_mask=mask).logits)
@@ -370,7 +370,7 @@ def test_cuda_bf16_swap_generate_and_default_geometry():
         torch.testing.assert_close(model(ids, attention_mask=mask).logits[keep],
                                    ref(ids, attention_mask=mask).logits[keep], atol=2e-2, rtol=2e-2)
         geoattn.swap(model, "poincare")
-        assert model.model.layers[0].self_attn.geoattn_geometry.raw_curvature.device.type == "cuda"
+        assert model.model.layers[0].self_attn.geoattn_geometry.curvature_parameter.device.type == "cuda"
         out = model.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0,
                              output_scores=True, return_dict_in_generate=True)
         assert all(torch.isfinite(s).all() for s in out.scores)

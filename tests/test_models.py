@@ -202,7 +202,7 @@ def test_per_layer_geometries_and_params():
     g0, g1 = (b.attn.geometry for b in lm.blocks)
     assert g0.name == "poincare" and g1.name == "sphere" and g0.curvature.shape == (2,)
     torch.testing.assert_close(g0.curvature.detach(), torch.tensor([-0.5, -0.5], dtype=torch.float64))
-    assert g0.raw_curvature.requires_grad and g1.raw_curvature.requires_grad
+    assert g0.curvature_parameter.requires_grad and g1.curvature_parameter.requires_grad
     s2s = EncoderDecoder(cfg(geometry=["euclidean", "lorentz", "sphere"], n_decoder_layers=1))
     assert [b.attn.geometry.name for b in s2s.encoder.blocks] == ["euclidean", "lorentz"]
     assert s2s.blocks[0].attn.geometry.name == "sphere" and s2s.blocks[0].cross.geometry.name == "sphere"

@@ -177,7 +177,7 @@ def test_head_constants_match_the_tensor_expression(sign, power, param_heads):
     log_t = (0.3 * torch.randn(param_heads, generator=gen, dtype=torch.float64)).requires_grad_()
     d_kappa, d_mu = torch.randn(2, heads, generator=gen, dtype=torch.float64)
 
-    kappa = torch.zeros(1, dtype=torch.float64) if raw is None else (sign * raw.exp() if sign else raw)
+    kappa = torch.zeros(1, dtype=torch.float64) if raw is None else (sign * raw.exp() if sign else raw.sinh())
     mu = coef * (-log_t).exp() * (kappa.abs() ** power if power else 1.0)
     want = kappa.expand(heads), mu.expand(heads)
 

@@ -141,7 +141,7 @@ def test_other_geometries_train(geometry):
 def test_geometry_instance_is_copied_per_layer():
     model = geoattn.swap(encoder(), geoattn.Poincare(curvature=-2.0, num_heads=H, learnable=True))
     g0, g1 = model.layers[0].self_attn.geometry, model.layers[1].self_attn.geometry
-    assert g0 is not g1 and g0.raw_curvature is not g1.raw_curvature
+    assert g0 is not g1 and g0.curvature_parameter is not g1.curvature_parameter
     torch.testing.assert_close(g1.curvature, torch.full((H,), -2.0, dtype=torch.float64))
 
 
@@ -196,7 +196,7 @@ def test_cuda_transformer_swap_keeps_device_and_equals_original():
     with torch.no_grad():
         torch.testing.assert_close(model(src, tgt), ref(src, tgt), atol=1e-4, rtol=1e-4)
     geoattn.swap(model, "poincare", learnable=True)
-    assert model.encoder.layers[0].self_attn.geometry.raw_curvature.device.type == "cuda"
+    assert model.encoder.layers[0].self_attn.geometry.curvature_parameter.device.type == "cuda"
     model(src, tgt).square().mean().backward()
 
 

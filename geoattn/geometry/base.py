@@ -352,11 +352,15 @@ class TemperedGeometry(Geometry):
 class CurvedGeometry(TemperedGeometry):
     """A tempered geometry with a per-head signed curvature κ, and values aggregated linearly or on the manifold.
 
-    ``curvature_sign`` fixes the sign (-1 hyperbolic, +1 spherical; stored as ``log|κ|``) or leaves it
-    free (0; stored as κ itself, so a learnable κ can cross zero); ``curvature`` defaults to +1 for a
-    spherical sign, else -1. ``aggregations`` names the ways values may be combined: ``"linear"`` (the
-    weighted sum) and those the geometry implements with :meth:`manifold_values` (before the weighted
-    sum) and :meth:`manifold_output` (after it).
+    ``curvature_sign`` fixes the sign (-1 hyperbolic, +1 spherical; stored as ``log|κ|``, parameter
+    ``raw_curvature``) or leaves it free (0; stored as ``asinh κ``, parameter ``asinh_curvature``: a learnable
+    κ crosses zero smoothly, where ``∂κ/∂r = cosh r ≈ 1``, and far from zero moves on a relative scale as
+    ``log|κ|`` does, ``∂κ/∂r ≈ |κ|``; stored as κ itself, an optimiser's step size capped its change per
+    step, so κ took thousands of steps to reach the −20 that a WordNet embedding asked for). :attr:`curvature_parameter`
+    is the parameter behind κ in either case. ``curvature`` defaults to +1 for a spherical sign, else -1.
+    ``aggregations`` names the ways values may be combined: ``"linear"`` (the weighted sum) and those the
+    geometry implements with :meth:`manifold_values` (before the weighted sum) and :meth:`manifold_output`
+    (after it).
 
     Geometries that can be negatively curved clip their tangent vectors (feature clipping, Guo et al.,
     "Clipped Hyperbolic Classifiers Are Super-Hyperbolic Classifiers", CVPR 2022): with ``u = x/√E`` (the
@@ -386,7 +390,8 @@ class CurvedGeometry(TemperedGeometry):
                 f"{self.name} needs a {want} curvature, got {kappa.tolist()}; geoattn uses signed "
                 f"sectional curvature everywhere, so pass e.g. curvature={sign * 1.0}, or use {other}"
             )
-        self.raw_curvature = self._parameter((kappa * sign).log() if sign else kappa, given=curvature)
+        raw = (kappa * sign).log() if sign else torch.asinh(kappa)
+        setattr(self, self._curvature_name(), self._parameter(raw, given=curvature))
         self.aggregation = check_choice("aggregation", aggregation, self.aggregations)
         self.clip_radius = self._check_clip(clip_radius)
         self.clipped = 0            # vectors the clip shortened (CPU, eager)
@@ -406,10 +411,29 @@ class CurvedGeometry(TemperedGeometry):
                              f"default is {self.default_clip}")
         return float(value)
 
+    @classmethod
+    def _curvature_name(cls) -> str:
+        return "raw_curvature" if cls.curvature_sign else "asinh_curvature"
+
+    @property
+    def curvature_parameter(self) -> nn.Parameter:
+        """The parameter behind κ, (num_heads,): ``raw_curvature = log|κ|`` (fixed sign) or
+        ``asinh_curvature = asinh κ`` (free sign)."""
+        return self._parameters[self._curvature_name()]
+
     @property
     def curvature(self) -> Tensor:
         """Signed κ per head, shape ``(num_heads,)``."""
-        return self.curvature_sign * self.raw_curvature.exp() if self.curvature_sign else self.raw_curvature
+        sign, raw = self.curvature_sign, self.curvature_parameter
+        return sign * raw.exp() if sign else torch.sinh(raw)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Checkpoints of a free-sign κ written before the ``asinh`` parametrisation stored κ itself as
+        ``raw_curvature``: read as ``asinh_curvature = asinh(κ)``, the same κ."""
+        old, new = prefix + "raw_curvature", prefix + self._curvature_name()
+        if not self.curvature_sign and old in state_dict and new not in state_dict:
+            state_dict[new] = torch.asinh(state_dict.pop(old))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def kappa(self, ref: Tensor) -> Tensor:
         """κ per head as ``(H,)`` in ``ref``'s compute dtype."""
@@ -419,7 +443,7 @@ class CurvedGeometry(TemperedGeometry):
                          curvature: bool = True) -> HeadConstants:
         """κ and μ for the native kernel (:mod:`.head`): κ (0 and no gradient unless ``curvature``) and
         ``μ = coef·scale/τ·|κ|^power``."""
-        raw = self.raw_curvature if curvature or power else None
+        raw = self.curvature_parameter if curvature or power else None
         return HeadConstants(raw, self.log_temperature, ref.shape[1], self.curvature_sign,
                              coef * (1.0 if scale is None else scale), power)
 

@@ -11,8 +11,8 @@ kernels, bit for bit), and the kernel's autograd function
 (:class:`geoattn.backends.native.kernel.NativeAttention`) takes the parameters themselves and applies the
 derivatives written out here:
 
-    κ = s·e^r (s = ±1, r = log|κ|) or κ = r (free sign, s = 0),      μ = c·e^{−log τ}·|κ|^p,
-    ∂μ/∂log τ = −μ,   ∂μ/∂κ = p·μ/κ,   ∂κ/∂r = κ (s = ±1) or 1,
+    κ = s·e^r (s = ±1, r = log|κ|) or κ = sinh r (free sign, s = 0),      μ = c·e^{−log τ}·|κ|^p,
+    ∂μ/∂log τ = −μ,   ∂μ/∂κ = p·μ/κ,   ∂κ/∂r = κ (s = ±1) or cosh r,
 
 evaluated at the κ and μ of the forward. Checked against the plain tensor expression and its autograd
 gradients (tests/test_native.py), and bit for bit against the tensor-op form it replaced.
@@ -50,7 +50,7 @@ def _to_parameter(values: list[float], like: Tensor) -> Tensor:
 @dataclass
 class HeadConstants:
     """κ and μ of ``heads`` heads from the parameters ``raw`` (the curvature parameter, ``log|κ|`` when
-    ``sign`` is ±1, κ itself when 0; None: no curvature, κ = 0) and ``log_t`` (the log-temperature), with
+    ``sign`` is ±1, ``asinh κ`` when 0; None: no curvature, κ = 0) and ``log_t`` (the log-temperature), with
     ``μ = coef·e^{−log τ}·|κ|^power``."""
 
     raw: Tensor | None
@@ -66,7 +66,7 @@ class HeadConstants:
         kappa = None
         if self.raw is not None:
             raw = self.raw.detach()
-            kappa = [self.sign * e for e in raw.exp().tolist()] if self.sign else raw.tolist()
+            kappa = [self.sign * e for e in raw.exp().tolist()] if self.sign else raw.sinh().tolist()
             kappa = _per_head(kappa, self.heads)
         mu = _per_head([self.coef * e for e in (-self.log_t.detach()).exp().tolist()], self.heads)
         if self.power:
@@ -91,5 +91,6 @@ class HeadConstants:
         dk = list(d_kappa)
         if self.power:
             dk = [g + gm * self.power * m / k for g, gm, m, k in zip(dk, d_mu, mu, kappa)]
-        d_raw = [g * k for g, k in zip(dk, kappa)] if self.sign else dk
+        slope = kappa if self.sign else _per_head(self.raw.detach().cosh().tolist(), self.heads)  # ∂κ/∂r
+        d_raw = [g * k for g, k in zip(dk, slope)]
         return _to_parameter(d_raw, self.raw), d_logt
