@@ -192,6 +192,14 @@ def test_head_constants_match_the_tensor_expression(sign, power, param_heads):
     for g, r in zip(got, ref):
         assert g.shape == r.shape
         torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-14)
+    # and bit for bit the same chain rule written as float64 tensor ops (the form the class replaced)
+    with torch.no_grad():
+        k, m = (t.detach().expand(heads) for t in want)
+        chain = [(-d_mu * m).sum_to_size(log_t.shape)]
+        if raw is not None:
+            dk = d_kappa + d_mu * power * m / k if power else d_kappa
+            chain.insert(0, (dk * (k if sign else raw.cosh().expand(heads))).sum_to_size(raw.shape))
+    assert all(torch.equal(g, c) for g, c in zip(got, chain))
 
 
 @pytest.mark.parametrize("rank, param_heads", [(None, 4), (None, 1), (3, 4), (3, 1)])

@@ -77,17 +77,12 @@ class Plan:
     keep: tuple = ()                # tensors only the struct points to (kept alive until the backward)
 
 
-def block_rows(L: int, chunk: int) -> int:
-    """Query rows per work item (bq)."""
-    return max(16, min(256, TILE_ELEMENTS // chunk))
-
-
 def _problem(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: ctypes.Array, mu: ctypes.Array, terms) -> _Problem:
     B, H, L, D = q.shape
     S = k.shape[2]
     chunk = max(1, min(S, CHUNK))
     qterms, kterms, qnorm, knorm = (t.data_ptr() for t in terms)
-    p = _Problem(B=B, H=H, L=L, S=S, D=D, Ev=v.shape[-1], bq=block_rows(L, chunk),
+    p = _Problem(B=B, H=H, L=L, S=S, D=D, Ev=v.shape[-1], bq=max(16, min(256, TILE_ELEMENTS // chunk)),
                  kind=KINDS[plan.kind], causal=int(plan.causal), nthreads=torch.get_num_threads(), chunk=chunk,
                  q=_view(q), k=_view(k), v=_view(v), kappa=ctypes.addressof(kappa), mu=ctypes.addressof(mu),
                  inv_sqrt_e=1 / math.sqrt(D), clip=plan.clip, eta=ETA, sgemm=plan.native.sgemm,
@@ -166,10 +161,10 @@ def _forward(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: list[float], mu
 
 def _backward(plan: Plan, q, k, v, out, lse, dout: Tensor, want_dkappa: bool = True, outer: bool | None = None):
     """One backward call, on the forward's struct (q, k, v, out, lse and the terms are the forward's tensors,
-    kept by autograd): (dq, dk, dv, dκ (zeros unless ``want_dkappa``) and dμ (one float per head, accumulated
-    in double), the gradients of the
-    affine kind's terms as an :class:`AffineTerms`, of G (H, E, E) for the metric kind, None for the other
-    kinds). ``outer``: the affine kind's score has the outer term (None: not the affine kind)."""
+    kept by autograd): (dq, dk, dv, dκ (zeros unless ``want_dkappa``) and dμ (one float per head each,
+    accumulated in double), the gradients of the affine kind's terms as an :class:`AffineTerms`, of G (H, E, E)
+    for the metric kind, None for the other kinds). ``outer``: the affine kind's score has the outer term (None:
+    not the affine kind)."""
     dout = dout if dout.stride(-1) == 1 else dout.contiguous()
     B, H, L, _ = q.shape
     S = k.shape[2]
