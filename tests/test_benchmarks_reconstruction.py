@@ -139,6 +139,38 @@ def test_model_scores_a_batch_as_it_scores_the_whole_table(geometry):
     assert model.embedding.weight.abs().max() <= 0.5
 
 
+@pytest.mark.parametrize("geometry", ["poincare", "stereographic", "lorentz"])
+@pytest.mark.parametrize("radius, c", [(8.0, 1.0), (8.0, 4.0), (3.0, 0.25)])  # geoopt's ball projects past R ≈ 12
+def test_hyperbolic_radius_bounds_the_distance_from_the_origin(geometry, radius, c):
+    """``clip_for_radius``: a clipped vector lands at geodesic distance R/√c from the origin, by geoopt's own maps
+    (the ball's and κ-stereographic's ``expmap0`` with ``dist0``; the hyperboloid's with its ``dist0``)."""
+    geoopt = pytest.importorskip("geoopt")
+    model = ReconstructionModel(3, 5, geometry, {"curvature": -c}, 1e-3, torch.float64, hyperbolic_radius=radius)
+    g = model.geometry
+    x = torch.full((1, 1, 1, 5), 1e3, dtype=torch.float64)         # far past any clip
+    with pytest.warns(UserWarning, match="clipped"):
+        u = g.tangent(x, g.kappa(x))[0, 0, 0]
+    if geometry == "lorentz":
+        point = geoopt.Lorentz(k=1.0 / c).expmap0(torch.cat([u.new_zeros(1), u]))
+        d = geoopt.Lorentz(k=1.0 / c).dist0(point)
+    else:
+        ball = geoopt.PoincareBall(c=c) if geometry == "poincare" else geoopt.Stereographic(k=-c)
+        d = ball.dist0(ball.expmap0(u))
+    assert float(d) == pytest.approx(radius / c ** 0.5, rel=1e-9)
+
+
+def test_hyperbolic_radius_sets_the_clip_of_curved_geometries_only():
+    clip = {name: ReconstructionModel(3, 4, name, {}, 1e-3, torch.float32, hyperbolic_radius=20.0).geometry.clip_radius
+            for name in ("lorentz", "poincare", "stereographic")}
+    assert clip == {"lorentz": 20.0, "poincare": 10.0, "stereographic": 10.0}
+    for name in ("euclidean", "l2", "sphere", "metric"):           # nothing to clip: built as without the radius
+        assert getattr(ReconstructionModel(3, 4, name, {}, 1e-3, torch.float32, 20.0).geometry, "clip_radius",
+                       None) is None
+    given = ReconstructionModel(3, 4, "lorentz", {"clip_radius": 4.0}, 1e-3, torch.float32, hyperbolic_radius=20.0)
+    assert given.geometry.clip_radius == 4.0                       # geometry_params name one: it wins
+    assert ReconstructionModel(3, 4, "lorentz", {}, 1e-3, torch.float32).geometry.clip_radius == 4.0
+
+
 def test_one_epoch_through_the_cli(tmp_path, capsys):
     """26 steps of 256 pairs ≈ one epoch of the mammal closure (6,540 pairs), two geometries, two dims."""
     argv = ["run", "--tasks", "wordnet-reconstruction", "--geometries", "euclidean,l2", "--seeds", "1",

@@ -13,8 +13,16 @@ Negatives, ranks and MAP follow facebookresearch/poincare-embeddings (``hype/gra
 Poincaré at d = 5 (Figure 2 caption). Headline metric: ``map`` (↑); ``mean_rank`` (↓) beside it. The
 optimiser is the runner's (AdamW with the suite's schedule), with ``weight_decay=0`` for this task:
 every geometry gets the same one. Swept over the embedding dimension ``dim``. Config keys: ``dim``,
-``n_negatives``, ``batch_size``, ``init_range`` and ``dtype`` (``"float32"``, or ``"float64"`` for the table
-and the geometry); evaluation always scores in float64.
+``n_negatives``, ``batch_size``, ``init_range``, ``dtype`` (``"float32"``, or ``"float64"`` for the table
+and the geometry; evaluation always scores in float64) and ``hyperbolic_radius``.
+
+``hyperbolic_radius`` (R): every geometry that can be negatively curved keeps its points within distance
+R/√|κ| of the origin (its ``clip_radius`` from :meth:`~geoattn.geometry.base.CurvedGeometry.clip_for_radius`,
+unless ``geometry_params`` names one). The suites set R = 20, the Poincaré ball's default; without it Lorentz
+would keep its attention default, radius 4, which bounds the float32 cancellation of its affine form in the
+attention kernels. This task scores through the lift (:func:`geoattn.pair_scores`, the reference computation of
+``d²_L`` without cancellation at any radius), so that bound guards nothing here, while a tree of the closure's
+depth needs the radius: at radius 4, more than half of Lorentz's table sits at the clip by the 64th epoch.
 """
 from __future__ import annotations
 
@@ -23,6 +31,8 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from geoattn.geometry import geometry_class
 
 from ..data import MAMMAL_CLOSURE, load_closure
 from .base import Batch, Task
@@ -41,10 +51,13 @@ class ReconstructionModel(nn.Module):
     """One embedding table (tangent vectors at the origin) and one single-head geometry that scores it."""
 
     def __init__(self, n: int, dim: int, geometry: str, geometry_params: dict, init_range: float,
-                 dtype: torch.dtype) -> None:
+                 dtype: torch.dtype, hyperbolic_radius: float | None = None) -> None:
         super().__init__()
         self.embedding = nn.Embedding(n, dim, dtype=dtype)
         nn.init.uniform_(self.embedding.weight, -init_range, init_range)
+        cls = geometry_class(geometry)
+        if hyperbolic_radius is not None and getattr(cls, "default_clip", None) is not None:
+            geometry_params = {"clip_radius": cls.clip_for_radius(hyperbolic_radius), **geometry_params}
         self.geometry = make(geometry, dim, num_heads=1, **geometry_params).to(dtype)
 
     def forward(self, u: Tensor, keys: Tensor) -> Tensor:
@@ -82,7 +95,7 @@ class WordNetReconstruction(Task):
     def build_model(self, geometry):
         c = self.config
         return ReconstructionModel(self.vocab_size, c["dim"], geometry, dict(c.get("geometry_params", {})),
-                                   c.get("init_range", 1e-3), self.dtype)
+                                   c.get("init_range", 1e-3), self.dtype, c.get("hyperbolic_radius"))
 
     def train_batch(self, gen):
         """The next ``batch_size`` pairs of a per-epoch random permutation, each with its negatives (an epoch's

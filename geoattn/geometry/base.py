@@ -365,7 +365,8 @@ class CurvedGeometry(TemperedGeometry):
     Geometries that can be negatively curved clip their tangent vectors (feature clipping, Guo et al.,
     "Clipped Hyperbolic Classifiers Are Super-Hyperbolic Classifiers", CVPR 2022): with ``u = x/√E`` (the
     scale rule), ``‖u‖ ← min(‖u‖, clip_radius/√|κ|)`` where κ < 0, i.e. points stay within hyperbolic
-    radius ``2·clip_radius/√|κ|`` (stereographic) or ``clip_radius/√|κ|`` (Lorentz) of the origin. The
+    radius ``radius_per_clip·clip_radius/√|κ|`` of the origin (``radius_per_clip`` = 2 for the stereographic
+    geometries, whose ``exp_o`` maps ‖u‖ to distance 2‖u‖, 1 for Lorentz; :meth:`clip_for_radius` inverts it). The
     class sets ``default_clip``; ``clip_radius=`` overrides it. When the clip acts, :attr:`clipped` counts
     the vectors it shortened and a :class:`ClipWarning` is shown once per geometry (counted on CPU in
     eager mode; not under ``torch.compile`` or ``torch.func`` transforms).
@@ -374,6 +375,7 @@ class CurvedGeometry(TemperedGeometry):
     curvature_sign: ClassVar[int] = 0
     aggregations: ClassVar[tuple[str, ...]] = ("linear",)
     default_clip: ClassVar[float | None] = None  # set by geometries that can be negatively curved
+    radius_per_clip: ClassVar[float] = 2.0  # hyperbolic radius (at |κ| = 1) per unit of clip_radius
     options = ("aggregation",)
 
     def __init__(self, curvature=None, temperature=1.0, num_heads: int = 1, learnable: bool = False,
@@ -410,6 +412,11 @@ class CurvedGeometry(TemperedGeometry):
             raise ValueError(f"clip_radius must be positive and finite (the bound on √|κ|·‖u‖), got {value!r}; the "
                              f"default is {self.default_clip}")
         return float(value)
+
+    @classmethod
+    def clip_for_radius(cls, radius: float) -> float:
+        """The ``clip_radius`` that keeps points within hyperbolic distance ``radius/√|κ|`` of the origin."""
+        return radius / cls.radius_per_clip
 
     @classmethod
     def _curvature_name(cls) -> str:

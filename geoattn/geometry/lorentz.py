@@ -37,6 +37,7 @@ class Lorentz(CurvedGeometry):
     curvature_sign = -1
     aggregations = ("linear", "centroid")
     default_clip = 4.0
+    radius_per_clip = 1.0  # exp_o maps ‖u‖ to distance ‖u‖
     chord = True
     native_kind = "lorentz"  # the native CPU kernel forms affine_form's terms itself, at head dim E (SDPA: E + 1)
     options = ("aggregation", "clip_radius")
