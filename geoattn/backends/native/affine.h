@@ -54,32 +54,34 @@ void affine_backward_row(const Problem& P, const Terms& T, Row& w, float* scratc
   float* __restrict__ g = w.g;
   float* __restrict__ dp = w.dp;
   const float delta_i = w.delta;
-  float galpha = 0, gaq = 0, gmu = 0;
+  Lanes galpha, gaq, gmu;
   const int64_t jmax = w.jmax, jpad = w.jpad;
-#pragma omp simd reduction(+ : galpha, gaq, gmu)
-  for (int64_t j = 0; j < jpad; ++j) {
+  for (int64_t j0 = 0; j0 < jpad; j0 += kLanes)
+#pragma omp simd
+  for (int64_t j = j0; j < j0 + kLanes; ++j) {
+    const int64_t t = j - j0;
     const float gram = g[j];
     const float x = OUTER ? aq * bk[j] * gram + beta[j] + alpha * gamma[j] : aq * bk[j] * gram + beta[j];
     const float sj = masked<M>(mu * x, madd, j);
     const float p = j < jmax && sj != kNegInf ? fexp(sj - lse) : 0.0f;
     const float dsm = j < jmax ? p * (dp[j] - delta_i) : 0.0f;  // ∂L/∂s
-    gmu += dsm * x;
+    gmu.v[t] += dsm * x;
     const float ds = dsm * mu;                // ∂L/∂x
     const float dsg = ds * gram;
     gkb[j] += ds;
     gkr[j] += dsg * aq;
-    gaq += dsg * bk[j];
+    gaq.v[t] += dsg * bk[j];
     if (OUTER) {
       gks[j] += ds * alpha;
-      galpha += ds * gamma[j];
+      galpha.v[t] += ds * gamma[j];
     }
     dp[j] = ds * aq * bk[j];  // dGram
     g[j] = p;
   }
   for (int64_t j = jpad; j < w.S; ++j) g[j] = dp[j] = 0.0f;
-  w.ga = galpha;  // ∂/∂αᵢ
-  w.gs = gaq;     // ∂/∂aᵢ
-  w.gmu += gmu;
+  w.ga = OUTER ? galpha.sum() : 0.0f;  // ∂/∂αᵢ
+  w.gs = gaq.sum();                     // ∂/∂aᵢ
+  w.gmu += gmu.sum();
 }
 
 }  // namespace geoattn_native

@@ -199,6 +199,23 @@ inline float* row_ptr_mut(const View& t, int64_t n, int64_t H, int64_t r) {
 // the store-forwarding logic (measured 2.5× on the backward).
 inline int64_t padded(int64_t S) { return S + 80; }
 
+// Σ a[d]·b[d] in double: 8 partial sums (one vector of doubles) added by halves, then the tail. A plain loop is a
+// chain of dependent scalar adds (not vectorised without reassociation), an `omp simd reduction` ends with one.
+inline double dot_double(const float* a, const float* b, int64_t n) {
+  constexpr int kW = 8;
+  double acc[kW] = {};
+  int64_t d0 = 0;
+  for (; d0 + kW <= n; d0 += kW)
+#pragma omp simd
+    for (int t = 0; t < kW; ++t) acc[t] += (double)a[d0 + t] * b[d0 + t];
+  for (int w = kW / 2; w > 0; w /= 2)
+#pragma omp simd
+    for (int t = 0; t < w; ++t) acc[t] += acc[t + w];
+  double s = acc[0];
+  for (; d0 < n; ++d0) s += (double)a[d0] * b[d0];
+  return s;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Rows.
 // ---------------------------------------------------------------------------------------------
@@ -224,6 +241,26 @@ inline float clamped_gap(float gram, float rho, float rhok) {
 // past the chunk and key terms past S are zero-initialised padding) and get score −inf, p = 0.
 constexpr int64_t kLanes = 16;
 inline int64_t lanes_up(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }
+
+// Per-lane partial sums of a row loop, run in blocks of kLanes (`for j0 …; omp simd for j in [j0, j0 + kLanes)`,
+// adding into v[j − j0]), summed by halves at the end: 4 dependent vector adds. `omp simd reduction` ends the
+// loop with the lanes added one after another, 16 dependent scalar adds per sum and row (GCC 12, masked
+// epilogues): at 64 keys a third of the exp pass, and the max of a row the same.
+struct Lanes {
+  float v[kLanes] = {};
+  float sum() {
+    for (int w = kLanes / 2; w > 0; w /= 2)
+#pragma omp simd
+      for (int t = 0; t < w; ++t) v[t] += v[t + w];
+    return v[0];
+  }
+  float max() {
+    for (int w = kLanes / 2; w > 0; w /= 2)
+#pragma omp simd
+      for (int t = 0; t < w; ++t) v[t] = v[t] > v[t + w] ? v[t] : v[t + w];
+    return v[0];
+  }
+};
 
 struct Row {  // one query row of a tile: keys c0 … c0 + S − 1 of the head (a chunk); j counts from c0
   int64_t n, i, c0, jmax, jpad, S;  // keys j < jmax take part (causal rows end early); j ≥ jmax get p = 0
@@ -273,31 +310,27 @@ inline bool keyless_row(Row& w) {
 // into p, unnormalised (length S, zeros past jmax); returns their sum. The online softmax of the forward
 // rescales and normalises.
 float exp_row(const float* s, float m, float* p, int64_t jpad, int64_t S) {
-  float l = 0.0f;
-#pragma omp simd reduction(+ : l)
-  for (int64_t j = 0; j < jpad; ++j) {
-    const float e = s[j] == kNegInf ? 0.0f : fexp(s[j] - m);
-    p[j] = e;
-    l += e;
-  }
+  Lanes l;
+  for (int64_t j0 = 0; j0 < jpad; j0 += kLanes)
+#pragma omp simd
+    for (int64_t j = j0; j < j0 + kLanes; ++j) {
+      const float e = s[j] == kNegInf ? 0.0f : fexp(s[j] - m);
+      p[j] = e;
+      l.v[j - j0] += e;
+    }
   for (int64_t j = jpad; j < S; ++j) p[j] = 0.0f;
-  return l;
+  return l.sum();
 }
 
-// max of s[0, n): 16 running maxima (element-wise, so it vectorises: GCC 12 does not vectorise a float max
-// reduction, and the scalar one is latency-bound at ~4 cycles per element)
+// max of s[0, n), n a multiple of kLanes (GCC 12 does not vectorise a float max reduction, and the scalar one is
+// latency-bound at ~4 cycles per element)
 inline float row_max(const float* s, int64_t n) {
-  constexpr int kW = 16;
-  float acc[kW];
-  for (int t = 0; t < kW; ++t) acc[t] = kNegInf;
-  int64_t j = 0;
-  for (; j + kW <= n; j += kW)
+  Lanes m;
+  for (int t = 0; t < kLanes; ++t) m.v[t] = kNegInf;
+  for (int64_t j0 = 0; j0 < n; j0 += kLanes)
 #pragma omp simd
-    for (int t = 0; t < kW; ++t) acc[t] = acc[t] > s[j + t] ? acc[t] : s[j + t];
-  float m = kNegInf;
-  for (int t = 0; t < kW; ++t) m = std::max(m, acc[t]);
-  for (; j < n; ++j) m = std::max(m, s[j]);
-  return m;
+    for (int64_t j = j0; j < j0 + kLanes; ++j) m.v[j - j0] = m.v[j - j0] > s[j] ? m.v[j - j0] : s[j];
+  return m.max();
 }
 
 // gap of a row into buf, exact where gap < eta (BOTH_ENDS: also where gap > 2 − eta)

@@ -195,10 +195,7 @@ void backward_item(const Problem& P, const Terms& T, Grads& Gr, int64_t item, Wo
   float* dq = row_ptr_mut(P.dq, n, P.H, i0);
   for (int64_t r = 0; r < rows; ++r) {  // rowsum(dO ⊙ O)
     const float* o = row_ptr(P.out, n, P.H, i0 + r);
-    const float* dor = dout + r * P.dout.sr;
-    double delta = 0.0;
-    for (int64_t d = 0; d < P.Ev; ++d) delta += (double)dor[d] * o[d];
-    ws.delta[r] = (float)delta;
+    ws.delta[r] = (float)dot_double(dout + r * P.dout.sr, o, P.Ev);
   }
   std::fill(ws.acc.begin(), ws.acc.end(), 0.0f);
   if (S == 0)

@@ -63,27 +63,29 @@ void sphere_backward_row(const Problem& P, const Terms& T, Row& w, float* scratc
   float* __restrict__ g = w.g;
   float* __restrict__ dp = w.dp;
   const float delta_i = w.delta;
-  float gr = 0, gmu = 0;
+  Lanes gr, gmu;
   const int64_t jmax = w.jmax, jpad = w.jpad;
-#pragma omp simd reduction(+ : gr, gmu)
-  for (int64_t j = 0; j < jpad; ++j) {
+  for (int64_t j0 = 0; j0 < jpad; j0 += kLanes)
+#pragma omp simd
+  for (int64_t j = j0; j < j0 + kLanes; ++j) {
+    const int64_t t = j - j0;
     float dth;
     const float theta = sphere_angle(gap[j], dth);
     const float sj = masked<M>(mu * theta, madd, j);
     const bool live = j < jmax && sj != kNegInf;
     const float p = live ? fexp(sj - lse) : 0.0f;
     const float ds = live ? p * (dp[j] - delta_i) : 0.0f;
-    gmu += ds * theta;
+    gmu.v[t] += ds * theta;
     const float ggap = ds * mu * dth;
     const float gram = g[j];
-    gr -= ggap * gram * rhok[j];
+    gr.v[t] -= ggap * gram * rhok[j];
     gkr[j] -= ggap * gram * rho;
     dp[j] = -ggap * rho * rhok[j];
     g[j] = p;
   }
   for (int64_t j = jpad; j < w.S; ++j) g[j] = dp[j] = 0.0f;
-  w.gr = gr;
-  w.gmu += gmu;
+  w.gr = gr.sum();
+  w.gmu += gmu.sum();
 }
 
 }  // namespace geoattn_native

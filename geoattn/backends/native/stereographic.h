@@ -105,10 +105,12 @@ void stereo_backward_row(const Problem& P, const Terms& T, Row& w, float* scratc
   const float delta_i = w.delta;
   float* __restrict__ g = w.g;
   float* __restrict__ dp = w.dp;
-  float ga = 0, gs = 0, gr = 0, gkap = 0, gmu = 0;
+  Lanes ga, gs, gr, gkap, gmu;
   const int64_t jmax = w.jmax, jpad = w.jpad;
-#pragma omp simd reduction(+ : ga, gs, gr, gkap, gmu)
-  for (int64_t j = 0; j < jpad; ++j) {
+  for (int64_t j0 = 0; j0 < jpad; j0 += kLanes)
+#pragma omp simd
+  for (int64_t j = j0; j < j0 + kLanes; ++j) {
+    const int64_t t = j - j0;
     float delta, v, sh, s, x, root;
     bool ser_r, ser_d;
     const float R = stereo_radial<SIGN>(r, j, delta, v, sh, ser_r);
@@ -124,13 +126,13 @@ void stereo_backward_row(const Problem& P, const Terms& T, Row& w, float* scratc
     // ∂d/∂s² = 1/(s √(1 − κ s²)) = 1/(s·root); explicit ∂d/∂κ = 2 s s² H'(x), H' = (1/root − H)/(2x)
     const float inv_sroot = 1.0f / (s * root);
     const float gd = ds * r.mu;
-    gmu += ds * d;
+    gmu.v[t] += ds * d;
     const float gs2 = floored ? 0.0f : gd * inv_sroot;
     if (KG) {
       const float inv_root = s * inv_sroot;
       const float hf = d * (0.5f * root * inv_sroot);  // H(x) = d/(2s)
       const float dh_ser = 1.0f / 6.0f + x * (3.0f / 20.0f + x * (15.0f / 112.0f));
-      gkap += gd * (ser_d ? 2.0f * s * s2 * dh_ser : s * (inv_root - hf) * inv_kappa);
+      gkap.v[t] += gd * (ser_d ? 2.0f * s * s2 * dh_ser : s * (inv_root - hf) * inv_kappa);
     }
     // radial part: ∂R/∂Δ and explicit ∂R/∂κ, from the series or from sh, ch = sinh|sin, cosh|cos(√|κ|Δ)
     const float ch = SIGN < 0 ? r.al * r.be[j] + r.al2 * r.be2[j] : r.al2 * r.be[j] + r.al * r.be2[j];
@@ -140,23 +142,23 @@ void stereo_backward_row(const Problem& P, const Terms& T, Row& w, float* scratc
     const float dR_dkappa = ser_r ? d4 * (-1.0f / 3.0f + v * (4.0f / 45.0f))
                                   : sgn * (sh * ch * delta * r.inv_c * r.inv_sqrt_c - R * r.inv_c);
     const float gdelta = gs2 * dR_ddelta;
-    ga += gdelta;
+    ga.v[t] += gdelta;
     gkb[j] -= gdelta;
-    if (KG) gkap += gs2 * dR_dkappa;
+    if (KG) gkap.v[t] += gs2 * dR_dkappa;
     // angular part: s² ∋ 2σσ'(1 − Gρρ')
     const float ggap = gs2 * two_ss;
-    gs += gs2 * 2.0f * r.sigk[j] * gap[j];
+    gs.v[t] += gs2 * 2.0f * r.sigk[j] * gap[j];
     gks[j] += gs2 * 2.0f * r.sig * gap[j];
     const float gram = g[j];
-    gr -= ggap * gram * r.rhok[j];
+    gr.v[t] -= ggap * gram * r.rhok[j];
     gkr[j] -= ggap * gram * r.rho;
     dp[j] = -ggap * r.rho * r.rhok[j];  // dGram
     g[j] = p;
   }
   for (int64_t j = jpad; j < w.S; ++j) g[j] = dp[j] = 0.0f;
-  w.ga = ga, w.gs = gs, w.gr = gr;
-  w.gkap += gkap;
-  w.gmu += gmu;
+  w.ga = ga.sum(), w.gs = gs.sum(), w.gr = gr.sum();
+  if (KG) w.gkap += gkap.sum();
+  w.gmu += gmu.sum();
 }
 
 }  // namespace geoattn_native

@@ -124,11 +124,6 @@ inline double stereo_chain_hyperbolic(const double* norms, int64_t rows, double 
   return g_kappa;
 }
 
-inline double row_norm(const float* x, int64_t D) {
-  double s = 0.0;
-#pragma omp simd reduction(+ : s)
-  for (int64_t d = 0; d < D; ++d) s += (double)x[d] * x[d];
-  return std::sqrt(s);
-}
+inline double row_norm(const float* x, int64_t D) { return std::sqrt(dot_double(x, x, D)); }
 
 }  // namespace geoattn_native
