@@ -199,23 +199,6 @@ inline float* row_ptr_mut(const View& t, int64_t n, int64_t H, int64_t r) {
 // the store-forwarding logic (measured 2.5× on the backward).
 inline int64_t padded(int64_t S) { return S + 80; }
 
-// Σ a[d]·b[d] in double: 8 partial sums (one vector of doubles) added by halves, then the tail. A plain loop is a
-// chain of dependent scalar adds (not vectorised without reassociation), an `omp simd reduction` ends with one.
-inline double dot_double(const float* a, const float* b, int64_t n) {
-  constexpr int kW = 8;
-  double acc[kW] = {};
-  int64_t d0 = 0;
-  for (; d0 + kW <= n; d0 += kW)
-#pragma omp simd
-    for (int t = 0; t < kW; ++t) acc[t] += (double)a[d0 + t] * b[d0 + t];
-  for (int w = kW / 2; w > 0; w /= 2)
-#pragma omp simd
-    for (int t = 0; t < w; ++t) acc[t] += acc[t + w];
-  double s = acc[0];
-  for (; d0 < n; ++d0) s += (double)a[d0] * b[d0];
-  return s;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Rows.
 // ---------------------------------------------------------------------------------------------
@@ -242,25 +225,41 @@ inline float clamped_gap(float gram, float rho, float rhok) {
 constexpr int64_t kLanes = 16;
 inline int64_t lanes_up(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }
 
-// Per-lane partial sums of a row loop, run in blocks of kLanes (`for j0 …; omp simd for j in [j0, j0 + kLanes)`,
-// adding into v[j − j0]), summed by halves at the end: 4 dependent vector adds. `omp simd reduction` ends the
-// loop with the lanes added one after another, 16 dependent scalar adds per sum and row (GCC 12, masked
-// epilogues): at 64 keys a third of the exp pass, and the max of a row the same.
-struct Lanes {
-  float v[kLanes] = {};
-  float sum() {
-    for (int w = kLanes / 2; w > 0; w /= 2)
+// W per-lane partial results of a loop run in blocks of W (`for j0 …; omp simd for j in [j0, j0 + W)`, into
+// v[j − j0]), combined by halves at the end: log2(W) dependent vector ops. `omp simd reduction` ends the loop
+// with the lanes added one after another, 16 dependent scalar adds per sum and row (GCC 12, masked epilogues):
+// at 64 keys a third of the exp pass, and the max of a row the same.
+template <class T, int W>
+struct Partials {
+  T v[W] = {};
+  T sum() {
+    for (int w = W / 2; w > 0; w /= 2)
 #pragma omp simd
       for (int t = 0; t < w; ++t) v[t] += v[t + w];
     return v[0];
   }
-  float max() {
-    for (int w = kLanes / 2; w > 0; w /= 2)
+  T max() {
+    for (int w = W / 2; w > 0; w /= 2)
 #pragma omp simd
       for (int t = 0; t < w; ++t) v[t] = v[t] > v[t + w] ? v[t] : v[t + w];
     return v[0];
   }
 };
+using Lanes = Partials<float, kLanes>;  // a row's sums and maxima
+
+// Σ a[d]·b[d] in double: 8 partial sums (one vector of doubles), then the tail. A plain loop is a chain of
+// dependent scalar adds (not vectorised without reassociation), an `omp simd reduction` ends with one.
+inline double dot_double(const float* a, const float* b, int64_t n) {
+  constexpr int kW = 8;
+  Partials<double, kW> acc;
+  int64_t d0 = 0;
+  for (; d0 + kW <= n; d0 += kW)
+#pragma omp simd
+    for (int t = 0; t < kW; ++t) acc.v[t] += (double)a[d0 + t] * b[d0 + t];
+  double s = acc.sum();
+  for (; d0 < n; ++d0) s += (double)a[d0] * b[d0];
+  return s;
+}
 
 struct Row {  // one query row of a tile: keys c0 … c0 + S − 1 of the head (a chunk); j counts from c0
   int64_t n, i, c0, jmax, jpad, S;  // keys j < jmax take part (causal rows end early); j ≥ jmax get p = 0
