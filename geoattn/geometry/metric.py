@@ -1,6 +1,7 @@
 """A learned metric per head: Mahalanobis-distance attention with an SPD matrix by construction."""
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -13,10 +14,17 @@ from .base import AffineForm, Lifted, NativeSpec, TemperedGeometry
 from .registry import register
 
 
+@functools.lru_cache(maxsize=64)
+def _scaled_identity(size: int, epsilon: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``εI`` (size × size), made once per size, ε, dtype and device (read only: the ``baddbmm`` input of
+    :func:`metric_tensor`; making it took two of the five torch ops of a native call's G)."""
+    return epsilon * torch.eye(size, device=device, dtype=dtype)
+
+
 def metric_tensor(factor: Tensor, raw_diagonal: Tensor | None, epsilon: float) -> Tensor:
     """``G`` per head, shape ``(heads, E, E)``, in one ``baddbmm``: ``F Fᵀ + εI`` (full rank, ``raw_diagonal``
     None) or ``U Uᵀ + diag(softplus(d) + ε)`` (``factor`` U (heads, E, r), ``raw_diagonal`` d (heads, E))."""
-    diagonal = (epsilon * torch.eye(factor.shape[-2], device=factor.device, dtype=factor.dtype)
+    diagonal = (_scaled_identity(factor.shape[-2], epsilon, factor.dtype, factor.device)
                 if raw_diagonal is None else torch.diag_embed(F.softplus(raw_diagonal) + epsilon))
     return torch.baddbmm(diagonal.expand(factor.shape[0], -1, -1), factor, factor.transpose(-1, -2))
 
@@ -46,15 +54,17 @@ class MetricConstants:
     def values(self) -> Tensor:
         """G, (heads, E, E) float32, contiguous, outside autograd."""
         with torch.no_grad():
-            g = metric_tensor(self.factor, self.raw_diagonal, self.epsilon)
-            return g.float().expand(self.heads, -1, -1).contiguous()
+            g = metric_tensor(self.factor, self.raw_diagonal, self.epsilon).float()
+            return g if g.shape[0] == self.heads else g.expand(self.heads, -1, -1).contiguous()
 
     def grads(self, d_metric: Tensor) -> tuple[Tensor, Tensor | None]:
         """The gradients of ``factor`` and ``raw_diagonal`` (None when absent) from that of G ((heads, E, E),
         summed here over the heads that share a parameter, in the parameters' dtype)."""
         with torch.no_grad():
             f = self.factor
-            dg = d_metric.to(f.dtype).sum_to_size(f.shape[0], *d_metric.shape[1:])
+            dg = d_metric.to(f.dtype)
+            if dg.shape[0] != f.shape[0]:  # heads that share a parameter
+                dg = dg.sum_to_size(f.shape[0], *d_metric.shape[1:])
             d_factor = (dg + dg.transpose(-1, -2)) @ f
             if self.raw_diagonal is None:
                 return d_factor, None

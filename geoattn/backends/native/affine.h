@@ -5,7 +5,9 @@
 // a temperature), so the caller passes the raw vectors and nothing of size L × E is made for the score.
 // The terms: αᵢ query term 0, aᵢ query term 1; βⱼ key term 0, γⱼ key term 1, bⱼ key term 2, computed by
 // compute_terms for the radial kinds (Lorentz, cosine, l2) or written by the caller (kAffine, μ = 1).
-// OUTER: the αᵢγⱼ term is there. Gradients of the terms go to the same slots.
+// OUTER: the αᵢγⱼ term is there. FACTORS: aᵢ and bⱼ are there; without them (the learned metric, l2: a = b = 1)
+// the rows skip their products and their gradients, which no chain reads (the same bits: a product with 1 is
+// exact). Gradients of the terms go to the same slots.
 #pragma once
 
 #include "terms.h"
@@ -23,7 +25,7 @@ struct AffineTerms {
 };
 
 // scores of a row into scratch; returns their max
-template <bool M, bool OUTER>
+template <bool M, bool OUTER, bool FACTORS>
 float affine_scores(const Problem& P, const Terms& T, const Row& w, float* scratch) {
   const AffineTerms<OUTER> t(P, T, w);
   const float *beta = t.beta, *gamma = t.gamma, *bk = t.bk;
@@ -34,13 +36,14 @@ float affine_scores(const Problem& P, const Terms& T, const Row& w, float* scrat
   const int64_t jmax = w.jmax, jpad = w.jpad;
 #pragma omp simd
   for (int64_t j = 0; j < jpad; ++j) {
-    const float x = OUTER ? aq * bk[j] * g[j] + beta[j] + alpha * gamma[j] : aq * bk[j] * g[j] + beta[j];
+    const float gram = FACTORS ? aq * bk[j] * g[j] : g[j];
+    const float x = OUTER ? gram + beta[j] + alpha * gamma[j] : gram + beta[j];
     score[j] = j < jmax ? masked<M>(mu * x, madd, j) : kNegInf;
   }
   return row_max(score, jpad);
 }
 
-template <bool M, bool OUTER>
+template <bool M, bool OUTER, bool FACTORS>
 void affine_backward_row(const Problem& P, const Terms& T, Row& w, float* scratch) {
   if (keyless_row(w)) return;
   const float lse = *w.lse;
@@ -61,26 +64,29 @@ void affine_backward_row(const Problem& P, const Terms& T, Row& w, float* scratc
   for (int64_t j = j0; j < j0 + kLanes; ++j) {
     const int64_t t = j - j0;
     const float gram = g[j];
-    const float x = OUTER ? aq * bk[j] * gram + beta[j] + alpha * gamma[j] : aq * bk[j] * gram + beta[j];
+    const float ab = FACTORS ? aq * bk[j] * gram : gram;
+    const float x = OUTER ? ab + beta[j] + alpha * gamma[j] : ab + beta[j];
     const float sj = masked<M>(mu * x, madd, j);
     const float p = j < jmax && sj != kNegInf ? fexp(sj - lse) : 0.0f;
     const float dsm = j < jmax ? p * (dp[j] - delta_i) : 0.0f;  // ∂L/∂s
     gmu.v[t] += dsm * x;
     const float ds = dsm * mu;                // ∂L/∂x
-    const float dsg = ds * gram;
     gkb[j] += ds;
-    gkr[j] += dsg * aq;
-    gaq.v[t] += dsg * bk[j];
+    if (FACTORS) {
+      const float dsg = ds * gram;
+      gkr[j] += dsg * aq;
+      gaq.v[t] += dsg * bk[j];
+    }
     if (OUTER) {
       gks[j] += ds * alpha;
       galpha.v[t] += ds * gamma[j];
     }
-    dp[j] = ds * aq * bk[j];  // dGram
+    dp[j] = FACTORS ? ds * aq * bk[j] : ds;  // dGram
     g[j] = p;
   }
   for (int64_t j = jpad; j < w.S; ++j) g[j] = dp[j] = 0.0f;
   w.ga = OUTER ? galpha.sum() : 0.0f;  // ∂/∂αᵢ
-  w.gs = gaq.sum();                     // ∂/∂aᵢ
+  w.gs = FACTORS ? gaq.sum() : 0.0f;    // ∂/∂aᵢ
   w.gmu += gmu.sum();
 }
 

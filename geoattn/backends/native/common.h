@@ -50,7 +50,7 @@ struct Problem {
   float *qterms, *kterms;     // (B·H, kTerms, L), (B·H, kTerms, S)
   double *qnorm, *knorm;      // raw norms ‖q‖, ‖k‖ in double, (B·H, L), (B·H, S)
   // backward
-  View dout, dq, dk, dv;      // dq written, dk/dv zero-filled by the caller
+  View dout, dq, dk, dv;      // written
   double* dkappa;             // (H,) accumulated
   double* dmu;                // (H,) accumulated
   float* dkbias;              // affine: ∂/∂β (B·H, S), written
@@ -66,6 +66,10 @@ struct Problem {
 }  // extern "C"
 
 namespace geoattn_native {
+
+// the affine kinds whose per-token factors aᵢ, bⱼ are not all 1 (the learned metric and l2 have a = b = 1 and no
+// outer term: affine.h's rows skip them)
+inline bool has_factors(const Problem& P) { return P.kind != kMetric && P.kind != kL2; }
 
 // ---------------------------------------------------------------------------------------------
 // Vectorisable elementary functions (Cephes single precision, < 2 ulp on their domains).

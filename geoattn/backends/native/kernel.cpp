@@ -42,8 +42,10 @@ namespace geoattn_native {
 template <bool M>
 float row_scores(const Problem& P, const Terms& T, const Row& w, float* scratch) {
   if (P.kind == kSphere) return sphere_scores<M>(P, T, w, scratch);
-  if (affine_kind(P.kind))
-    return P.outer ? affine_scores<M, true>(P, T, w, scratch) : affine_scores<M, false>(P, T, w, scratch);
+  if (affine_kind(P.kind)) {
+    if (!has_factors(P)) return affine_scores<M, false, false>(P, T, w, scratch);  // the metric, l2: no outer term
+    return P.outer ? affine_scores<M, true, true>(P, T, w, scratch) : affine_scores<M, false, true>(P, T, w, scratch);
+  }
   const float kappa = P.kappa[w.n % P.H];
   if (kappa < 0.0f) return stereo_scores<-1, M>(P, T, w, scratch);
   if (kappa > 0.0f) return stereo_scores<1, M>(P, T, w, scratch);
@@ -61,8 +63,11 @@ void stereo_backward_any(const Problem& P, const Terms& T, Row& w, float* scratc
 template <bool M>
 void row_backward(const Problem& P, const Terms& T, Row& w, float* scratch) {
   if (P.kind == kSphere) return sphere_backward_row<M>(P, T, w, scratch);
-  if (affine_kind(P.kind))
-    return P.outer ? affine_backward_row<M, true>(P, T, w, scratch) : affine_backward_row<M, false>(P, T, w, scratch);
+  if (affine_kind(P.kind)) {
+    if (!has_factors(P)) return affine_backward_row<M, false, false>(P, T, w, scratch);
+    return P.outer ? affine_backward_row<M, true, true>(P, T, w, scratch)
+                   : affine_backward_row<M, false, true>(P, T, w, scratch);
+  }
   P.want_dkappa ? stereo_backward_any<M, true>(P, T, w, scratch) : stereo_backward_any<M, false>(P, T, w, scratch);
 }
 
@@ -81,6 +86,19 @@ struct Work {
 };
 
 inline int64_t blocks(const Problem& P) { return (P.L + P.bq - 1) / P.bq; }
+
+// One work item per head (L ≤ bq): its thread owns the head's dK and dV, and the backward's GEMMs write each
+// chunk's rows of them directly, not into the thread's buffers that flush adds up.
+inline bool whole_heads(const Problem& P) { return blocks(P) == 1; }
+
+// rows [from, S) of head n's dK and dV ← 0 (keys no query attends to; with several work items per head, all of
+// them before the items accumulate)
+void zero_key_grads(const Problem& P, int64_t n, int64_t from) {
+  for (int64_t j = from; j < P.S; ++j) {
+    std::memset(row_ptr_mut(P.dk, n, P.H, j), 0, sizeof(float) * P.D);
+    std::memset(row_ptr_mut(P.dv, n, P.H, j), 0, sizeof(float) * P.Ev);
+  }
+}
 
 // row i of head n against keys c0 … c0 + S − 1 (g, dp: its tile rows, lanes_up(S) long)
 Row make_row(const Problem& P, const Terms& T, int64_t n, int64_t i, int64_t c0, int64_t S, float* g, float* dp) {
@@ -157,9 +175,10 @@ struct Grads {  // per-token gradients of the terms, (B·H, rows, 3): a|σ|ρ
 void flush(const Problem& P, Work& ws, Grads& Gr) {
   if (ws.head < 0) return;
   const int64_t n = ws.head;
+  const bool whole = whole_heads(P);
 #pragma omp critical(geoattn_flush)
   {
-    for (int64_t j = 0; j < P.S; ++j) {
+    for (int64_t j = 0; !whole && j < P.S; ++j) {
       float* dk = row_ptr_mut(P.dk, n, P.H, j);
       float* dv = row_ptr_mut(P.dv, n, P.H, j);
       const float* sk = ws.dk.data() + j * P.D;
@@ -175,8 +194,10 @@ void flush(const Problem& P, Work& ws, Grads& Gr) {
     P.dkappa[n % P.H] += ws.gkap;
     P.dmu[n % P.H] += ws.gmu;
   }
-  std::fill(ws.dk.begin(), ws.dk.end(), 0.0f);
-  std::fill(ws.dv.begin(), ws.dv.end(), 0.0f);
+  if (!whole) {
+    std::fill(ws.dk.begin(), ws.dk.end(), 0.0f);
+    std::fill(ws.dv.begin(), ws.dv.end(), 0.0f);
+  }
   std::fill(ws.gk.begin(), ws.gk.end(), 0.0f);
   ws.gkap = ws.gmu = 0.0;
   ws.head = -1;
@@ -200,7 +221,7 @@ void backward_item(const Problem& P, const Terms& T, Grads& Gr, int64_t item, Wo
   std::fill(ws.acc.begin(), ws.acc.end(), 0.0f);
   if (S == 0)
     for (int64_t r = 0; r < rows; ++r) std::memset(dq + r * P.dq.sr, 0, sizeof(float) * P.D);
-  const bool masked = has_mask(P);
+  const bool masked = has_mask(P), whole = whole_heads(P);
   const int64_t ps = padded(P.S);
   for (int64_t c0 = 0; c0 < S; c0 += P.chunk) {
     const int64_t Sc = std::min<int64_t>(P.chunk, S - c0), ld = lanes_up(Sc);
@@ -221,10 +242,14 @@ void backward_item(const Problem& P, const Terms& T, Grads& Gr, int64_t item, Wo
       ws.gmu += w.gmu;
     }
     // dV_c += Pᵀ dO,  dQ += dGram K_c,  dK_c += dGramᵀ Q
-    gemm_atb(P, (int)Sc, (int)P.Ev, (int)rows, G, ld, dout, P.dout.sr, 1.0f, ws.dv.data() + c0 * P.Ev, P.Ev);
+    float* dv = whole ? row_ptr_mut(P.dv, n, P.H, c0) : ws.dv.data() + c0 * P.Ev;
+    float* dk = whole ? row_ptr_mut(P.dk, n, P.H, c0) : ws.dk.data() + c0 * P.D;
+    const float add = whole ? 0.0f : 1.0f;  // a whole head's chunk rows are written once
+    gemm_atb(P, (int)Sc, (int)P.Ev, (int)rows, G, ld, dout, P.dout.sr, add, dv, whole ? P.dv.sr : P.Ev);
     gemm_ab(P, (int)rows, (int)P.D, (int)Sc, dP, ld, kc, P.k.sr, c0 > 0 ? 1.0f : 0.0f, dq, P.dq.sr);
-    gemm_atb(P, (int)Sc, (int)P.D, (int)rows, dP, ld, q, P.q.sr, 1.0f, ws.dk.data() + c0 * P.D, P.D);
+    gemm_atb(P, (int)Sc, (int)P.D, (int)rows, dP, ld, q, P.q.sr, add, dk, whole ? P.dk.sr : P.D);
   }
+  if (whole) zero_key_grads(P, n, S);  // causal: the keys after the last query
   for (int64_t r = 0; r < rows; ++r) {
     float* gq = Gr.q.data() + n * 3 * P.L + (i0 + r);
     const float* acc = ws.acc.data() + 3 * r;
@@ -378,8 +403,10 @@ void parallel_items(const Problem& P, bool backward, Fn&& fn, Grads* Gr) {
     if (backward) {
       ws.dtile.assign(tile, 0.0f);
       ws.delta.resize(P.bq), ws.acc.resize(3 * P.bq);
-      ws.dk.assign(P.S * P.D, 0.0f);
-      ws.dv.assign(P.S * P.Ev, 0.0f);
+      if (!whole_heads(P)) {
+        ws.dk.assign(P.S * P.D, 0.0f);
+        ws.dv.assign(P.S * P.Ev, 0.0f);
+      }
       ws.gk.assign(3 * padded(P.S), 0.0f);
     }
     // contiguous chunks: a thread's items share heads, so its accumulators are flushed rarely
@@ -418,6 +445,10 @@ void geoattn_backward(const Problem* P) {
   Grads Gr;
   Gr.q.assign(P->B * P->H * 3 * P->L, 0.0f);
   Gr.k.assign(P->B * P->H * 3 * P->S, 0.0f);
+  if (!whole_heads(*P)) {
+#pragma omp parallel for schedule(static) num_threads(P->nthreads)
+    for (int64_t n = 0; n < P->B * P->H; ++n) zero_key_grads(*P, n, 0);
+  }
   parallel_items(Q, true, [&](int64_t item, Work& ws) { backward_item(Q, T, Gr, item, ws); }, &Gr);
   if (P->kind == kMetric) {
     metric_chain(*P, Gr.k.data());

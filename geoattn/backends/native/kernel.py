@@ -77,11 +77,12 @@ class Plan:
     keep: tuple = ()                # tensors only the struct points to (kept alive until the backward)
 
 
-def _problem(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: ctypes.Array, mu: ctypes.Array, terms) -> _Problem:
+def _problem(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: ctypes.Array, mu: ctypes.Array,
+             terms: tuple[int, int, int, int]) -> _Problem:
     B, H, L, D = q.shape
     S = k.shape[2]
     chunk = max(1, min(S, CHUNK))
-    qterms, kterms, qnorm, knorm = (t.data_ptr() for t in terms)
+    qterms, kterms, qnorm, knorm = terms
     p = _Problem(B=B, H=H, L=L, S=S, D=D, Ev=v.shape[-1], bq=max(16, min(256, TILE_ELEMENTS // chunk)),
                  kind=KINDS[plan.kind], causal=int(plan.causal), nthreads=torch.get_num_threads(), chunk=chunk,
                  q=_view(q), k=_view(k), v=_view(v), kappa=ctypes.addressof(kappa), mu=ctypes.addressof(mu),
@@ -97,56 +98,57 @@ def _problem(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: ctypes.Array, m
     return p
 
 
-def _heads_last(like: Tensor, rows: int, cols: int, zero: bool = False) -> Tensor:
-    """A (B, H, rows, cols) float32 buffer laid out as (B, rows, H, cols), SDPA's layout for its outputs and
-    gradients: what a transformer layer makes of them (``out.transpose(1, 2).reshape(B, T, H·E)``, the
-    gradients of q, k, v split from one projection) is then a view, not a copy. ``zero``: filled with zeros."""
+def _heads_last(like: Tensor, rows: int, cols: int) -> Tensor:
+    """An uninitialised (B, H, rows, cols) float32 buffer laid out as (B, rows, H, cols), SDPA's layout for its
+    outputs and gradients: what a transformer layer makes of them (``out.transpose(1, 2).reshape(B, T, H·E)``,
+    the gradients of q, k, v split from one projection) is then a view, not a copy."""
     B, H = like.shape[:2]
-    t = torch.empty_strided((B, H, rows, cols), (rows * H * cols, cols, H * cols, 1), dtype=like.dtype,
-                            device=like.device)
-    return t.zero_() if zero else t
+    return torch.empty_strided((B, H, rows, cols), (rows * H * cols, cols, H * cols, 1), dtype=like.dtype,
+                               device=like.device)
 
 
-def _buffers(q: Tensor, k: Tensor, affine: "AffineTerms | None") -> tuple[Tensor, tuple[Tensor, ...]]:
-    """The forward's small outputs, views of one zeroed allocation: the lse (B·H, L), the per-token term
-    buffers (B·H, 5, L), (B·H, 5, S padded) in float and the norms (B·H, L), (B·H, S) in double (first, so
-    they are aligned). The kernel fills them (forward) for its own kinds; the affine kind's terms are written
-    here (affine.h)."""
+def _buffers(q: Tensor, k: Tensor, affine: "AffineTerms | None") -> tuple[Tensor, int, tuple[int, int, int, int]]:
+    """The forward's small outputs in one zeroed float32 allocation, kept by the caller until the backward:
+    the norms (B·H, L), (B·H, S) in double (first, so they are aligned), the lse (B·H, L) and the per-token term
+    buffers (B·H, 5, L), (B·H, 5, S padded). Returns the allocation, the lse's address and the terms' addresses
+    (q terms, k terms, q norms, k norms): the kernel reaches them only through the struct, so no view of them is
+    made. The kernel fills them (forward) for its own kinds; the affine kind's terms are written here (affine.h)."""
     B, H, L, _ = q.shape
     S = k.shape[2]
     N, Sp = B * H, -(-S // LANES) * LANES
     # key-term rows padded with zeros to whole vectors: the kernel's row loops read up to one past S (Row)
     start = 2 * N * (L + S)  # floats taken by the norms
     buf = q.new_zeros(start + N * (L + TERMS * (L + Sp)))
-    norms = buf[:start].view(torch.float64)
-    lse = buf.as_strided((N, L), (L, 1), start)
-    terms = (buf.as_strided((N, TERMS, L), (TERMS * L, L, 1), start + N * L),
-             buf.as_strided((N, TERMS, Sp), (TERMS * Sp, Sp, 1), start + N * L * (1 + TERMS)),
-             norms.as_strided((N, L), (L, 1), 0), norms.as_strided((N, S), (S, 1), N * L))
+    base, size = buf.data_ptr(), buf.element_size()
+    lse = base + size * start
+    qterms = lse + size * N * L
+    kterms = qterms + size * N * TERMS * L
     if affine is not None:
-        qt, kt = terms[0].view(B, H, TERMS, L), terms[1].view(B, H, TERMS, -1)[..., :S]
+        qt = buf.as_strided((B, H, TERMS, L), (H * TERMS * L, TERMS * L, L, 1), start + N * L)
+        kt = buf.as_strided((B, H, TERMS, S), (H * TERMS * Sp, TERMS * Sp, Sp, 1), start + N * L * (1 + TERMS))
         qt[:, :, 1].copy_(affine.q_factor)
         kt[:, :, 0].copy_(affine.k_bias)
         kt[:, :, 2].copy_(affine.k_factor)
         if affine.outer:
             qt[:, :, 0].copy_(affine.alpha)
             kt[:, :, 1].copy_(affine.gamma)
-    return lse, terms
+    return buf, lse, (qterms, kterms, base, base + 2 * size * N * L)
 
 
 def _forward(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: list[float], mu: list[float],
-             affine: AffineTerms | None = None, metric: Tensor | None = None):
-    """One forward call: (out (B, H, L, Ev), lse (B·H, L), per-token terms kept for the backward). The filled
-    struct stays on ``plan`` for the backward, which adds its own fields. ``kappa``, ``mu``: one float per
-    head; ``metric``: the metric kind's G (H, E, E) float32, contiguous."""
+             affine: AffineTerms | None = None, metric: Tensor | None = None) -> Tensor:
+    """One forward call: the output (B, H, L, Ev). The filled struct stays on ``plan`` for the backward, which
+    adds its own fields, and with it (``plan.keep``) what only the struct points to: the lse and per-token
+    terms (:func:`_buffers`), the per-head constants, the metric kind's G and k̃. ``kappa``, ``mu``: one float
+    per head; ``metric``: the metric kind's G (H, E, E) float32, contiguous."""
     B, H, L, _ = q.shape
     out = _heads_last(q, L, v.shape[-1])
     clipped = ctypes.c_int64(0)
-    lse, terms = _buffers(q, k, affine)
+    buf, lse, terms = _buffers(q, k, affine)
     kappa, mu = _floats(kappa), _floats(mu)
     p = _problem(plan, q, k, v, kappa, mu, terms)
-    p.out, p.lse, p.clipped = _view(out), lse.data_ptr(), ctypes.addressof(clipped)
-    keep = (kappa, mu)
+    p.out, p.lse, p.clipped = _view(out), lse, ctypes.addressof(clipped)
+    keep = (buf, kappa, mu)
     if affine is not None:
         p.outer = int(affine.outer)
     if metric is not None:  # k̃ = G k, written here and read by the backward (as is G)
@@ -156,20 +158,21 @@ def _forward(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: list[float], mu
     plan.native.lib.geoattn_forward(ctypes.byref(p))
     plan.clipped = clipped.value
     plan.problem, plan.keep = p, keep
-    return out, lse, terms
+    return out
 
 
-def _backward(plan: Plan, q, k, v, out, lse, dout: Tensor, want_dkappa: bool = True, outer: bool | None = None):
-    """One backward call, on the forward's struct (q, k, v, out, lse and the terms are the forward's tensors,
-    kept by autograd): (dq, dk, dv, dκ (zeros unless ``want_dkappa``) and dμ (one float per head each,
-    accumulated in double), the gradients of the affine kind's terms as an :class:`AffineTerms`, of G (H, E, E)
-    for the metric kind, None for the other kinds). ``outer``: the affine kind's score has the outer term (None:
-    not the affine kind)."""
+def _backward(plan: Plan, q: Tensor, k: Tensor, v: Tensor, dout: Tensor, want_dkappa: bool = True,
+              outer: bool | None = None):
+    """One backward call, on the forward's struct (q, k, v are the forward's tensors, kept by autograd with its
+    output; the struct points to them and to ``plan.keep``): (dq, dk, dv, dκ (zeros unless ``want_dkappa``)
+    and dμ (one float per head each, accumulated in double), the gradients of the affine kind's terms as an
+    :class:`AffineTerms`, of G (H, E, E) for the metric kind, None for the other kinds). ``outer``: the affine
+    kind's score has the outer term (None: not the affine kind)."""
     dout = dout if dout.stride(-1) == 1 else dout.contiguous()
     B, H, L, _ = q.shape
     S = k.shape[2]
     dq = _heads_last(q, L, q.shape[-1])
-    dk, dv = _heads_last(k, S, k.shape[-1], zero=True), _heads_last(v, S, v.shape[-1], zero=True)  # accumulated
+    dk, dv = _heads_last(k, S, k.shape[-1]), _heads_last(v, S, v.shape[-1])
     dhead = (ctypes.c_double * (2 * H))()  # dκ, dμ (zeros)
     p = plan.problem
     p.nthreads = torch.get_num_threads()
@@ -211,16 +214,16 @@ class NativeAttention(torch.autograd.Function):
                 diagonal: Tensor | None, plan: Plan) -> Tensor:
         kappa, mu = plan.head.values()
         metric = None if plan.metric is None else plan.metric.values()
-        out, lse, terms = _forward(plan, q, k, v, kappa, mu, metric=metric)
-        ctx.save_for_backward(q, k, v, out, lse, *terms)
+        out = _forward(plan, q, k, v, kappa, mu, metric=metric)
+        ctx.save_for_backward(q, k, v, out)
         ctx.plan = plan
         return out
 
     @staticmethod
     def backward(ctx, dout: Tensor):
-        q, k, v, out, lse, *terms = ctx.saved_tensors
+        q, k, v, _ = ctx.saved_tensors  # the output: the backward reads it through the struct
         need = ctx.needs_input_grad
-        dq, dk, dv, dkappa, dmu, dmetric = _backward(ctx.plan, q, k, v, out, lse, dout, need[3])
+        dq, dk, dv, dkappa, dmu, dmetric = _backward(ctx.plan, q, k, v, dout, need[3])
         d_raw, d_logt = ctx.plan.head.grads(dkappa, dmu)
         d_factor, d_diagonal = (None, None) if dmetric is None else ctx.plan.metric.grads(dmetric)
         return (dq, dk, dv, d_raw if need[3] else None, d_logt if need[4] else None,
@@ -256,15 +259,15 @@ class AffineAttention(torch.autograd.Function):
                 k_bias: Tensor, alpha: Tensor | None, gamma: Tensor | None) -> Tensor:
         affine = AffineTerms(q_factor, k_factor, k_bias, alpha, gamma)
         unused, one = [0.0] * q.shape[1], [1.0] * q.shape[1]  # κ (unread), μ = 1: terms in score units
-        out, lse, terms = _forward(plan, q, k, v, unused, one, affine)
-        ctx.save_for_backward(q, k, v, out, lse, *terms)
+        out = _forward(plan, q, k, v, unused, one, affine)
+        ctx.save_for_backward(q, k, v, out)
         ctx.plan, ctx.outer = plan, affine.outer
         return out
 
     @staticmethod
     def backward(ctx, dout: Tensor):
-        q, k, v, out, lse, *terms = ctx.saved_tensors
-        dq, dk, dv, _, _, g = _backward(ctx.plan, q, k, v, out, lse, dout, False, ctx.outer)
+        q, k, v, _ = ctx.saved_tensors
+        dq, dk, dv, _, _, g = _backward(ctx.plan, q, k, v, dout, False, ctx.outer)
         return dq, dk, dv, None, g.q_factor, g.k_factor, g.k_bias, g.alpha, g.gamma
 
 
