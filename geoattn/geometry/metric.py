@@ -65,7 +65,7 @@ class MetricConstants:
             dg = d_metric.to(f.dtype)
             if dg.shape[0] != f.shape[0]:  # heads that share a parameter
                 dg = dg.sum_to_size(f.shape[0], *d_metric.shape[1:])
-            d_factor = (dg + dg.transpose(-1, -2)) @ f
+            d_factor = torch.bmm(dg + dg.transpose(-1, -2), f)  # what @ runs, without matmul's dispatch
             if self.raw_diagonal is None:
                 return d_factor, None
             return d_factor, dg.diagonal(dim1=-2, dim2=-1) * torch.sigmoid(self.raw_diagonal)

@@ -59,7 +59,7 @@ struct Problem {
   int32_t outer, pad3_;       // affine: 1 when the score has the αᵢγⱼ term
   sgemm_fn sgemm;
   const float* metric;        // kMetric: G per head (H, D, D), symmetric
-  float* ktilde;              // kMetric: k̃ = G k (B·H, S, D), written by the forward, read by the backward
+  float* ktilde;              // kMetric: k̃ = G k (H, B, S, D), written by the forward, read by the backward
   float* dmetric;             // kMetric backward: ∂L/∂G per batch and head (B·H, D, D), written
 };
 

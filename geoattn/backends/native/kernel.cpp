@@ -396,7 +396,7 @@ void parallel_items(const Problem& P, bool backward, Fn&& fn, Grads* Gr) {
   {
     FlushDenormals ftz;
     Work ws;
-    const int64_t tile = P.bq * lanes_up(std::min<int64_t>(P.chunk, P.S));
+    const int64_t tile = std::min(P.bq, P.L) * lanes_up(std::min<int64_t>(P.chunk, P.S));  // an item has ≤ L rows
     ws.tile.assign(tile, 0.0f);  // zeros: the padding columns past a chunk stay finite (see Row)
     ws.rows.resize(3 * padded(P.S));
     ws.m.resize(P.bq), ws.l.resize(P.bq), ws.alpha.resize(P.bq);

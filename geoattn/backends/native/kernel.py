@@ -152,7 +152,7 @@ def _forward(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: list[float], mu
     if affine is not None:
         p.outer = int(affine.outer)
     if metric is not None:  # k̃ = G k, written here and read by the backward (as is G)
-        ktilde = q.new_empty(B, H, k.shape[2], k.shape[3])
+        ktilde = q.new_empty(H, B, k.shape[2], k.shape[3])  # head-major (metric.h)
         p.metric, p.ktilde = metric.data_ptr(), ktilde.data_ptr()
         keep = (*keep, metric, ktilde)
     plan.native.lib.geoattn_forward(ctypes.byref(p))
