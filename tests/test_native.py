@@ -127,6 +127,30 @@ def test_native_small_tiles_match_dense_float64(name, mask_kind, head_dim):
     _compare_with_float64(make, q, k, v, None, mask_kind == "causal", torch.float32)
 
 
+# q, k, v as a transformer layer passes them, views of (B, L, H, E) tensors: the learned metric's k̃ = K G then runs
+# as one sgemm per head over every batch element (metric.h); and L = 300 > 256 query rows, two work items per head,
+# whose dK and dV are accumulated across items (one item per head writes them directly, the shapes above).
+@pytest.mark.parametrize("L", [40, 300])
+@pytest.mark.parametrize("mask_kind", ["none", "causal", "bool"])
+@pytest.mark.parametrize("name", ["metric", "metric-full", "lorentz", "poincare", "l2"])
+def test_native_heads_last_inputs_and_query_blocks_match_dense_float64(name, mask_kind, L):
+    B, S = 2, (L if mask_kind == "causal" else L + 9)
+    gen = torch.Generator().manual_seed(zlib.crc32(f"layout/{name}/{mask_kind}/{L}".encode()))
+    mask, causal = _mask(mask_kind, B, L, S, gen)
+    q, k, v = ((0.6 * torch.randn(B, n, H, D, generator=gen, dtype=torch.float64)).float().requires_grad_()
+               for n in (L, S, S))
+    assert q.transpose(1, 2).stride()[0] == L * q.transpose(1, 2).stride()[2]  # batch elements stack
+
+    def make():  # parameters moved off their initial values (G ≈ I, κ = -1, τ = 1 there), the same each time
+        geom, moved = GEOMETRIES[name](), torch.Generator().manual_seed(7)
+        with torch.no_grad():
+            for p in geom.parameters():
+                p.add_(0.3 * torch.randn(p.shape, generator=moved, dtype=p.dtype))
+        return geom
+
+    _compare_with_float64(make, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, causal, torch.float32)
+
+
 @pytest.mark.parametrize("name", ["lorentz", "metric", "sphere-cosine", "poincare"])
 def test_auto_runs_the_native_kernel_on_cpu_float32(name):
     q = torch.randn(1, H, 16, D)
