@@ -1,10 +1,12 @@
 """Statistics across seeds: mean ± 95% t confidence interval, Welch's t-test against the baseline, the
 difference of means with its Welch confidence interval, Benjamini–Hochberg adjusted p-values over a
-family of comparisons, and the plateau check of a learning curve.
+family of comparisons, the median with its distribution-free confidence interval (the throughput benchmark's
+ratios), and the plateau check of a learning curve.
 
 All come from :mod:`scipy.stats`: ``t.interval`` with the standard error of the mean,
-``ttest_ind(equal_var=False)`` (Welch 1947) and its ``confidence_interval()``, and
-``false_discovery_control(method="bh")`` (Benjamini & Hochberg 1995).
+``ttest_ind(equal_var=False)`` (Welch 1947) and its ``confidence_interval()``,
+``false_discovery_control(method="bh")`` (Benjamini & Hochberg 1995), and ``quantile_test`` (order statistics:
+the interval of the median assumes nothing of the distribution, Conover 1999, §3.2).
 """
 from __future__ import annotations
 
@@ -43,6 +45,18 @@ def summarize(values: Sequence[float], confidence: float = 0.95) -> Summary:
         return Summary(int(x.size), mean, mean, mean)
     low, high = stats.t.interval(confidence, df=x.size - 1, loc=mean, scale=sem)
     return Summary(int(x.size), mean, float(low), float(high))
+
+
+def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """``(median, low, high)``: the sample median and its two-sided ``confidence`` interval from the order
+    statistics (``scipy.stats.quantile_test``), valid for any continuous distribution of independent values;
+    ``nan`` bounds when there are too few values for that confidence (fewer than 6 at 95%)."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        raise ValueError("median_interval needs at least one value")
+    median = float(np.median(x))
+    interval = stats.quantile_test(x, q=median, p=0.5).confidence_interval(confidence)
+    return median, float(interval.low), float(interval.high)
 
 
 def welch(values: Sequence[float], baseline: Sequence[float]) -> float:

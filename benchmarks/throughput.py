@@ -1,12 +1,15 @@
 """Training throughput of the shared backbone: ``DecoderLM`` steps per second, every geometry against Euclidean.
 
 One process, interleaved: after a warm-up, each round times ``--steps`` AdamW training steps of every
-geometry in turn (same model shape, same batch, same initialisation seed), and the reported time per
-step is the median over ``--rounds`` rounds; the ratio is Euclidean's median over the geometry's (higher
-is faster, 1.00 = as fast as SDPA), with Python's garbage collector off while a geometry's steps are timed
-(as ``timeit`` does; collected between them). The first step of each geometry is timed separately (it includes any
-one-time build, e.g. the native kernel's compile). Run it alone on idle cores: a second job beside it
-moves same-process ratios by 20-50% on a 2-core machine.
+geometry in turn, in a new random order each round (same model shape, same batch, same initialisation seed),
+with Python's garbage collector off while a geometry's steps are timed (as ``timeit`` does; collected between
+them). The reported time per step is the median over ``--rounds`` rounds. The ratio is paired: in each round,
+Euclidean's time over the geometry's (higher is faster, 1.00 = as fast as SDPA), and the reported ratio is the
+median of the rounds' ratios with its 95% distribution-free interval (:func:`benchmarks.stats.median_interval`):
+a round's two timings are seconds apart, so the machine's drift over the run (this VM's speed moves by 10-30%
+within a session) cancels in the ratio rather than widening it. The first step of each geometry is timed
+separately (it includes any one-time build, e.g. the native kernel's compile). Run it alone on idle cores: a
+second job beside it moves same-process ratios by 20-50% on a 2-core machine.
 
     python -m benchmarks throughput                      # quick and medium shapes, 1 and 2 threads
     python -m benchmarks throughput --shapes quick --threads 1 --rounds 3
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import gc
+import random
 import statistics
 import time
 from pathlib import Path
@@ -27,6 +31,8 @@ import torch
 
 import geoattn
 from geoattn.models import DecoderLM, TransformerConfig
+
+from .stats import median_interval
 
 SHAPES = {
     "quick": dict(n_layers=2, d_model=64, n_heads=4, batch=12, length=64),
@@ -43,7 +49,8 @@ CASES = {
     "poincare": ("poincare", {"learnable": True}),
     "stereographic": ("stereographic", {"learnable": True}),
 }
-FIELDS = ["threads", "shape", "geometry", "backend", "ms_per_step", "vs_euclidean", "first_step_s", "rounds", "steps"]
+FIELDS = ["threads", "shape", "geometry", "backend", "ms_per_step", "vs_euclidean", "vs_euclidean_low",
+          "vs_euclidean_high", "first_step_s", "rounds", "steps"]
 
 
 def make_step(label: str, shape: dict, seed: int = 0):
@@ -71,8 +78,18 @@ def make_step(label: str, shape: dict, seed: int = 0):
     return step, backend
 
 
-def measure(labels: list[str], shape_name: str, threads: int, rounds: int, steps: int, log=print) -> list[dict]:
+def paired_ratio(base: list[float], times: list[float]) -> tuple[float, float, float]:
+    """``(median, low, high)`` of the rounds' ratios ``base[r] / times[r]`` (Euclidean's time over the
+    geometry's in the same round) and the 95% interval of that median (:func:`benchmarks.stats.median_interval`)."""
+    if len(base) != len(times) or not base:
+        raise ValueError(f"paired_ratio needs one time per round for both, got {len(base)} and {len(times)}")
+    return median_interval([b / t for b, t in zip(base, times)])
+
+
+def measure(labels: list[str], shape_name: str, threads: int, rounds: int, steps: int, log=print,
+            seed: int = 0) -> list[dict]:
     torch.set_num_threads(threads)
+    order = random.Random(seed)
     shape = SHAPES[shape_name]
     runs, first = {}, {}
     for label in labels:
@@ -84,7 +101,9 @@ def measure(labels: list[str], shape_name: str, threads: int, rounds: int, steps
             runs[label][0]()
     times = {label: [] for label in labels}
     for _ in range(rounds):
-        for label in labels:  # interleaved: every geometry sees the same machine state in each round
+        # interleaved, every geometry in each round, in a new order each round (the case timed first in a round
+        # tends to run slow: kernels.py)
+        for label in order.sample(labels, len(labels)):
             step = runs[label][0]
             gc.collect()  # as timeit does: the collector off while timing, so a collection of garbage that any
             gc.disable()  # geometry left does not land on whichever geometry happens to be running
@@ -95,24 +114,27 @@ def measure(labels: list[str], shape_name: str, threads: int, rounds: int, steps
                 times[label].append((time.perf_counter() - t0) / steps)
             finally:
                 gc.enable()
-    base = statistics.median(times["euclidean"])
     rows = []
     for label in labels:
         ms = statistics.median(times[label])
+        ratio, low, high = paired_ratio(times["euclidean"], times[label])
         row = dict(threads=threads, shape=shape_name, geometry=label, backend=runs[label][1], ms_per_step=1000 * ms,
-                   vs_euclidean=base / ms, first_step_s=first[label], rounds=rounds, steps=steps)
+                   vs_euclidean=ratio, vs_euclidean_low=low, vs_euclidean_high=high, first_step_s=first[label],
+                   rounds=rounds, steps=steps)
         rows.append(row)
         log(f"{threads} thread(s) {shape_name:>6} {label:>16} ({row['backend']:>6}): {1000 * ms:8.2f} ms/step  "
-            f"{row['vs_euclidean']:.2f}× euclidean  (first step {first[label]:.2f} s)")
+            f"{ratio:.3f}× euclidean [{low:.3f}, {high:.3f}]  (first step {first[label]:.2f} s)")
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| threads | shape | geometry | backend | ms / step | × euclidean (throughput) | first step (s) |",
+    lines = ["| threads | shape | geometry | backend | ms / step | × euclidean (throughput; median of the rounds' "
+             "ratios, 95% interval) | first step (s) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['threads']} | {r['shape']} | {r['geometry']} | {r['backend']} | {r['ms_per_step']:.2f} | "
-                     f"{r['vs_euclidean']:.2f} | {r['first_step_s']:.2f} |")
+                     f"{r['vs_euclidean']:.3f} ({r['vs_euclidean_low']:.3f}–{r['vs_euclidean_high']:.3f}) | "
+                     f"{r['first_step_s']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

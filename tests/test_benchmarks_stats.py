@@ -10,7 +10,8 @@ from scipy import stats
 
 from benchmarks.log import append_record, finished_keys, read_log, run_key
 from benchmarks.report import markdown, rows
-from benchmarks.stats import bh_adjust, late_improvement, mean_difference, summarize, verdict, welch
+from benchmarks.stats import (bh_adjust, late_improvement, mean_difference, median_interval, summarize, verdict,
+                              welch)
 
 A = [1.90, 1.93, 1.88, 1.91, 1.95]
 B = [1.80, 1.82, 1.79, 1.84, 1.81]
@@ -160,3 +161,50 @@ def test_saved_activation_memory_counts_distinct_storages():
     assert torch.equal(x.grad, w.detach())
     _, mb = saved_activation_mb(lambda: (x * x[:, :512].repeat(1, 2)).sum())  # x, its view and a new tensor
     assert mb == pytest.approx(2.0)
+
+
+def _binomial_median_interval(x, confidence=0.95):
+    """Brute force: the widest-tail order statistics x_(k), x_(n-k+1) (1-based) with P(Bin(n, ½) < k) ≤ (1 - c)/2,
+    the textbook distribution-free interval of a median (Conover, Practical Nonparametric Statistics, §3.2)."""
+    from math import comb
+
+    n, tail = len(x), (1 - confidence) / 2
+    cdf, k = 0.0, 0
+    while cdf + comb(n, k) / 2 ** n <= tail:  # P(X ≤ k) with X ~ Bin(n, 1/2)
+        cdf += comb(n, k) / 2 ** n
+        k += 1
+    xs = sorted(x)
+    return (xs[k - 1], xs[n - k]) if k >= 1 else (float("nan"), float("nan"))
+
+
+@pytest.mark.parametrize("n", [6, 7, 9, 11, 41, 100])
+def test_median_interval_is_the_order_statistics_interval(n):
+    x = np.random.default_rng(n).lognormal(size=n)
+    median, low, high = median_interval(x)
+    assert median == np.median(x)
+    assert (low, high) == _binomial_median_interval(list(x))
+    assert low <= median <= high
+
+
+def test_median_interval_too_few_values_and_empty():
+    median, low, high = median_interval([3.0, 1.0, 2.0])
+    assert median == 2.0 and math.isnan(low) and math.isnan(high)  # 3 values cannot give 95%
+    with pytest.raises(ValueError, match="at least one value"):
+        median_interval([])
+
+
+def test_throughput_ratio_is_paired_per_round():
+    from benchmarks.throughput import paired_ratio
+
+    base = [10.0, 20.0, 10.0, 20.0, 10.0, 20.0, 10.0]  # the machine's speed halves and recovers between rounds
+    geom = [11.0, 22.0, 11.0, 22.0, 11.0, 22.0, 11.0]  # always 10% slower in its own round
+    ratio, low, high = paired_ratio(base, geom)
+    assert ratio == pytest.approx(10 / 11) and low == pytest.approx(10 / 11) and high == pytest.approx(10 / 11)
+    # the machine slows down in the middle of round 4, between the two timings: the ratio of the medians falls
+    # to 10/22, the median of the rounds' ratios stays 10/11
+    base = [10.0, 10.0, 10.0, 10.0, 20.0, 20.0, 20.0]
+    geom = [11.0, 11.0, 11.0, 22.0, 22.0, 22.0, 22.0]
+    assert np.median(base) / np.median(geom) == pytest.approx(10 / 22)
+    assert paired_ratio(base, geom)[0] == pytest.approx(10 / 11)
+    with pytest.raises(ValueError, match="one time per round"):
+        paired_ratio([1.0, 2.0], [1.0])
