@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from ..math import eps
 from ..math.vectors import clip_radius as clip_norm, robust_norm, unit
 from . import registry
-from .head import HeadConstants
+from .head import HeadConstants, curvature_from_parameter, parameter_from_curvature
 
 if TYPE_CHECKING:
     from .metric import MetricConstants
@@ -392,8 +392,7 @@ class CurvedGeometry(TemperedGeometry):
                 f"{self.name} needs a {want} curvature, got {kappa.tolist()}; geoattn uses signed "
                 f"sectional curvature everywhere, so pass e.g. curvature={sign * 1.0}, or use {other}"
             )
-        raw = (kappa * sign).log() if sign else torch.asinh(kappa)
-        setattr(self, self._curvature_name(), self._parameter(raw, given=curvature))
+        setattr(self, self._curvature_name(), self._parameter(parameter_from_curvature(kappa, sign), given=curvature))
         self.aggregation = check_choice("aggregation", aggregation, self.aggregations)
         self.clip_radius = self._check_clip(clip_radius)
         self.clipped = 0            # vectors the clip shortened (CPU, eager)
@@ -431,15 +430,14 @@ class CurvedGeometry(TemperedGeometry):
     @property
     def curvature(self) -> Tensor:
         """Signed κ per head, shape ``(num_heads,)``."""
-        sign, raw = self.curvature_sign, self.curvature_parameter
-        return sign * raw.exp() if sign else torch.sinh(raw)
+        return curvature_from_parameter(self.curvature_parameter, self.curvature_sign)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         """Checkpoints of a free-sign κ written before the ``asinh`` parametrisation stored κ itself as
         ``raw_curvature``: read as ``asinh_curvature = asinh(κ)``, the same κ."""
         old, new = prefix + "raw_curvature", prefix + self._curvature_name()
         if not self.curvature_sign and old in state_dict and new not in state_dict:
-            state_dict[new] = torch.asinh(state_dict.pop(old))
+            state_dict[new] = parameter_from_curvature(state_dict.pop(old), 0)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def kappa(self, ref: Tensor) -> Tensor:

@@ -35,6 +35,18 @@ _POWERS = {0.5: math.sqrt, -0.5: lambda x: 1.0 / math.sqrt(x) if x else math.inf
            -2.0: lambda x: 1.0 / (x * x) if x else math.inf}
 
 
+def curvature_from_parameter(raw: Tensor, sign: int) -> Tensor:
+    """κ from the parameter behind it: ``sign·e^r`` (fixed sign, ``r = log|κ|``) or ``sinh r`` (free sign,
+    ``r = asinh κ``); the one home of the map (:class:`~geoattn.geometry.base.CurvedGeometry` and
+    :class:`HeadConstants`, whose ∂κ/∂r is κ or ``cosh r``)."""
+    return sign * raw.exp() if sign else torch.sinh(raw)
+
+
+def parameter_from_curvature(kappa: Tensor, sign: int) -> Tensor:
+    """The inverse of :func:`curvature_from_parameter`: ``log(sign·κ)`` or ``asinh κ``."""
+    return (kappa * sign).log() if sign else torch.asinh(kappa)
+
+
 def _per_head(values: list[float], heads: int) -> list[float]:
     """A parameter's values (1 or ``heads`` of them) for every head."""
     return values * heads if len(values) == 1 else values
@@ -66,9 +78,7 @@ class HeadConstants:
         """(κ or None, μ), one float per head in double precision."""
         kappa = None
         if self.raw is not None:
-            raw = self.raw.detach()
-            kappa = [self.sign * e for e in raw.exp().tolist()] if self.sign else raw.sinh().tolist()
-            kappa = _per_head(kappa, self.heads)
+            kappa = _per_head(curvature_from_parameter(self.raw.detach(), self.sign).tolist(), self.heads)
         mu = _per_head([self.coef * e for e in (-self.log_t.detach()).exp().tolist()], self.heads)
         if self.power:
             power = _POWERS.get(float(self.power), lambda x: math.pow(x, self.power))
