@@ -77,7 +77,7 @@ inline bool has_mask(const Problem& P) { return P.bias || P.allowed; }
 // Work items: one head and a block of bq query rows, the keys in chunks of P.chunk (a bq × chunk tile).
 // ---------------------------------------------------------------------------------------------
 struct Work {
-  std::vector<float> tile, dtile, rows;  // (bq × chunk), (bq × chunk), 3 padded row buffers
+  std::vector<float> tile, dtile, rows, rows2;  // (bq × chunk), (bq × chunk), 3 padded row buffers (two rows')
   std::vector<float> m, l, alpha;        // forward: running max and sum of each row, rescale of its output
   std::vector<float> delta, acc;         // backward: rowsum(dO ⊙ O), the rows' (g_a, g_σ, g_ρ) over chunks
   std::vector<float> dk, dv, gk;         // backward: the current head's dK, dV, key-term gradients
@@ -133,19 +133,42 @@ void forward_item(const Problem& P, const Terms& T, int64_t item, Work& ws) {
     const int64_t Sc = std::min<int64_t>(P.chunk, S - c0), ld = lanes_up(Sc);  // ld: the tile's row stride
     float* G = ws.tile.data();
     gemm_abt(P, (int)rows, (int)Sc, (int)P.D, q, P.q.sr, row_ptr(P.k, n, P.H, c0), P.k.sr, 0.0f, G, ld);
-    for (int64_t r = 0; r < rows; ++r) {
-      const Row w = make_row(P, T, n, i0 + r, c0, Sc, G + r * ld, nullptr);
-      float* score = ws.rows.data();
-      const float mc = masked ? row_scores<true>(P, T, w, score) : row_scores<false>(P, T, w, score);
-      const float mn = std::max(m[r], mc);
+    // rows two at a time (exp_rows2), a row alone where the pair has none or a row has nothing to attend to yet
+    auto scores = [&](int64_t r, float* score, Row& w) {
+      w = make_row(P, T, n, i0 + r, c0, Sc, G + r * ld, nullptr);
+      return std::max(m[r], masked ? row_scores<true>(P, T, w, score) : row_scores<false>(P, T, w, score));
+    };
+    auto one_row = [&](int64_t r, const Row& w, const float* score, float mn) {
       if (mn == kNegInf) {  // nothing to attend to yet
         std::memset(w.g, 0, sizeof(float) * Sc);
         alpha[r] = 1.0f;
-        continue;
+        return;
       }
       alpha[r] = m[r] == kNegInf ? 0.0f : std::exp(m[r] - mn);
       l[r] = l[r] * alpha[r] + exp_row(score, mn, w.g, w.jpad, Sc);
       m[r] = mn;
+    };
+    float *sa = ws.rows.data(), *sb = ws.rows2.data();
+    for (int64_t r = 0; r < rows; r += 2) {
+      Row wa, wb;
+      const float ma = scores(r, sa, wa);
+      if (r + 1 == rows) {
+        one_row(r, wa, sa, ma);
+        continue;
+      }
+      const float mb = scores(r + 1, sb, wb);
+      if (ma == kNegInf || mb == kNegInf) {
+        one_row(r, wa, sa, ma);
+        one_row(r + 1, wb, sb, mb);
+        continue;
+      }
+      alpha[r] = m[r] == kNegInf ? 0.0f : std::exp(m[r] - ma);
+      alpha[r + 1] = m[r + 1] == kNegInf ? 0.0f : std::exp(m[r + 1] - mb);
+      float suma, sumb;
+      exp_rows2(sa, ma, wa.g, wa.jpad, sb, mb, wb.g, wb.jpad, Sc, suma, sumb);
+      l[r] = l[r] * alpha[r] + suma;
+      l[r + 1] = l[r + 1] * alpha[r + 1] + sumb;
+      m[r] = ma, m[r + 1] = mb;
     }
     if (c0 > 0)
       for (int64_t r = 0; r < rows; ++r) {
@@ -399,6 +422,7 @@ void parallel_items(const Problem& P, bool backward, Fn&& fn, Grads* Gr) {
     const int64_t tile = std::min(P.bq, P.L) * lanes_up(std::min<int64_t>(P.chunk, P.S));  // an item has ≤ L rows
     ws.tile.assign(tile, 0.0f);  // zeros: the padding columns past a chunk stay finite (see Row)
     ws.rows.resize(3 * padded(P.S));
+    if (!backward) ws.rows2.resize(3 * padded(P.S));
     ws.m.resize(P.bq), ws.l.resize(P.bq), ws.alpha.resize(P.bq);
     if (backward) {
       ws.dtile.assign(tile, 0.0f);
