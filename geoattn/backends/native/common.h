@@ -258,23 +258,25 @@ using Lanes = Partials<float, kLanes>;  // a row's sums and maxima
 // The same halving in registers, pair for pair (v[t] with v[t + w], w = 8, 4, 2, 1 for floats; 4, 2, 1 for
 // doubles), so the same bits: GCC 12 kept the generic loops' array on the stack, a store and a reload per step
 // (a quarter of exp_row's samples at the quick shape). MAXPS(a, b) is a > b ? a : b, as the generic max.
-template <>
-inline float Partials<float, 16>::sum() {
+// v[0..15] combined by halves with op: its 256- and 128-bit vector forms, and its scalar form for the last pair
+template <class Op256, class Op128, class Op1>
+inline float halves16(const float* v, Op256 op256, Op128 op128, Op1 op1) {
   const __m512 x = _mm512_loadu_ps(v);
   const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1));
-  const __m256 h8 = _mm256_add_ps(_mm512_castps512_ps256(x), hi);
-  const __m128 h4 = _mm_add_ps(_mm256_castps256_ps128(h8), _mm256_extractf128_ps(h8, 1));
-  const __m128 h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
-  return _mm_cvtss_f32(_mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1)));
+  const __m256 h8 = op256(_mm512_castps512_ps256(x), hi);
+  const __m128 h4 = op128(_mm256_castps256_ps128(h8), _mm256_extractf128_ps(h8, 1));
+  const __m128 h2 = op128(h4, _mm_movehl_ps(h4, h4));
+  return _mm_cvtss_f32(op1(h2, _mm_shuffle_ps(h2, h2, 1)));
+}
+template <>
+inline float Partials<float, 16>::sum() {
+  return halves16(v, [](__m256 a, __m256 b) { return _mm256_add_ps(a, b); },
+                  [](__m128 a, __m128 b) { return _mm_add_ps(a, b); }, [](__m128 a, __m128 b) { return _mm_add_ss(a, b); });
 }
 template <>
 inline float Partials<float, 16>::max() {
-  const __m512 x = _mm512_loadu_ps(v);
-  const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1));
-  const __m256 h8 = _mm256_max_ps(_mm512_castps512_ps256(x), hi);
-  const __m128 h4 = _mm_max_ps(_mm256_castps256_ps128(h8), _mm256_extractf128_ps(h8, 1));
-  const __m128 h2 = _mm_max_ps(h4, _mm_movehl_ps(h4, h4));
-  return _mm_cvtss_f32(_mm_max_ss(h2, _mm_shuffle_ps(h2, h2, 1)));
+  return halves16(v, [](__m256 a, __m256 b) { return _mm256_max_ps(a, b); },
+                  [](__m128 a, __m128 b) { return _mm_max_ps(a, b); }, [](__m128 a, __m128 b) { return _mm_max_ss(a, b); });
 }
 template <>
 inline double Partials<double, 8>::sum() {
