@@ -345,18 +345,22 @@ inline bool keyless_row(Row& w) {
   return true;
 }
 
+// one vector of a row's exp (keys j0 … j0 + 15): p[j] = exp(s[j] − m), 0 where s[j] = −inf, added to its lane's sum
+inline void exp_lanes(const float* s, float m, float* p, Lanes& l, int64_t j0) {
+#pragma omp simd
+  for (int64_t j = j0; j < j0 + kLanes; ++j) {
+    const float e = s[j] == kNegInf ? 0.0f : fexp(s[j] - m);
+    p[j] = e;
+    l.v[j - j0] += e;
+  }
+}
+
 // exp(s − m) of a chunk of a row's scores (m ≥ their max, masked = -inf → 0, −inf past jmax up to jpad)
 // into p, unnormalised (length S, zeros past jmax); returns their sum. The online softmax of the forward
 // rescales and normalises.
 float exp_row(const float* s, float m, float* p, int64_t jpad, int64_t S) {
   Lanes l;
-  for (int64_t j0 = 0; j0 < jpad; j0 += kLanes)
-#pragma omp simd
-    for (int64_t j = j0; j < j0 + kLanes; ++j) {
-      const float e = s[j] == kNegInf ? 0.0f : fexp(s[j] - m);
-      p[j] = e;
-      l.v[j - j0] += e;
-    }
+  for (int64_t j0 = 0; j0 < jpad; j0 += kLanes) exp_lanes(s, m, p, l, j0);
   for (int64_t j = jpad; j < S; ++j) p[j] = 0.0f;
   return l.sum();
 }
@@ -378,20 +382,8 @@ void exp_rows2(const float* sa, float ma, float* pa, int64_t ja, const float* sb
       la.v[j - j0] += ea;
       lb.v[j - j0] += eb;
     }
-  for (int64_t k0 = j0; k0 < ja; k0 += kLanes)
-#pragma omp simd
-    for (int64_t j = k0; j < k0 + kLanes; ++j) {
-      const float ea = sa[j] == kNegInf ? 0.0f : fexp(sa[j] - ma);
-      pa[j] = ea;
-      la.v[j - k0] += ea;
-    }
-  for (int64_t k0 = j0; k0 < jb; k0 += kLanes)
-#pragma omp simd
-    for (int64_t j = k0; j < k0 + kLanes; ++j) {
-      const float eb = sb[j] == kNegInf ? 0.0f : fexp(sb[j] - mb);
-      pb[j] = eb;
-      lb.v[j - k0] += eb;
-    }
+  for (int64_t k0 = j0; k0 < ja; k0 += kLanes) exp_lanes(sa, ma, pa, la, k0);  // the longer row's last vectors
+  for (int64_t k0 = j0; k0 < jb; k0 += kLanes) exp_lanes(sb, mb, pb, lb, k0);
   for (int64_t j = ja; j < S; ++j) pa[j] = 0.0f;
   for (int64_t j = jb; j < S; ++j) pb[j] = 0.0f;
   suma = la.sum();
