@@ -201,7 +201,7 @@ void flush(const Problem& P, Work& ws, Grads& Gr) {
   const bool whole = whole_heads(P);
 #pragma omp critical(geoattn_flush)
   {
-    for (int64_t j = 0; !whole && j < P.S; ++j) {
+    for (int64_t j = 0; !whole && j < P.S; ++j) {  // a whole head's dK and dV were written directly
       float* dk = row_ptr_mut(P.dk, n, P.H, j);
       float* dv = row_ptr_mut(P.dv, n, P.H, j);
       const float* sk = ws.dk.data() + j * P.D;

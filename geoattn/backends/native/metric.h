@@ -16,14 +16,14 @@ namespace geoattn_native {
 inline View ktilde_view(const Problem& P) { return View{P.ktilde, P.S * P.D, P.B * P.S * P.D, P.D}; }
 inline float* ktilde_rows(const Problem& P, int64_t n) { return P.ktilde + ((n % P.H) * P.B + n / P.H) * P.S * P.D; }
 
-// whether a head's keys of every batch element form one matrix (K laid out as (B, S, H, E), e.g. split from one
-// projection, or (B, H, S, E) with B = 1)
-inline bool keys_stack(const Problem& P) { return P.B == 1 || P.k.sb == P.S * P.k.sr; }
+// whether x's rows of one head, every batch element's S of them, form one matrix (x laid out as (B, S, H, E), e.g.
+// K split from one projection or dK as the kernel writes it, or any layout with B = 1)
+inline bool heads_stack(const Problem& P, const View& x) { return P.B == 1 || x.sb == P.S * x.sr; }
 
 // k̃ = K G and the affine terms (a = b = 1, β = −½ k·k̃) of every head (forward)
 void metric_terms(const Problem& P) {
   const int64_t N = P.B * P.H, Sp = key_stride(P);
-  const bool stack = keys_stack(P);
+  const bool stack = heads_stack(P, P.k);
   if (stack && P.S > 0) {
 #pragma omp parallel for schedule(static) num_threads(P.nthreads)
     for (int64_t h = 0; h < P.H; ++h)
@@ -55,7 +55,7 @@ void metric_terms(const Problem& P) {
 // the key-term gradients, (B·H, 3, S)), in place: P.dk ← dk̃ G − dβ ⊙ k̃ (backward). Per head: dk̃ G in one sgemm
 // over every batch element where dK's rows stack as K's do, dG per batch element.
 void metric_chain(const Problem& P, const float* gk) {
-  const bool stack = P.B == 1 || P.dk.sb == P.S * P.dk.sr;
+  const bool stack = heads_stack(P, P.dk);
 #pragma omp parallel num_threads(P.nthreads)
   {
     std::vector<float> m(P.B * P.S * P.D);  // this head's dk̃ of every batch element, then dk̃ − ½ dβ ⊙ k
