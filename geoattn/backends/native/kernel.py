@@ -119,20 +119,19 @@ def _buffers(q: Tensor, k: Tensor, affine: "AffineTerms | None") -> tuple[Tensor
     # key-term rows padded with zeros to whole vectors: the kernel's row loops read up to one past S (Row)
     start = 2 * N * (L + S)  # floats taken by the norms
     buf = q.new_zeros(start + N * (L + TERMS * (L + Sp)))
-    base, size = buf.data_ptr(), buf.element_size()
-    lse = base + size * start
-    qterms = lse + size * N * L
-    kterms = qterms + size * N * TERMS * L
+    q_at = start + N * L  # floats before the q terms (norms, lse), then before the k terms
+    k_at = q_at + N * TERMS * L
     if affine is not None:
-        qt = buf.as_strided((B, H, TERMS, L), (H * TERMS * L, TERMS * L, L, 1), start + N * L)
-        kt = buf.as_strided((B, H, TERMS, S), (H * TERMS * Sp, TERMS * Sp, Sp, 1), start + N * L * (1 + TERMS))
+        qt = buf.as_strided((B, H, TERMS, L), (H * TERMS * L, TERMS * L, L, 1), q_at)
+        kt = buf.as_strided((B, H, TERMS, S), (H * TERMS * Sp, TERMS * Sp, Sp, 1), k_at)
         qt[:, :, 1].copy_(affine.q_factor)
         kt[:, :, 0].copy_(affine.k_bias)
         kt[:, :, 2].copy_(affine.k_factor)
         if affine.outer:
             qt[:, :, 0].copy_(affine.alpha)
             kt[:, :, 1].copy_(affine.gamma)
-    return buf, lse, (qterms, kterms, base, base + 2 * size * N * L)
+    base, size = buf.data_ptr(), buf.element_size()
+    return buf, base + size * start, (base + size * q_at, base + size * k_at, base, base + 2 * size * N * L)
 
 
 def _forward(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: list[float], mu: list[float],
