@@ -1,11 +1,11 @@
 """Why Lorentz at d = 2 keeps rising: the reconstruction run's learned κ, τ and radii at each evaluation.
 
-Trains one ``wordnet-reconstruction`` run exactly as :func:`benchmarks.runner.train_one` does with the quick
-suite's config (same seeding, batches and constant-lr AdamW; at ``--lr 0.01``, float32, seed 0 its MAP at
-each evaluation equals the committed quick record's), and prints at every evaluation: MAP, mean rank, κ, τ
-and the table's distances from the origin in curvature units before the clip (``r = radius_per_clip·√|κ|·a``,
-a = ‖row‖/√d the tangent norm; Lorentz's exp_o maps a to distance a, Poincaré's to 2a), with the count of rows
-beyond ``hyperbolic_radius`` = 20, where the clip holds them.
+Trains one ``wordnet-reconstruction`` run through the runner itself (:func:`benchmarks.runner.train_one`, the
+quick suite's config; at ``--lr 0.01``, float32, seed 0 its MAP at each evaluation equals the committed quick
+record's), with the task's evaluation extended to report, beside MAP and mean rank: κ, τ and the table's
+distances from the origin in curvature units before the clip (``r = radius_per_clip·√|κ|·a``, a = ‖row‖/√d the
+tangent norm; Lorentz's exp_o maps a to distance a, Poincaré's to 2a), with the count of rows beyond
+``hyperbolic_radius`` (20 unless ``--radius``), where the clip holds them.
 
     python benchmarks/results/budgets/lorentz-d2-640-epochs/dynamics.py --geometry lorentz --epochs 640
 """
@@ -20,9 +20,28 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[4]))
 
-from benchmarks.runner import make_optimizer  # noqa: E402
+from benchmarks import dist  # noqa: E402
+from benchmarks.runner import RunSpec, train_one  # noqa: E402
 from benchmarks.suites import GEOMETRY_PARAMS, SUITES  # noqa: E402
+from benchmarks.tasks import TASKS  # noqa: E402
 from benchmarks.tasks.reconstruction import WordNetReconstruction  # noqa: E402
+
+
+class WithDynamics(WordNetReconstruction):
+    """The reconstruction task, whose evaluation also reports the geometry's κ, τ and the table's radii."""
+
+    name = "wordnet-reconstruction-dynamics"
+
+    @torch.no_grad()
+    def evaluate(self, model):
+        metrics = super().evaluate(model)
+        geometry, table = model.geometry, model.embedding.weight
+        kappa = float(geometry.curvature) if hasattr(geometry, "curvature") else 0.0
+        per_clip = getattr(geometry, "radius_per_clip", 1.0)
+        radius = per_clip * table.norm(dim=1) / math.sqrt(table.shape[1]) * math.sqrt(abs(kappa))
+        bound = self.config["hyperbolic_radius"]
+        return dict(metrics, kappa=kappa, tau=float(geometry.temperature), r_median=float(radius.median()),
+                    r_max=float(radius.max()), beyond=int((radius > bound).sum()))
 
 
 def main() -> None:
@@ -38,39 +57,23 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(1)
 
-    cfg = dict(SUITES["quick"]["configs"]["wordnet-reconstruction"], dim=a.dim, dtype=a.dtype,
-               geometry_params=dict(GEOMETRY_PARAMS))
+    quick = SUITES["quick"]["configs"]["wordnet-reconstruction"]
+    steps = round(quick["iters"] * a.epochs / 80)                      # the quick suite: 2040 steps = 80 epochs
+    cfg = dict(quick, dim=a.dim, dtype=a.dtype, geometry_params=dict(GEOMETRY_PARAMS), iters=steps,
+               eval_interval=steps // a.evals)
     if a.radius is not None:
         cfg["hyperbolic_radius"] = a.radius
     if a.lr is not None:
         cfg.update(lr=a.lr, min_lr=a.lr)
-    steps = round(cfg["iters"] * a.epochs / 80)                      # the quick suite: 2040 steps = 80 epochs
-    task = WordNetReconstruction(cfg, None, torch.device("cpu"))
-    torch.manual_seed(a.seed)                                        # as train_one
-    model = task.build_model(a.geometry)
-    opt = make_optimizer(model, cfg)
-    gen = torch.Generator().manual_seed(a.seed * 1000)
-    geometry, table = model.geometry, model.embedding.weight
-    clip = cfg["hyperbolic_radius"]
+    TASKS[WithDynamics.name] = WithDynamics
+    record = train_one(RunSpec(WithDynamics.name, a.geometry, a.seed, cfg), torch.device("cpu"), dist.DistInfo())
+    bound = cfg["hyperbolic_radius"]
     print(f"{a.geometry} d = {a.dim}, {a.epochs} epochs ({steps} steps), seed {a.seed}, lr {cfg['lr']}, {a.dtype}, "
-          f"radius {clip:g}")
-    print(f"epoch    MAP  mean rank      κ           τ       r median  r max  rows r > {clip:g}")
-    for it in range(steps):
-        loss = task.loss(model, task.train_batch(gen))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if (it + 1) % (steps // a.evals) == 0:
-            model.eval()
-            m = task.evaluate(model)
-            model.train()
-            with torch.no_grad():
-                kappa = float(geometry.curvature) if hasattr(geometry, "curvature") else 0.0
-                per_clip = getattr(geometry, "radius_per_clip", 1.0)
-                radius = per_clip * table.norm(dim=1) / math.sqrt(a.dim) * math.sqrt(abs(kappa))
-                print(f"{80 * (it + 1) / cfg['iters']:5.0f} {m['map']:6.4f} {m['mean_rank']:10.2f} {kappa:7.2f} "
-                      f"{float(geometry.temperature):11.4g} {float(radius.median()):14.2f} {float(radius.max()):6.2f} "
-                      f"{int((radius > clip).sum()):12d}", flush=True)
+          f"radius {bound:g}")
+    print(f"epoch    MAP  mean rank      κ           τ       r median  r max  rows r > {bound:g}")
+    for e in record["curve"]:
+        print(f"{80 * e['step'] / quick['iters']:5.0f} {e['map']:6.4f} {e['mean_rank']:10.2f} {e['kappa']:7.2f} "
+              f"{e['tau']:11.4g} {e['r_median']:14.2f} {e['r_max']:6.2f} {e['beyond']:12d}")
 
 
 if __name__ == "__main__":
