@@ -215,6 +215,36 @@ def test_plain_load_without_geoattn_fails_naming_it(tmp_path):
     assert 'ERROR: Specified `attn_implementation="geoattn_poincare"` is not supported' in run.stdout, run.stdout
 
 
+def test_geoattn_imported_before_transformers_registers_on_its_import_and_rebuilds(tmp_path):
+    """`import geoattn` leaves transformers unimported (no start-up cost for users who never touch it); the
+    attention functions are registered once transformers is imported, and a plain load then rebuilds."""
+    model = geoattn.swap(bert(), geoattn.Poincare(num_heads=4, learnable=True))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if hf.GEOMETRY_ATTR in name:
+                p.add_(0.1)
+    model.save_pretrained(tmp_path)
+    ids, mask = torch.tensor([[2, 5, 7, 1]]), torch.ones(1, 4, dtype=torch.long)
+    torch.save((ids, mask, hidden(model, ids, mask)), tmp_path / "expected.pt")
+    script = textwrap.dedent(f"""
+        import sys
+        import torch
+        import geoattn
+        assert "transformers" not in sys.modules
+        from transformers import AutoModel
+        loaded = AutoModel.from_pretrained({str(tmp_path)!r}).eval()
+        ids, mask, expected = torch.load({str(tmp_path / "expected.pt")!r})
+        with torch.no_grad():
+            out = loaded(input_ids=ids, attention_mask=mask).last_hidden_state
+        print("MAXDIFF", (out - expected).abs().max().item())
+    """)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
+                         cwd=os.getcwd())
+    assert run.returncode == 0, run.stderr
+    assert float(run.stdout.split("MAXDIFF")[1]) <= 1e-5, run.stdout
+
+
 def test_geoattn_from_pretrained_loads_a_checkpoint_saved_before_attn_implementation_was_recorded(tmp_path):
     ids, mask = batch()
     model = geoattn.swap(bert(), "poincare", learnable=True)

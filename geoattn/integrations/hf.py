@@ -19,8 +19,8 @@ Loading: the swap records two entries in the model's config, which ``save_pretra
 (``"geoattn_<name>"``, which transformers reads back when it loads the config). So a plain
 ``AutoModel.from_pretrained(path)`` (or any model class) rebuilds the swapped model:
 
-* with geoattn imported (``import geoattn`` registers the attention functions when transformers is
-  installed), transformers builds the model on ``geoattn_<name>``, and a torch module-registration hook
+* with geoattn imported (geoattn registers the attention functions once transformers is imported too,
+  in either order), transformers builds the model on ``geoattn_<name>``, and a torch module-registration hook
   (:func:`torch.nn.modules.module.register_module_module_registration_hook`, installed by :func:`register`)
   attaches the saved geometry to each attention module as the model is built, from its config's
   ``geoattn`` entry, so the checkpoint's geometry tensors load as ordinary weights;
@@ -84,7 +84,7 @@ def register() -> list[str]:
     """Register ``geoattn_<name>`` for every geometry in :func:`geoattn.available_geometries`, and the
     hook that rebuilds swapped checkpoints on a plain ``from_pretrained`` (see the module doc).
 
-    Idempotent; ``import geoattn`` calls it when transformers is installed. Call it again after
+    Idempotent; geoattn calls it once both it and transformers are imported. Call it again after
     registering a new geometry class. Returns the registered names.
     """
     global _BUILD_HOOK
