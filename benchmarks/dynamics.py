@@ -7,24 +7,23 @@ distances from the origin in curvature units before the clip (``r = radius_per_c
 tangent norm; Lorentz's exp_o maps a to distance a, Poincaré's to 2a), with the count of rows beyond
 ``hyperbolic_radius`` (20 unless ``--radius``), where the clip holds them.
 
-    python benchmarks/results/budgets/lorentz-d2-640-epochs/dynamics.py --geometry lorentz --epochs 640
+    python -m benchmarks.dynamics --geometry lorentz --epochs 640
+
+Its output for that command, and the runs it explains, are in git history (``benchmarks/results/README.md``,
+"Evidence commits").
 """
 from __future__ import annotations
 
 import argparse
 import math
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[4]))
-
-from benchmarks import dist  # noqa: E402
-from benchmarks.runner import RunSpec, train_one  # noqa: E402
-from benchmarks.suites import GEOMETRY_PARAMS, SUITES  # noqa: E402
-from benchmarks.tasks import TASKS  # noqa: E402
-from benchmarks.tasks.reconstruction import WordNetReconstruction  # noqa: E402
+from benchmarks import dist
+from benchmarks.runner import RunSpec, train_one
+from benchmarks.suites import GEOMETRY_PARAMS, SUITES
+from benchmarks.tasks import TASKS
+from benchmarks.tasks.reconstruction import WordNetReconstruction
 
 
 class WithDynamics(WordNetReconstruction):
