@@ -151,8 +151,11 @@ def results_page(name: str) -> str:
     for table in sorted(folder.rglob("*.md")):
         if table.name != "README.md":
             title = str(table.relative_to(folder))
-            parts.append(f"## `{title}`\n\n" + LINK.sub(r"\1", table.read_text()).strip())
-    for png in sorted(folder.rglob("*.png")):
+            parts.append(f"## Table: `{title}`\n\n" + LINK.sub(r"\1", table.read_text()).strip())
+    plots = sorted(folder.rglob("*.png"))
+    if plots:
+        parts.append("## Plots")
+    for png in plots:
         rel = png.relative_to(RESULTS)
         parts.append(f"![{rel}](img/{rel.as_posix()})")
     return "\n\n".join(parts) + "\n"
