@@ -82,6 +82,12 @@ def test_readme_is_a_five_minute_read():
     assert text.split("```bash\n", 1)[1].splitlines()[1].startswith("scripts/test.sh")
 
 
+def test_readme_links_to_files_that_exist():
+    text = (ROOT / "README.md").read_text()
+    targets = [t.split("#")[0] for t in re.findall(r"\]\(([^)]+)\)", text) if not t.startswith(("http", "#"))]
+    assert targets and all((ROOT / t).exists() for t in targets), [t for t in targets if not (ROOT / t).exists()]
+
+
 def test_results_folder_keeps_one_run_per_suite():
     files = [p for p in (ROOT / "benchmarks" / "results").rglob("*") if p.is_file()]
     assert len(files) <= 80
