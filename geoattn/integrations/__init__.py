@@ -18,9 +18,7 @@ __all__ = ["swap"]
 
 
 def _register() -> None:
-    from . import hf
-
-    hf.register()
+    from . import hf  # noqa: F401  (registers at the end of its import; a no-op if it is being imported)
 
 
 class _RegisterAfterTransformers(importlib.abc.MetaPathFinder):

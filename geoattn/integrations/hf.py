@@ -321,3 +321,7 @@ def from_pretrained(model_class, pretrained_model_name_or_path, **kwargs) -> nn.
             f"{missing[0]!r}; it was saved with a different geometry or model class"
         )
     return (model, info) if want_info else model
+
+
+if transformers is not None:  # importing this module (geoattn does once transformers is imported) registers
+    register()
