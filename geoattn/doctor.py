@@ -96,7 +96,8 @@ def describe_plan(p: build.Plan) -> list[tuple[str, str]]:
                                      f"no, one thread ({build.openmp_fix(p.compiler.family)})")]
 
 
-def report(out=sys.stdout) -> None:
+def report(out=None) -> None:
+    out = out or sys.stdout
     p, state = native_state()
     sections = [("versions", versions()), ("backends", backends())]
     native = [("GEOATTN_NATIVE", os.environ.get("GEOATTN_NATIVE", "unset (on)")),
@@ -112,9 +113,10 @@ def report(out=sys.stdout) -> None:
             print(f"  {key:<20} {value}", file=out)
 
 
-def dry_run(cxx: str | None, target: str | None, out=sys.stdout, err=sys.stderr) -> int:
+def dry_run(cxx: str | None, target: str | None, out=None, err=None) -> int:
     """Build the kernel with ``cxx`` for ``target`` into a temporary directory: 0 if it compiles, 1 with the
     compiler's error if not, 2 if the compiler or the target is unknown."""
+    out, err = out or sys.stdout, err or sys.stderr
     try:
         t = parse_target(target) if target else None
     except ValueError as e:
