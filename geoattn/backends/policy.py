@@ -4,7 +4,9 @@
 A backend named explicitly (per call, or as the default with :func:`geoattn.set_default_backend`)
 runs the call if its :meth:`~geoattn.backends.base.Backend.unsupported` finds nothing, else the call
 fails with that reason. Every choice is logged at DEBUG level on the ``"geoattn"`` logger, and
-:func:`geoattn.explain_backend` returns it as text. A new backend is a :func:`register_backend` call
+:func:`geoattn.explain_backend` returns it as text. Where ``auto`` passes over a backend this machine
+cannot run (an :class:`~geoattn.backends.base.Unavailable` reason: the native kernel did not build), the
+reason says so and the first such call in a process warns. A new backend is a :func:`register_backend` call
 plus, for ``auto`` to pick it, one row inserted into :data:`RULES`.
 """
 from __future__ import annotations
