@@ -45,12 +45,6 @@ def default_backend(name: str) -> Iterator[None]:
         set_default(previous)
 
 
-def __getattr__(name: str):
-    from .._deprecated import moved
-
-    return moved(__name__, name)
-
-
 __all__ = [
     "DENSE_MAX_SCORES", "RULES", "Backend", "Choice", "Mask", "Rule", "available_backends", "choose",
     "default_backend", "dense_scores", "masked_softmax", "register_backend", "set_default_backend",

@@ -10,7 +10,6 @@ plus, for ``auto`` to pick it, one row inserted into :data:`RULES`.
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -65,12 +64,8 @@ _DEFAULT = ["auto"]  # what backend="auto" means: "auto" (the table) or a backen
 _log = logging.getLogger("geoattn")
 
 
-def register_backend(backend: Backend, auto_rank: int | None = None) -> Backend:
+def register_backend(backend: Backend) -> Backend:
     """Make ``backend`` available by name (``backend="<name>"``); ``auto`` picks it through a row of :data:`RULES`."""
-    if auto_rank is not None:
-        warnings.warn("register_backend(auto_rank=...) is deprecated and ignored: auto follows the decision table "
-                      "geoattn.backends.policy.RULES; insert a Rule(...) there for auto to pick this backend",
-                      DeprecationWarning, stacklevel=2)
     _BACKENDS[backend.name] = backend
     return backend
 

@@ -51,7 +51,6 @@ from .head import HeadConstants, curvature_from_parameter, parameter_from_curvat
 if TYPE_CHECKING:
     from .metric import MetricConstants
 
-register = registry.register  # geometry modules written against geometry.base keep importing it from here
 Number = float | int
 
 
@@ -208,7 +207,7 @@ class Geometry(nn.Module):
         saved = state_dict.get(prefix + "geometry_tag")
         if saved is None:  # checkpoints without a tag (e.g. carried over from nn.MultiheadAttention)
             state_dict[prefix + "geometry_tag"] = registry.encode_tag(self.tag())
-        elif not registry.tag_matches(made_with := registry.decode_tag(saved), self):
+        elif (made_with := registry.decode_tag(saved)) != registry.decode_tag(registry.encode_tag(self.tag())):
             raise ValueError(
                 f"checkpoint at {prefix or 'the root'!r} was made with geometry {made_with!r} but this "
                 f"module uses {self.tag()!r}; build the model with the checkpoint's geometry (and options), "
@@ -432,14 +431,6 @@ class CurvedGeometry(TemperedGeometry):
     def curvature(self) -> Tensor:
         """Signed κ per head, shape ``(num_heads,)``."""
         return curvature_from_parameter(self.curvature_parameter, self.curvature_sign)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        """Checkpoints of a free-sign κ written before the ``asinh`` parametrisation stored κ itself as
-        ``raw_curvature``: read as ``asinh_curvature = asinh(κ)``, the same κ."""
-        old, new = prefix + "raw_curvature", prefix + self._curvature_name()
-        if not self.curvature_sign and old in state_dict and new not in state_dict:
-            state_dict[new] = parameter_from_curvature(state_dict.pop(old), 0)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def kappa(self, ref: Tensor) -> Tensor:
         """κ per head as ``(H,)`` in ``ref``'s compute dtype."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy as copying
 import inspect
-import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -23,18 +22,19 @@ if TYPE_CHECKING:
     from .base import Geometry
 
 _REGISTRY: dict[str, type[Geometry]] = {}
-_WITHOUT_HEAD_DIM: set[type] = set()  # registered classes whose constructor predates ``head_dim`` (deprecated)
 
 
 def register(cls: type[Geometry]) -> type[Geometry]:
-    """Class decorator: make a geometry available under ``cls.name`` to :func:`make_geometry`."""
+    """Class decorator: make a geometry available under ``cls.name`` to :func:`make_geometry`. Its constructor
+    must take ``num_heads`` and ``head_dim`` (by name, or through ``**options``): the factory passes both."""
+    params = inspect.signature(cls.__init__).parameters
+    accepts = lambda key: key in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())  # noqa: E731
+    missing = [key for key in ("num_heads", "head_dim") if not accepts(key)]
+    if missing:
+        raise TypeError(f"geometry {cls.name!r}: its __init__ takes no {' or '.join(missing)}; geoattn passes "
+                        "num_heads and head_dim to every geometry it builds by name, so add them (e.g. "
+                        "`num_heads: int = 1, head_dim: int | None = None`, unused if the geometry does not need them)")
     _REGISTRY[cls.name] = cls
-    params = inspect.signature(cls.__init__).parameters.values()
-    if not any(p.name == "head_dim" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        warnings.warn(f"geometry {cls.name!r}: its __init__ takes no head_dim; geoattn gives head_dim to every "
-                      "geometry it builds by name, so add `head_dim: int | None = None` (or **options) to it. Until "
-                      "then it is built without head_dim", DeprecationWarning, stacklevel=2)
-        _WITHOUT_HEAD_DIM.add(cls)
     return cls
 
 
@@ -72,7 +72,7 @@ def make_geometry(geometry: str | Geometry, num_heads: int | None = None, head_d
             geometry.check_heads(num_heads)
         return geometry
     cls = geometry_class(geometry)
-    sizes = {"num_heads": num_heads, "head_dim": None if cls in _WITHOUT_HEAD_DIM else head_dim}
+    sizes = {"num_heads": num_heads, "head_dim": head_dim}
     return cls(**{key: value for key, value in sizes.items() if value is not None}, **params)
 
 
@@ -115,15 +115,6 @@ def encode_tag(tag: str) -> Tensor:
 
 def decode_tag(t: Tensor) -> str:
     return bytes(int(b) for b in t.reshape(-1).tolist() if b).decode(errors="replace")
-
-
-def tag_matches(saved: str, geometry: Geometry) -> bool:
-    """A checkpoint fits ``geometry`` when the names agree and every option it records has this value
-    (so a checkpoint written before an option was declared still loads)."""
-    name, *recorded = saved.split("|")
-    return name == geometry.name and all(
-        item == f"{key}={getattr(geometry, key, None)}" for item in recorded for key in [item.partition("=")[0]]
-    )
 
 
 def rebuild_options(geometry: Geometry) -> dict[str, Any]:
