@@ -7,7 +7,8 @@ import torch
 
 import geoattn
 from conftest import GEOMETRY_CASES
-from geoattn.geometry.registry import encode_tag, geometry_for_module, rebuild_options
+from geoattn.geometry.registry import geometry_for_module, rebuild_options
+from geoattn.geometry.tags import encode_tag
 
 D, H = 4, 3
 

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from ..math import eps
 from ..math.vectors import clip_radius as clip_norm, robust_norm, unit
-from . import registry
+from . import tags
 from .head import HeadConstants, curvature_from_parameter, parameter_from_curvature
 
 if TYPE_CHECKING:
@@ -191,23 +191,23 @@ class Geometry(nn.Module):
         self.num_heads = num_heads
         self.learnable = learnable
         # which geometry (and options) a checkpoint was made with; checked by load_state_dict
-        self.register_buffer("geometry_tag", torch.zeros(registry.TAG_BYTES, dtype=torch.uint8))
+        self.register_buffer("geometry_tag", torch.zeros(tags.TAG_BYTES, dtype=torch.uint8))
 
     # -- checkpoints -------------------------------------------------------------------------
     def tag(self) -> str:
         """The geometry's identity in checkpoints: its name and the values of its :attr:`options`."""
-        return registry.geometry_tag(self)
+        return tags.geometry_tag(self)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
-        self.geometry_tag.copy_(registry.encode_tag(self.tag()))
+        self.geometry_tag.copy_(tags.encode_tag(self.tag()))
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
         saved = state_dict.get(prefix + "geometry_tag")
         if saved is None:  # checkpoints without a tag (e.g. carried over from nn.MultiheadAttention)
-            state_dict[prefix + "geometry_tag"] = registry.encode_tag(self.tag())
-        elif (made_with := registry.decode_tag(saved)) != registry.decode_tag(registry.encode_tag(self.tag())):
+            state_dict[prefix + "geometry_tag"] = tags.encode_tag(self.tag())
+        elif (made_with := tags.decode_tag(saved)) != tags.decode_tag(tags.encode_tag(self.tag())):
             raise ValueError(
                 f"checkpoint at {prefix or 'the root'!r} was made with geometry {made_with!r} but this "
                 f"module uses {self.tag()!r}; build the model with the checkpoint's geometry (and options), "

@@ -1,4 +1,4 @@
-"""The one geometry factory: names → classes, ``make_geometry``, the per-module factory, checkpoint tags.
+"""The one geometry factory: names → classes, ``make_geometry``, the per-module factory, the options that rebuild one.
 
 Every way of getting a geometry goes through here: ``geoattn.attention(geometry="poincare")``,
 :class:`geoattn.MultiheadAttention`, the backbone's :class:`~geoattn.models.TransformerConfig`,
@@ -7,19 +7,15 @@ the benchmarks. Every geometry constructor takes ``num_heads`` and ``head_dim`` 
 not need the head size ignores it), so the factory never special-cases a geometry.
 
 A geometry's identity in checkpoints, ``geometry_tag``, is its name and the values of the options it
-declares (``options = ("score", "aggregation")``…): ``"sphere|score=cosine|aggregation=linear"``.
+declares (:mod:`geoattn.geometry.tags`); :func:`rebuild_options` gives the options that rebuild it by name.
 """
 from __future__ import annotations
 
 import copy as copying
 import inspect
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import torch
-from torch import Tensor
-
-if TYPE_CHECKING:
-    from .base import Geometry
+from .base import Geometry
 
 _REGISTRY: dict[str, type[Geometry]] = {}
 
@@ -62,8 +58,6 @@ def make_geometry(geometry: str | Geometry, num_heads: int | None = None, head_d
     instance is returned as it is: it takes no ``params`` (ValueError) and, given ``num_heads``, must
     have parameters for that many heads or for one.
     """
-    from .base import Geometry
-
     if isinstance(geometry, Geometry):
         if params:
             raise ValueError(f"geometry parameters {sorted(params)} were given with a Geometry instance; "
@@ -97,24 +91,6 @@ def geometry_for_module(geometry: str | Geometry, num_heads: int, head_dim: int,
             f"{head_dim} features (embed_dim // num_heads); build it with head_dim={head_dim} or leave head_dim out"
         )
     return geom
-
-
-# -- checkpoint tags ---------------------------------------------------------------------------------
-TAG_BYTES = 64
-
-
-def geometry_tag(geometry: Geometry) -> str:
-    """``name|option=value|…`` over the options the geometry's class declares."""
-    return "|".join([geometry.name, *(f"{key}={getattr(geometry, key)}" for key in geometry.options)])
-
-
-def encode_tag(tag: str) -> Tensor:
-    raw = tag.encode()[:TAG_BYTES]
-    return torch.tensor(list(raw) + [0] * (TAG_BYTES - len(raw)), dtype=torch.uint8)
-
-
-def decode_tag(t: Tensor) -> str:
-    return bytes(int(b) for b in t.reshape(-1).tolist() if b).decode(errors="replace")
 
 
 def rebuild_options(geometry: Geometry) -> dict[str, Any]:
