@@ -84,3 +84,10 @@ def test_no_import_cycles_among_the_modules():
     graph = import_graph()
     cycles = sorted(sorted(c) for c in nx.simple_cycles(graph))
     assert not cycles, "import cycles:\n" + "\n".join(" → ".join(c) for c in cycles[:10])
+
+
+def test_no_python_file_in_the_package_is_over_400_lines():
+    """Small files, one job each (the project's rule)."""
+    sizes = {str(p.relative_to(PACKAGE.parent)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    assert len(sizes) > 40  # the walk found the package
+    assert {path: n for path, n in sizes.items() if n > 400} == {}

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import geoattn
-from geoattn.geometry.base import ClipWarning
+from geoattn.geometry.clip import ClipWarning
 
 HEAD_DIMS = [2, 4, 8, 16, 32, 64, 128]
 S = 64

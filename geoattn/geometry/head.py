@@ -28,23 +28,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .curvature import curvature_from_parameter
+
 # |κ|^p as torch's pow(tensor, scalar) computes it for these exponents (exact: sqrt, products, quotients)
 # (and as IEEE arithmetic does at |κ| = 0: inf where it divides by zero)
 _POWERS = {0.5: math.sqrt, -0.5: lambda x: 1.0 / math.sqrt(x) if x else math.inf, 1.0: lambda x: x,
            -1.0: lambda x: 1.0 / x if x else math.inf, 2.0: lambda x: x * x,
            -2.0: lambda x: 1.0 / (x * x) if x else math.inf}
-
-
-def curvature_from_parameter(raw: Tensor, sign: int) -> Tensor:
-    """κ from the parameter behind it: ``sign·e^r`` (fixed sign, ``r = log|κ|``) or ``sinh r`` (free sign,
-    ``r = asinh κ``); the one home of the map (:class:`~geoattn.geometry.base.CurvedGeometry` and
-    :class:`HeadConstants`, whose ∂κ/∂r is κ or ``cosh r``)."""
-    return sign * raw.exp() if sign else torch.sinh(raw)
-
-
-def parameter_from_curvature(kappa: Tensor, sign: int) -> Tensor:
-    """The inverse of :func:`curvature_from_parameter`: ``log(sign·κ)`` or ``asinh κ``."""
-    return (kappa * sign).log() if sign else torch.asinh(kappa)
 
 
 def _per_head(values: list[float], heads: int) -> list[float]:

@@ -8,7 +8,8 @@ from torch import Tensor
 
 from ..math import eps, lorentz
 from ..math.functions import cos_sqrt
-from .base import AffineForm, CurvedGeometry, Lifted, NativeSpec
+from .base import AffineForm, Lifted, NativeSpec
+from .curved import CurvedGeometry
 from .registry import register
 
 

@@ -8,7 +8,9 @@ from torch import Tensor
 
 from ..math import eps, sphere
 from ..math.vectors import robust_norm, unit
-from .base import AffineForm, CurvedGeometry, Lifted, NativeSpec, check_choice
+from .arguments import check_choice
+from .base import AffineForm, Lifted, NativeSpec
+from .curved import CurvedGeometry
 from .registry import register
 
 
