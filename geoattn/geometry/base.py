@@ -37,18 +37,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, ClassVar
+from typing import Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from ..backends.native.spec import HeadConstants, NativeSpec
 from ..math import eps
 from .arguments import check_temperature, log_param
-from .head import HeadConstants
 from .tags import Tagged
-
-if TYPE_CHECKING:
-    from .metric import MetricConstants
 
 
 @dataclass
@@ -92,22 +89,6 @@ class AffineForm:
         bias = lambda t, x: () if t is None else (t.expand(x.shape[:-1]),)  # noqa: E731
         q_bias = self.q_bias() if callable(self.q_bias) else self.q_bias
         return Lifted(q, k, q_terms=bias(q_bias, q), k_terms=bias(self.k_bias, k), outer=self.outer)
-
-
-@dataclass
-class NativeSpec:
-    """What the native CPU kernel needs from a geometry (:mod:`geoattn.backends.native`): the kernel ``kind``
-    (``"stereographic"``, ``"sphere"``; ``"lorentz"``, ``"cosine"``, ``"l2"``, whose affine terms the kernel
-    computes from the token norms; ``"affine"``, which runs :meth:`Geometry.affine_form`), the per-head κ and
-    score multiplier μ as :class:`~geoattn.geometry.head.HeadConstants` (None for ``"affine"``: its terms carry
-    them; the kernel's autograd function differentiates the parameters behind them), the tangent ``clip``
-    (√|κ|·‖u‖ ≤ clip, κ < 0) and, for ``"metric"`` (whose terms the kernel computes from q, k and G), the
-    per-head metric G as :class:`~geoattn.geometry.metric.MetricConstants` (likewise without a graph)."""
-
-    kind: str
-    head: HeadConstants | None
-    clip: float
-    metric: MetricConstants | None = None  # the metric kind's G (H, E, E) and its chain rule
 
 
 class Geometry(Tagged):

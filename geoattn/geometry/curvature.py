@@ -14,7 +14,7 @@ from torch import Tensor
 def curvature_from_parameter(raw: Tensor, sign: int) -> Tensor:
     """κ from the parameter behind it: ``sign·e^r`` (fixed sign, ``r = log|κ|``) or ``sinh r`` (free sign,
     ``r = asinh κ``); the one home of the map (:class:`~geoattn.geometry.curved.CurvedGeometry` and
-    :class:`~geoattn.geometry.head.HeadConstants`, whose ∂κ/∂r is κ or ``cosh r``)."""
+    :class:`~geoattn.backends.native.spec.HeadConstants`, whose ∂κ/∂r is κ or ``cosh r``)."""
     return sign * raw.exp() if sign else torch.sinh(raw)
 
 

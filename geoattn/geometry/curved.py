@@ -7,12 +7,12 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..backends.native.spec import HeadConstants
 from ..math.vectors import clip_radius as clip_norm, robust_norm, unit
 from .arguments import check_choice, per_head
 from .base import TemperedGeometry
 from .clip import check_clip_radius, record_clip
 from .curvature import curvature_from_parameter, parameter_from_curvature
-from .head import HeadConstants
 
 
 class CurvedGeometry(TemperedGeometry):

@@ -6,10 +6,11 @@ import math
 import torch
 from torch import Tensor
 
+from ..backends.native.spec import NativeSpec
 from ..math import eps, sphere
 from ..math.vectors import robust_norm, unit
 from .arguments import check_choice
-from .base import AffineForm, Lifted, NativeSpec
+from .base import AffineForm, Lifted
 from .curved import CurvedGeometry
 from .registry import register
 

@@ -7,10 +7,11 @@ from torch import Tensor
 
 import torch
 
+from ..backends.native.spec import NativeSpec
 from ..math import eps
 from ..math import stereographic as stereo
 from ..math.functions import asinh, safe_sqrt
-from .base import Lifted, NativeSpec
+from .base import Lifted
 from .curved import CurvedGeometry
 from .registry import register
 

@@ -1,4 +1,5 @@
-"""The per-head constants of the native kernel, κ and the score multiplier μ, and their chain rule.
+"""What a geometry hands the native kernel (:class:`NativeSpec`): the per-head constants κ and the score multiplier
+μ (:class:`HeadConstants`), the learned metric's G (:class:`MetricConstants`), and their chain rules.
 
 Every native call needs κ (H,) and μ (H,) in float32 from the geometry's float64 parameters (``log|κ|`` or
 ``asinh κ``, and ``log τ``). Built from tensor ops under autograd, that is a chain of about eight small operations
@@ -28,7 +29,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .curvature import curvature_from_parameter
+from ...geometry.curvature import curvature_from_parameter
+from ...math.metric import metric_tensor
 
 # |κ|^p as torch's pow(tensor, scalar) computes it for these exponents (exact: sqrt, products, quotients)
 # (and as IEEE arithmetic does at |κ| = 0: inf where it divides by zero)
@@ -95,3 +97,62 @@ class HeadConstants:
         slope = kappa if self.sign else _per_head(self.raw.detach().cosh().tolist(), self.heads)  # ∂κ/∂r
         d_raw = [g * k for g, k in zip(dk, slope)]
         return _to_parameter(d_raw, self.raw), d_logt
+
+
+@dataclass
+class MetricConstants:
+    """G of ``heads`` heads for the native kernel without an autograd graph, and its chain rule, in the manner
+    of :class:`HeadConstants`: the kernel's autograd function
+    (:class:`geoattn.backends.native.kernel.NativeAttention`) takes ``factor`` and ``raw_diagonal`` themselves,
+    so a call is one autograd node (G's graph added four: the baddbmm, its transpose, the cast, the expand).
+    Forming G and its gradient costs ≈ 0.07–0.1 ms per call either way at the quick benchmark shape (one
+    thread, outside the C++ kernel; the whole SDPA call takes ≈ 1.4 ms): the torch ops, not the graph, are
+    the cost. With dG the gradient of the G the kernel used (not symmetrised, ``metric.h``) and
+    :func:`metric_tensor`'s form,
+
+        G = F Fᵀ + εI                    ⇒  dF = (dG + dGᵀ) F,
+        G = U Uᵀ + diag(softplus(d) + ε)  ⇒  dU = (dG + dGᵀ) U,   dd = diag(dG) ⊙ sigmoid(d),
+
+    summed over the heads that share a parameter. Checked against :func:`metric_tensor`'s autograd gradients
+    (tests/test_native.py)."""
+
+    factor: Tensor
+    raw_diagonal: Tensor | None
+    epsilon: float
+    heads: int
+
+    def values(self) -> Tensor:
+        """G, (heads, E, E) float32, contiguous, outside autograd."""
+        with torch.no_grad():
+            g = metric_tensor(self.factor, self.raw_diagonal, self.epsilon).float()
+            return g if g.shape[0] == self.heads else g.expand(self.heads, -1, -1).contiguous()
+
+    def grads(self, d_metric: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The gradients of ``factor`` and ``raw_diagonal`` (None when absent) from that of G ((heads, E, E),
+        summed here over the heads that share a parameter, in the parameters' dtype)."""
+        with torch.no_grad():
+            f = self.factor
+            dg = d_metric.to(f.dtype)
+            if dg.shape[0] != f.shape[0]:  # heads that share a parameter
+                dg = dg.sum_to_size(f.shape[0], *d_metric.shape[1:])
+            d_factor = torch.bmm(dg + dg.transpose(-1, -2), f)  # what @ runs, without matmul's dispatch
+            if self.raw_diagonal is None:
+                return d_factor, None
+            return d_factor, dg.diagonal(dim1=-2, dim2=-1) * torch.sigmoid(self.raw_diagonal)
+
+
+@dataclass
+class NativeSpec:
+    """What the native CPU kernel needs from a geometry (:mod:`geoattn.backends.native`, from
+    :meth:`~geoattn.geometry.base.Geometry.native_spec`): the kernel ``kind``
+    (``"stereographic"``, ``"sphere"``; ``"lorentz"``, ``"cosine"``, ``"l2"``, whose affine terms the kernel
+    computes from the token norms; ``"affine"``, which runs :meth:`Geometry.affine_form`), the per-head κ and
+    score multiplier μ as :class:`HeadConstants` (None for ``"affine"``: its terms carry
+    them; the kernel's autograd function differentiates the parameters behind them), the tangent ``clip``
+    (√|κ|·‖u‖ ≤ clip, κ < 0) and, for ``"metric"`` (whose terms the kernel computes from q, k and G), the
+    per-head metric G as :class:`MetricConstants` (likewise without a graph)."""
+
+    kind: str
+    head: HeadConstants | None
+    clip: float
+    metric: MetricConstants | None = None  # the metric kind's G (H, E, E) and its chain rule
