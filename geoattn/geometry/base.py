@@ -25,7 +25,7 @@ vectors ``u = q/√E`` (so a unit-variance activation has ``‖u‖ ≈ 1``) and
 similarity is written in units in which the model is Euclidean at the origin (``−½‖x − y‖²`` for
 squared distances, ``−d/2`` for the stereographic distance, whose metric is 4× Euclidean there,
 ``cos θ`` on the sphere), so each geometry's initial attention is as sharp as SDPA's at every head
-size (tested for E = 2 … 128 in ``tests/test_defaults.py``).
+size (the contract of every registered geometry, E = 2 … 128: ``tests/test_contract.py``).
 
 Aggregation is ``post(attend(pre(v)))``: :meth:`pre_values` maps values before the weighted sum,
 :meth:`post_values` finishes after it (midpoints, centroids, normalised means).

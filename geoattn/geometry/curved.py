@@ -97,26 +97,29 @@ class CurvedGeometry(TemperedGeometry):
                              coef * (1.0 if scale is None else scale), power)
 
     # -- tangent vectors ---------------------------------------------------------------------
-    def tangent_norm(self, x: Tensor, kappa: Tensor) -> tuple[Tensor, Tensor]:
+    def tangent_norm(self, x: Tensor, kappa: Tensor, head_dim: int | None = None) -> tuple[Tensor, Tensor]:
         """``(‖x‖, a = min(‖x‖/√E, clip/√|κ|))`` of ``x`` (B, H, N, E), both (B, H, N, 1), under the scale rule
-        and the clip (counted when it acts); ``kappa`` is (H,)."""
+        and the clip (counted when it acts); ``kappa`` is (H,). ``head_dim``: the E of the scale rule where ``x``
+        is part of a head (a factor of a product manifold); by default ``x``'s last dimension."""
         norm = robust_norm(x)                                                    # (B, H, N, 1)
-        a = norm / math.sqrt(x.shape[-1])
+        a = norm / math.sqrt(head_dim or x.shape[-1])
         if self.clip_radius is not None:
             a, shortened = clip_norm(a, kappa.view(-1, 1, 1), self.clip_radius)
             self.record_clip(shortened)
         return norm, a
 
-    def radial(self, x: Tensor, kappa: Tensor, input_dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+    def radial(self, x: Tensor, kappa: Tensor, input_dtype: torch.dtype | None = None,
+               head_dim: int | None = None) -> tuple[Tensor, Tensor]:
         """Direction and tangent norm of ``x`` (B, H, N, E) under the scale rule and the clip:
         ``(x̂ (B, H, N, E), a (B, H, N, 1))`` (:meth:`tangent_norm`). ``input_dtype``: the dtype x came in (it
         sets the floor under ‖x‖, see :func:`geoattn.math.vectors.unit`)."""
-        norm, a = self.tangent_norm(x, kappa)
+        norm, a = self.tangent_norm(x, kappa, head_dim)
         return unit(x, norm, input_dtype), a
 
-    def tangent(self, x: Tensor, kappa: Tensor, input_dtype: torch.dtype | None = None) -> Tensor:
+    def tangent(self, x: Tensor, kappa: Tensor, input_dtype: torch.dtype | None = None,
+                head_dim: int | None = None) -> Tensor:
         """The clipped tangent vector ``u = x̂·a`` of ``x`` (see :meth:`radial`), (B, H, N, E)."""
-        direction, a = self.radial(x, kappa, input_dtype)
+        direction, a = self.radial(x, kappa, input_dtype, head_dim)
         return direction * a
 
     def record_clip(self, shortened: Tensor | int) -> None:
