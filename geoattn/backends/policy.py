@@ -46,8 +46,8 @@ RULES: list[Rule] = [
          f"the score matrix is small (B·H·L·S ≤ {DENSE_MAX_SCORES}): dense is faster than compiling a fused kernel"),
     Rule(lambda c: c.device.type != "cpu", "flex",
          "on an accelerator, FlexAttention fuses the score (with a backward)"),
-    # measured (benchmarks/results/kernels): on CPU the tiled forward is faster than flex (3.0× vs 5.0× SDPA at
-    # L=4096) and its memory linear, where torch 2.13's CPU flex grows 3.6× from 4096 to 8192 (and has no backward)
+    # benchmarks/results/kernels: on CPU the tiled forward is faster than flex and its memory linear, where
+    # torch 2.13's CPU flex grows faster than linearly in L (and has no backward)
     Rule(lambda c: True, "tiled",
          "on CPU, tiled is faster than CPU flex and linear in memory (measured), with a backward"),
 ]

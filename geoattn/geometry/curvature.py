@@ -3,7 +3,8 @@
 A fixed-sign κ (hyperbolic or spherical geometries) is stored as ``r = log|κ|``, so κ moves on a relative scale
 (``∂κ/∂r = κ``). A free-sign κ (κ-stereographic) is stored as ``r = asinh κ``: it crosses zero smoothly, where
 ``∂κ/∂r = cosh r ≈ 1``, and far from zero moves on a relative scale as ``log|κ|`` does (``∂κ/∂r ≈ |κ|``), so an
-optimiser reaches a large |κ| in as many steps as with ``log|κ|``.
+optimiser reaches a large |κ| (hierarchies ask for κ ≈ −20) in as few steps as with ``log|κ|``, where with κ
+itself stored its step size would cap the change per step.
 """
 from __future__ import annotations
 

@@ -19,11 +19,9 @@ class CurvedGeometry(TemperedGeometry):
     """A tempered geometry with a per-head signed curvature κ, and values aggregated linearly or on the manifold.
 
     ``curvature_sign`` fixes the sign (-1 hyperbolic, +1 spherical; stored as ``log|κ|``, parameter
-    ``raw_curvature``) or leaves it free (0; stored as ``asinh κ``, parameter ``asinh_curvature``: a learnable
-    κ crosses zero smoothly, where ``∂κ/∂r = cosh r ≈ 1``, and far from zero moves on a relative scale as
-    ``log|κ|`` does, ``∂κ/∂r ≈ |κ|``; stored as κ itself, an optimiser's step size capped its change per
-    step, so κ took thousands of steps to reach the −20 that a WordNet embedding asked for). :attr:`curvature_parameter`
-    is the parameter behind κ in either case. ``curvature`` defaults to +1 for a spherical sign, else -1.
+    ``raw_curvature``) or leaves it free (0; stored as ``asinh κ``, parameter ``asinh_curvature``), see
+    :mod:`geoattn.geometry.curvature` for why. :attr:`curvature_parameter` is the parameter behind κ in either
+    case. ``curvature`` defaults to +1 for a spherical sign, else -1.
     ``aggregations`` names the ways values may be combined: ``"linear"`` (the weighted sum) and those the
     geometry implements with :meth:`manifold_values` (before the weighted sum) and :meth:`manifold_output`
     (after it).

@@ -3,14 +3,12 @@
 
 Every native call needs κ (H,) and μ (H,) in float32 from the geometry's float64 parameters (``log|κ|`` or
 ``asinh κ``, and ``log τ``). Built from tensor ops under autograd, that is a chain of about eight small operations
-forward and as many autograd nodes backward; without the graph, the same tensor ops still cost a few µs of
-dispatch each on (H,)-sized tensors (20 µs for κ and μ, 29 µs for their gradients per call, one thread,
-isolated). A :class:`HeadConstants` therefore takes one torch ``exp`` (``sinh``, ``cosh``) per parameter (the
-transcendental, so the bits are torch's) and does the rest of the arithmetic on Python floats (IEEE double: the
-same products, quotients and square roots as torch's float64 kernels, bit for bit; 7 µs and 14 µs), and the
-kernel's autograd function
-(:class:`geoattn.backends.native.kernel.NativeAttention`) takes the parameters themselves and applies the
-derivatives written out here:
+forward and as many autograd nodes backward, each paying torch's per-op dispatch on (H,)-sized tensors, a
+cost comparable to the small kernels themselves. A :class:`HeadConstants` therefore takes one torch ``exp``
+(``sinh``, ``cosh``) per parameter (the transcendental, so the bits are torch's) and does the rest of the
+arithmetic on Python floats (IEEE double: the same products, quotients and square roots as torch's float64
+kernels, bit for bit), and the kernel's autograd function (:class:`geoattn.backends.native.kernel.NativeAttention`)
+takes the parameters themselves and applies the derivatives written out here:
 
     κ = s·e^r (s = ±1, r = log|κ|) or κ = sinh r (free sign, s = 0),      μ = c·e^{−log τ}·|κ|^p,
     ∂μ/∂log τ = −μ,   ∂μ/∂κ = p·μ/κ,   ∂κ/∂r = κ (s = ±1) or cosh r,
@@ -47,7 +45,7 @@ def _per_head(values: list[float], heads: int) -> list[float]:
 def _to_parameter(values: list[float], like: Tensor) -> Tensor:
     """Per-head gradients → the gradient of the parameter ``like`` (summed over the heads that share it, by torch's
     own reduction, so the bits are those of ``sum_to_size``)."""
-    # from a ctypes buffer: 0.7 µs against torch.tensor(values)'s 3.2 µs (measured, one core); .to: no copy on CPU
+    # from a ctypes buffer, which skips torch.tensor's per-element Python conversion; .to: no copy on CPU
     grad = torch.frombuffer((ctypes.c_double * len(values))(*values), dtype=torch.float64).to(like.device, like.dtype)
     return grad.reshape(like.shape) if grad.numel() == like.numel() else grad.sum_to_size(like.shape)
 
@@ -104,10 +102,8 @@ class MetricConstants:
     """G of ``heads`` heads for the native kernel without an autograd graph, and its chain rule, in the manner
     of :class:`HeadConstants`: the kernel's autograd function
     (:class:`geoattn.backends.native.kernel.NativeAttention`) takes ``factor`` and ``raw_diagonal`` themselves,
-    so a call is one autograd node (G's graph added four: the baddbmm, its transpose, the cast, the expand).
-    Forming G and its gradient costs ≈ 0.07–0.1 ms per call either way at the quick benchmark shape (one
-    thread, outside the C++ kernel; the whole SDPA call takes ≈ 1.4 ms): the torch ops, not the graph, are
-    the cost. With dG the gradient of the G the kernel used (not symmetrised, ``metric.h``) and
+    so a call is one autograd node (G's graph would add four: the baddbmm, its transpose, the cast, the expand).
+    With dG the gradient of the G the kernel used (not symmetrised, ``metric.h``) and
     :func:`metric_tensor`'s form,
 
         G = F Fᵀ + εI                    ⇒  dF = (dG + dGᵀ) F,
