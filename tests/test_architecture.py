@@ -91,3 +91,16 @@ def test_no_python_file_in_the_package_is_over_400_lines():
     sizes = {str(p.relative_to(PACKAGE.parent)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
     assert len(sizes) > 40  # the walk found the package
     assert {path: n for path, n in sizes.items() if n > 400} == {}
+
+
+def test_the_backend_prose_names_every_backend_and_points_to_the_policy_table():
+    """The backend policy is written once (``geoattn.backends.policy.RULES``): the package docs list every
+    registered backend and refer to the table instead of restating it."""
+    import geoattn
+    from geoattn import backends
+
+    names = [name for name in geoattn.available_backends() if name != "auto"]
+    assert "native" in names and "tiled" in names
+    assert [name for name in names if f"``{name}``" not in backends.__doc__] == []
+    for doc in (backends.__doc__, geoattn.attention.__doc__, geoattn.explain_backend.__doc__):
+        assert "geoattn.backends.policy.RULES" in doc
