@@ -187,10 +187,10 @@ def test_lorentz_clip_is_counted_on_the_native_kernel():
 @pytest.mark.parametrize("sign, power, param_heads",
                          [(-1, 0.0, 4), (1, -0.5, 4), (0, 0.0, 1), (1, -0.5, 1), (None, 0.0, 4)])
 def test_head_constants_match_the_tensor_expression(sign, power, param_heads):
-    """κ and μ of the native kernel (geoattn.geometry.head.HeadConstants, no autograd graph) and its written-out
+    """κ and μ of the native kernel (geoattn.backends.native.spec.HeadConstants, no autograd graph) and its written-out
     chain rule against the plain tensor expression in float64: the values (to float32 rounding) and both
     parameters' gradients for random cotangents (autograd of the expression)."""
-    from geoattn.geometry.head import HeadConstants
+    from geoattn.backends.native.spec import HeadConstants
 
     heads, coef = 4, -1.7
     gen = torch.Generator().manual_seed(3)
@@ -226,11 +226,11 @@ def test_head_constants_match_the_tensor_expression(sign, power, param_heads):
 
 @pytest.mark.parametrize("rank, param_heads", [(None, 4), (None, 1), (3, 4), (3, 1)])
 def test_metric_constants_match_the_tensor_expression(rank, param_heads):
-    """G of the native kernel (geoattn.geometry.metric.MetricConstants, no autograd graph) and its written-out
+    """G of the native kernel (geoattn.backends.native.spec.MetricConstants, no autograd graph) and its written-out
     chain rule against Metric.metric_tensor in float64: the values (to float32 rounding, expanded to every
     head) and the gradients of the factor and raw_diagonal for a random, non-symmetric dG (as the kernel's
     is), with heads sharing one parameter (param_heads = 1) or each its own."""
-    from geoattn.geometry.metric import MetricConstants
+    from geoattn.backends.native.spec import MetricConstants
 
     heads, E = 4, 6
     gen = torch.Generator().manual_seed(5)

@@ -17,7 +17,7 @@ every geometry gets the same one. Swept over the embedding dimension ``dim``. Co
 and the geometry; evaluation always scores in float64) and ``hyperbolic_radius``.
 
 ``hyperbolic_radius`` (R): every geometry that can be negatively curved keeps its points within distance
-R/√|κ| of the origin (its ``clip_radius`` from :meth:`~geoattn.geometry.base.CurvedGeometry.clip_for_radius`,
+R/√|κ| of the origin (its ``clip_radius`` from :meth:`~geoattn.geometry.curved.CurvedGeometry.clip_for_radius`,
 unless ``geometry_params`` names one). The suites set R = 20, the Poincaré ball's default; without it Lorentz
 would keep its attention default, radius 4, which bounds the float32 cancellation of its affine form in the
 attention kernels. This task scores through the lift (:func:`geoattn.pair_scores`, the reference computation of

@@ -49,8 +49,8 @@ RULES: list[Rule] = [
          f"the score matrix is small (B·H·L·S ≤ {DENSE_MAX_SCORES}): dense is faster than compiling a fused kernel"),
     Rule(lambda c: c.device.type != "cpu", "flex",
          "on an accelerator, FlexAttention fuses the score (with a backward)"),
-    # measured (benchmarks/results/kernels): on CPU the tiled forward is faster than flex (3.0× vs 5.0× SDPA at
-    # L=4096) and its memory linear, where torch 2.13's CPU flex grows 3.6× from 4096 to 8192 (and has no backward)
+    # benchmarks/results/kernels: on CPU the tiled forward is faster than flex and its memory linear, where
+    # torch 2.13's CPU flex grows faster than linearly in L (and has no backward)
     Rule(lambda c: True, "tiled",
          "on CPU, tiled is faster than CPU flex and linear in memory (measured), with a backward"),
 ]
@@ -72,12 +72,8 @@ _log = logging.getLogger("geoattn")
 _WARNED_FALLBACK = [False]  # the first call that falls back warns; later ones are explained, not warned about
 
 
-def register_backend(backend: Backend, auto_rank: int | None = None) -> Backend:
+def register_backend(backend: Backend) -> Backend:
     """Make ``backend`` available by name (``backend="<name>"``); ``auto`` picks it through a row of :data:`RULES`."""
-    if auto_rank is not None:
-        warnings.warn("register_backend(auto_rank=...) is deprecated and ignored: auto follows the decision table "
-                      "geoattn.backends.policy.RULES; insert a Rule(...) there for auto to pick this backend",
-                      DeprecationWarning, stacklevel=2)
     _BACKENDS[backend.name] = backend
     return backend
 

@@ -1,5 +1,7 @@
 """Geometries: one small module each, registered by name in :mod:`geoattn.geometry.registry`."""
-from .base import AffineForm, ClipWarning, CurvedGeometry, Geometry, Lifted, TemperedGeometry
+from .base import AffineForm, Geometry, Lifted, TemperedGeometry
+from .clip import ClipWarning
+from .curved import CurvedGeometry
 from .euclidean import Euclidean
 from .l2 import L2
 from .lorentz import Lorentz
@@ -14,9 +16,3 @@ __all__ = [
     "Stereographic", "TemperedGeometry", "available_geometries", "geometry_class", "geometry_for_module",
     "make_geometry", "register",
 ]
-
-
-def __getattr__(name: str):
-    from .._deprecated import moved
-
-    return moved(__name__, name)

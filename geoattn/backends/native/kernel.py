@@ -18,9 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ...geometry.head import HeadConstants
-from ...geometry.metric import MetricConstants
 from .build import Native
+from .spec import HeadConstants, MetricConstants
 
 KINDS = {"stereographic": 0, "sphere": 1, "affine": 2, "lorentz": 3, "cosine": 4, "l2": 5, "metric": 6}
 TERMS = 5  # per-token terms of kernel.cpp (kTerms)

@@ -1,15 +1,14 @@
-"""The per-head constants of the native kernel, κ and the score multiplier μ, and their chain rule.
+"""What a geometry hands the native kernel (:class:`NativeSpec`): the per-head constants κ and the score multiplier
+μ (:class:`HeadConstants`), the learned metric's G (:class:`MetricConstants`), and their chain rules.
 
 Every native call needs κ (H,) and μ (H,) in float32 from the geometry's float64 parameters (``log|κ|`` or
 ``asinh κ``, and ``log τ``). Built from tensor ops under autograd, that is a chain of about eight small operations
-forward and as many autograd nodes backward; without the graph, the same tensor ops still cost a few µs of
-dispatch each on (H,)-sized tensors (20 µs for κ and μ, 29 µs for their gradients per call, one thread,
-isolated). A :class:`HeadConstants` therefore takes one torch ``exp`` (``sinh``, ``cosh``) per parameter (the
-transcendental, so the bits are torch's) and does the rest of the arithmetic on Python floats (IEEE double: the
-same products, quotients and square roots as torch's float64 kernels, bit for bit; 7 µs and 14 µs), and the
-kernel's autograd function
-(:class:`geoattn.backends.native.kernel.NativeAttention`) takes the parameters themselves and applies the
-derivatives written out here:
+forward and as many autograd nodes backward, each paying torch's per-op dispatch on (H,)-sized tensors, a
+cost comparable to the small kernels themselves. A :class:`HeadConstants` therefore takes one torch ``exp``
+(``sinh``, ``cosh``) per parameter (the transcendental, so the bits are torch's) and does the rest of the
+arithmetic on Python floats (IEEE double: the same products, quotients and square roots as torch's float64
+kernels, bit for bit), and the kernel's autograd function (:class:`geoattn.backends.native.kernel.NativeAttention`)
+takes the parameters themselves and applies the derivatives written out here:
 
     κ = s·e^r (s = ±1, r = log|κ|) or κ = sinh r (free sign, s = 0),      μ = c·e^{−log τ}·|κ|^p,
     ∂μ/∂log τ = −μ,   ∂μ/∂κ = p·μ/κ,   ∂κ/∂r = κ (s = ±1) or cosh r,
@@ -28,23 +27,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ...geometry.curvature import curvature_from_parameter
+from ...math.metric import metric_tensor
+
 # |κ|^p as torch's pow(tensor, scalar) computes it for these exponents (exact: sqrt, products, quotients)
 # (and as IEEE arithmetic does at |κ| = 0: inf where it divides by zero)
 _POWERS = {0.5: math.sqrt, -0.5: lambda x: 1.0 / math.sqrt(x) if x else math.inf, 1.0: lambda x: x,
            -1.0: lambda x: 1.0 / x if x else math.inf, 2.0: lambda x: x * x,
            -2.0: lambda x: 1.0 / (x * x) if x else math.inf}
-
-
-def curvature_from_parameter(raw: Tensor, sign: int) -> Tensor:
-    """κ from the parameter behind it: ``sign·e^r`` (fixed sign, ``r = log|κ|``) or ``sinh r`` (free sign,
-    ``r = asinh κ``); the one home of the map (:class:`~geoattn.geometry.base.CurvedGeometry` and
-    :class:`HeadConstants`, whose ∂κ/∂r is κ or ``cosh r``)."""
-    return sign * raw.exp() if sign else torch.sinh(raw)
-
-
-def parameter_from_curvature(kappa: Tensor, sign: int) -> Tensor:
-    """The inverse of :func:`curvature_from_parameter`: ``log(sign·κ)`` or ``asinh κ``."""
-    return (kappa * sign).log() if sign else torch.asinh(kappa)
 
 
 def _per_head(values: list[float], heads: int) -> list[float]:
@@ -55,7 +45,7 @@ def _per_head(values: list[float], heads: int) -> list[float]:
 def _to_parameter(values: list[float], like: Tensor) -> Tensor:
     """Per-head gradients → the gradient of the parameter ``like`` (summed over the heads that share it, by torch's
     own reduction, so the bits are those of ``sum_to_size``)."""
-    # from a ctypes buffer: 0.7 µs against torch.tensor(values)'s 3.2 µs (measured, one core); .to: no copy on CPU
+    # from a ctypes buffer, which skips torch.tensor's per-element Python conversion; .to: no copy on CPU
     grad = torch.frombuffer((ctypes.c_double * len(values))(*values), dtype=torch.float64).to(like.device, like.dtype)
     return grad.reshape(like.shape) if grad.numel() == like.numel() else grad.sum_to_size(like.shape)
 
@@ -105,3 +95,60 @@ class HeadConstants:
         slope = kappa if self.sign else _per_head(self.raw.detach().cosh().tolist(), self.heads)  # ∂κ/∂r
         d_raw = [g * k for g, k in zip(dk, slope)]
         return _to_parameter(d_raw, self.raw), d_logt
+
+
+@dataclass
+class MetricConstants:
+    """G of ``heads`` heads for the native kernel without an autograd graph, and its chain rule, in the manner
+    of :class:`HeadConstants`: the kernel's autograd function
+    (:class:`geoattn.backends.native.kernel.NativeAttention`) takes ``factor`` and ``raw_diagonal`` themselves,
+    so a call is one autograd node (G's graph would add four: the baddbmm, its transpose, the cast, the expand).
+    With dG the gradient of the G the kernel used (not symmetrised, ``metric.h``) and
+    :func:`metric_tensor`'s form,
+
+        G = F Fᵀ + εI                    ⇒  dF = (dG + dGᵀ) F,
+        G = U Uᵀ + diag(softplus(d) + ε)  ⇒  dU = (dG + dGᵀ) U,   dd = diag(dG) ⊙ sigmoid(d),
+
+    summed over the heads that share a parameter. Checked against :func:`metric_tensor`'s autograd gradients
+    (tests/test_native.py)."""
+
+    factor: Tensor
+    raw_diagonal: Tensor | None
+    epsilon: float
+    heads: int
+
+    def values(self) -> Tensor:
+        """G, (heads, E, E) float32, contiguous, outside autograd."""
+        with torch.no_grad():
+            g = metric_tensor(self.factor, self.raw_diagonal, self.epsilon).float()
+            return g if g.shape[0] == self.heads else g.expand(self.heads, -1, -1).contiguous()
+
+    def grads(self, d_metric: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The gradients of ``factor`` and ``raw_diagonal`` (None when absent) from that of G ((heads, E, E),
+        summed here over the heads that share a parameter, in the parameters' dtype)."""
+        with torch.no_grad():
+            f = self.factor
+            dg = d_metric.to(f.dtype)
+            if dg.shape[0] != f.shape[0]:  # heads that share a parameter
+                dg = dg.sum_to_size(f.shape[0], *d_metric.shape[1:])
+            d_factor = torch.bmm(dg + dg.transpose(-1, -2), f)  # what @ runs, without matmul's dispatch
+            if self.raw_diagonal is None:
+                return d_factor, None
+            return d_factor, dg.diagonal(dim1=-2, dim2=-1) * torch.sigmoid(self.raw_diagonal)
+
+
+@dataclass
+class NativeSpec:
+    """What the native CPU kernel needs from a geometry (:mod:`geoattn.backends.native`, from
+    :meth:`~geoattn.geometry.base.Geometry.native_spec`): the kernel ``kind``
+    (``"stereographic"``, ``"sphere"``; ``"lorentz"``, ``"cosine"``, ``"l2"``, whose affine terms the kernel
+    computes from the token norms; ``"affine"``, which runs :meth:`Geometry.affine_form`), the per-head κ and
+    score multiplier μ as :class:`HeadConstants` (None for ``"affine"``: its terms carry
+    them; the kernel's autograd function differentiates the parameters behind them), the tangent ``clip``
+    (√|κ|·‖u‖ ≤ clip, κ < 0) and, for ``"metric"`` (whose terms the kernel computes from q, k and G), the
+    per-head metric G as :class:`MetricConstants` (likewise without a graph)."""
+
+    kind: str
+    head: HeadConstants | None
+    clip: float
+    metric: MetricConstants | None = None  # the metric kind's G (H, E, E) and its chain rule
