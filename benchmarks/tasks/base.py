@@ -51,6 +51,19 @@ class Task:
 
     vocab_size: int
 
+    @classmethod
+    def resolve_budget(cls, config: dict[str, Any], data_path: str | Path | None) -> dict[str, Any]:
+        """The config with its budget in the runner's terms (``iters``, ``eval_interval``): a task that states
+        its budget otherwise (``wordnet-reconstruction``: epochs of its data) converts it here."""
+        return config
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint needs to resume this task's batch stream besides the generator (none by default)."""
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state`."""
+
     def build_model(self, geometry: str) -> nn.Module:
         raise NotImplementedError
 

@@ -1,4 +1,5 @@
-"""``wordnet-reconstruction``: Nickel & Kiela's reconstruction of the mammal closure, through attention scores.
+"""``wordnet-reconstruction``: Nickel & Kiela's reconstruction of a closure (the mammals by default, the nouns of
+their Table 1 with ``--data``), through attention scores.
 
 Poincaré embeddings (Nickel & Kiela, NeurIPS 2017) are trained with a softmax over ``-d(u, v)`` against
 sampled negatives: for a closure pair (u, v), ``softmax([score(u, v), score(u, n₁), …, score(u, n₅₀)])``
@@ -9,12 +10,16 @@ queries and keys drawn from the same table, no encoder; score = the geometry's
 (:func:`benchmarks.tasks.scoring.scores`). The table is initialised U(-0.001, 0.001) as in the paper.
 
 Negatives, ranks and MAP follow facebookresearch/poincare-embeddings (``hype/graph_dataset.pyx``,
-``hype/graph.py``): see :mod:`.reconstruction_data`. The paper reports mean rank 1.26 and MAP 0.927 for
+``hype/graph.py``): see :mod:`.reconstruction_data`; nothing of size N × N is formed (the evaluation scores
+``eval_block`` query rows at a time). The paper reports mean rank 1.26 and MAP 0.927 for
 Poincaré at d = 5 (Figure 2 caption). Headline metric: ``map`` (↑); ``mean_rank`` (↓) beside it. The
 optimiser is the runner's (AdamW with the suite's schedule), with ``weight_decay=0`` for this task:
 every geometry gets the same one. Swept over the embedding dimension ``dim``. Config keys: ``dim``,
-``n_negatives``, ``batch_size``, ``init_range``, ``dtype`` (``"float32"``, or ``"float64"`` for the table
-and the geometry; evaluation always scores in float64) and ``hyperbolic_radius``.
+``n_negatives``, ``batch_size``, ``epochs`` and ``eval_epochs`` (the budget in epochs of the closure's pairs, so
+any ``--data`` closure trains as many epochs as the default; :meth:`WordNetReconstruction.resolve_budget` turns
+them into the runner's ``iters`` and ``eval_interval``), ``eval_block``, ``init_range``, ``dtype``
+(``"float32"``, or ``"float64"`` for the table and the geometry; evaluation always scores in float64) and
+``hyperbolic_radius``.
 
 ``hyperbolic_radius`` (R): every geometry that can be negatively curved keeps its points within distance
 R/√|κ| of the origin (its ``clip_radius`` from :meth:`~geoattn.geometry.base.CurvedGeometry.clip_for_radius`,
@@ -66,10 +71,10 @@ class ReconstructionModel(nn.Module):
         (:func:`geoattn.pair_scores`)."""
         return pair_scores(self.geometry, self.embedding.weight, u, keys)
 
-    def all_scores(self, dtype: torch.dtype | None = None) -> Tensor:
-        """Every node against every node → (N, N), computed in ``dtype`` (default: the table's)."""
-        e = self.embedding.weight.to(dtype or self.embedding.weight.dtype)[None, None]   # (1, 1, N, d)
-        return scores(self.geometry, e, e)[0, 0]
+    def row_scores(self, rows: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """The nodes ``rows`` (b,) against every node → (b, N), computed in ``dtype`` (default: the table's)."""
+        e = self.embedding.weight.to(dtype or self.embedding.weight.dtype)                 # (N, d)
+        return scores(self.geometry, e[rows][None, None], e[None, None])[0, 0]
 
 
 class WordNetReconstruction(Task):
@@ -84,13 +89,33 @@ class WordNetReconstruction(Task):
     def __init__(self, config, data_path, device):
         super().__init__(config, data_path, device)
         closure = _closure(str(self.data_path))
+        self.closure = closure
         self.vocab_size = len(closure.names)
-        self.ancestors = closure.ancestors
         self.pairs = torch.from_numpy(closure.pairs).to(device)
-        self.allowed = torch.from_numpy(closure.allowed).to(device)
+        self.keys = torch.from_numpy(closure.keys).to(device)
         self.dtype = DTYPES[config.get("dtype", "float32")]
         self._order: Tensor | None = None
         self._pos = 0
+
+    @classmethod
+    def resolve_budget(cls, config, data_path):
+        """``epochs`` and ``eval_epochs`` → ``iters`` and ``eval_interval`` for this closure: an epoch is
+        ``len(pairs) // batch_size`` steps (the partial last batch is dropped)."""
+        if "epochs" not in config:
+            return config
+        pairs = len(_closure(str(data_path or cls.default_data)).pairs)
+        steps = pairs // config["batch_size"]
+        if steps < 1:
+            raise ValueError(f"wordnet-reconstruction: batch_size={config['batch_size']} exceeds the closure's "
+                             f"{pairs} pairs, so an epoch has no step; lower batch_size")
+        return dict(config, iters=config["epochs"] * steps,
+                    eval_interval=config.get("eval_epochs", config["epochs"]) * steps)
+
+    def state(self):
+        return {"order": self._order, "pos": self._pos}
+
+    def load_state(self, state):
+        self._order, self._pos = state["order"], state["pos"]
 
     def build_model(self, geometry):
         c = self.config
@@ -106,7 +131,7 @@ class WordNetReconstruction(Task):
         pairs = self.pairs[self._order[self._pos:self._pos + B]]
         self._pos += B
         u, v = pairs[:, 0], pairs[:, 1]
-        negs = sample_negatives(self.allowed, u, self.config["n_negatives"], gen)
+        negs = sample_negatives(self.keys, self.vocab_size, u, self.config["n_negatives"], gen)
         keys = torch.cat([v[:, None], negs], dim=1)                     # (B, 1 + n): the ancestor first
         return Batch((u, keys), keys.numel() + u.numel())
 
@@ -118,5 +143,9 @@ class WordNetReconstruction(Task):
     @torch.no_grad()
     def evaluate(self, model):
         raw = model.module if hasattr(model, "module") else model
-        s = raw.all_scores(torch.float64).cpu().numpy()
-        return reconstruction_metrics(s, self.ancestors)
+        device = raw.embedding.weight.device
+
+        def score_rows(rows):
+            return raw.row_scores(torch.from_numpy(rows).to(device), torch.float64).cpu().numpy()
+
+        return reconstruction_metrics(score_rows, self.closure, self.config.get("eval_block", 256))
