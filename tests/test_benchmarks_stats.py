@@ -208,3 +208,28 @@ def test_throughput_ratio_is_paired_per_round():
     assert paired_ratio(base, geom)[0] == pytest.approx(10 / 11)
     with pytest.raises(ValueError, match="one time per round"):
         paired_ratio([1.0, 2.0], [1.0])
+
+
+def test_report_compares_every_row_with_euclidean_and_euclidean_tau():
+    """Two baselines, two BH families: each row's difference, Welch p and adjusted p against euclidean-tau are
+    scipy's on the euclidean-tau runs, adjusted over the comparisons with euclidean-tau only."""
+    values = {"euclidean": [0.50, 0.52, 0.51], "euclidean-tau": [0.60, 0.61, 0.59],
+              "poincare": [0.70, 0.72, 0.69], "sphere": [0.605, 0.60, 0.61]}
+    recs = [_record(f"{g}{s}", geometry=g, seed=s, acc=a) for g, vals in values.items() for s, a in enumerate(vals)]
+    table = {r["geometry"]: r for r in rows(recs)}
+    assert [r["geometry"] for r in rows(recs)][:2] == ["euclidean", "euclidean-tau"]
+    assert table["euclidean"]["vs_euclidean"] == table["euclidean-tau"]["vs_euclidean_tau"] == "baseline"
+    others = ["euclidean", "poincare", "sphere"]
+    raw = [stats.ttest_ind(values[g], values["euclidean-tau"], equal_var=False).pvalue for g in others]
+    for g, p, p_adj in zip(others, raw, stats.false_discovery_control(raw, method="bh")):
+        assert table[g]["p_vs_euclidean_tau"] == pytest.approx(p)
+        assert table[g]["p_adj_tau"] == pytest.approx(p_adj)
+        assert table[g]["diff_vs_euclidean_tau"] == pytest.approx(np.mean(values[g]) - 0.60)
+    assert table["poincare"]["vs_euclidean_tau"] == "better" and table["sphere"]["vs_euclidean_tau"] == "no different"
+    assert table["sphere"]["vs_euclidean"] == "better"                  # a gain over SDPA the control explains
+    raw_e = [stats.ttest_ind(values[g], values["euclidean"], equal_var=False).pvalue
+             for g in ("euclidean-tau", "poincare", "sphere")]
+    assert [table[g]["p_adj"] for g in ("euclidean-tau", "poincare", "sphere")] == pytest.approx(
+        list(stats.false_discovery_control(raw_e, method="bh")))
+    md = markdown(list(table.values()))
+    assert "− euclidean-tau" in md and "| sphere |" in md and "no different" in md
