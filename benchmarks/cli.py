@@ -243,7 +243,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise ValueError(f"unknown task(s) {', '.join(map(repr, unknown))}; available tasks: {', '.join(TASKS)}")
-    geometries = args.geometries or geoattn.available_geometries()
+    geometries = args.geometries or suite.get("geometries") or geoattn.available_geometries()
     unknown = [g for g in geometries if g not in geoattn.available_geometries()]
     if unknown:
         raise ValueError(f"unknown geometr{'y' if len(unknown) == 1 else 'ies'} {', '.join(map(repr, unknown))}; "
@@ -263,7 +263,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     jobs = args.jobs if args.jobs is not None else suite.get("jobs", 1)
     if threads:
         torch.set_num_threads(threads)
-    specs = build_specs(args.suite, tasks, geometries, seeds, data, configs=configs)
+    specs = build_specs(args.suite, tasks, geometries, seeds, data, configs=configs,
+                        plan=None if args.seeds else suite.get("plan"))
     info = dist.init(device)
     if device.type == "cuda" and info.enabled:
         device = torch.device("cuda", info.local_rank)

@@ -188,6 +188,57 @@ def markdown(table: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def persistence(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Whether each geometry's difference from a baseline persists, shrinks or vanishes as the schedule is stretched
+    (rows swept over ``stretch``: the same schedule at 1×, 2×, 4× the iterations). Per task, geometry and baseline,
+    from the shortest budget's difference d₀ to the longest's d₁ (each with its BH-adjusted p):
+
+    * ``no gain to follow``: d₀ is not significant (p_adj ≥ α) or not a gain;
+    * ``vanishes``: d₁ is not significant, or not a gain;
+    * ``persists``: d₁ is a significant gain at least half of d₀;
+    * ``shrinks``: d₁ is a significant gain smaller than half of d₀.
+    """
+    out = []
+    stretched = [r for r in table if r["sweep"] == "stretch"]
+    keys = sorted({(r["task"], r["geometry"]) for r in stretched})
+    for task, geometry in keys:
+        runs = sorted((r for r in stretched if r["task"] == task and r["geometry"] == geometry),
+                      key=lambda r: r["sweep_value"])
+        for name, suffix in zip(BASELINES, SUFFIXES):
+            tag = name.replace("-", "_")
+            points = [r for r in runs if isinstance(r[f"diff_vs_{tag}"], float)]
+            if len(points) < 2:
+                continue
+            sign = 1.0 if points[0]["higher_is_better"] else -1.0
+
+            def gain(r):
+                p = r[f"p_adj{suffix}"]
+                return sign * r[f"diff_vs_{tag}"] if isinstance(p, float) and p < ALPHA and sign * r[
+                    f"diff_vs_{tag}"] > 0 else 0.0
+
+            first, last = gain(points[0]), gain(points[-1])
+            verdict_ = ("no gain to follow" if first == 0 else "vanishes" if last == 0
+                        else "persists" if last >= first / 2 else "shrinks")
+            out.append({"task": task, "geometry": geometry, "baseline": name, "verdict": verdict_,
+                        "stretch": [r["sweep_value"] for r in points],
+                        "diff": [r[f"diff_vs_{tag}"] for r in points],
+                        "p_adj": [r[f"p_adj{suffix}"] for r in points]})
+    return out
+
+
+def persistence_markdown(rows_: list[dict[str, Any]]) -> str:
+    if not rows_:
+        return ""
+    lines = ["\n## Does the difference persist with training?\n",
+             "Difference from the baseline (geometry − baseline; BH-adjusted p) at each stretch of the schedule; "
+             "verdict from the shortest to the longest (`benchmarks.report.persistence`).\n",
+             "| task | geometry | baseline | difference at each stretch (p_adj) | verdict |", "|---|---|---|---|---|"]
+    for r in rows_:
+        cells = ", ".join(f"{s}×: {d:+.4g} ({_fmt(p, 2)})" for s, d, p in zip(r["stretch"], r["diff"], r["p_adj"]))
+        lines.append(f"| {r['task']} | {r['geometry']} | {r['baseline']} | {cells} | {r['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_csv(table: list[dict[str, Any]], path: Path) -> None:
     fields = list(dict.fromkeys(key for row in table for key in row))  # extra metrics differ per task
     with open(path, "w", newline="") as fh:
@@ -224,7 +275,7 @@ def build_report(log_path: Path, out_dir: Path, kernels: Path | None = None) -> 
               "Geometry parameters are counted in params (learnable curvature, temperature, metric). "
               "`euclidean` is the "
               "dot product (SDPA); `l2` the squared Euclidean distance, the flat baseline of the distance scores.\n\n")
-    md.write_text(header + markdown(table))
+    md.write_text(header + markdown(table) + persistence_markdown(persistence(table)))
     write_csv(table, out_dir / "results.csv")
     written = [md, out_dir / "results.csv"]
     written += plots.curves(records, out_dir)

@@ -146,7 +146,7 @@ def train_one(spec: RunSpec, device: torch.device, info: dist.DistInfo,
         nonlocal eval_s
         t0 = time.perf_counter()
         model.eval()
-        metrics = task.evaluate(model)
+        metrics = task.evaluate(model) if step == c["iters"] else task.evaluate_during(model)
         model.train()
         eval_s += time.perf_counter() - t0
         train_loss = sum(running) / len(running) if running else float("nan")
@@ -191,13 +191,14 @@ def train_one(spec: RunSpec, device: torch.device, info: dist.DistInfo,
                              "train_s": train_s, "eval_s": eval_s, "tokens": tokens, "elapsed": elapsed})
             on_step(1)
         final = evaluate(c["iters"])
+    sweep = "stretch" if "stretch" in c else task.sweep  # a stretched schedule is swept over its factor
     world_tokens = sum(dist.gather(float(tokens), info))
     checksums = dist.gather(dist.param_checksum(model), info)
     rank_metric = dist.gather(final[task.metric], info)
     return {
         "key": spec.key, "suite": spec.suite, "task": spec.task, "geometry": spec.geometry, "seed": spec.seed,
-        "config": c, "data": str(spec.data_path) if spec.data_path else None, "sweep": task.sweep,
-        "sweep_value": c.get(task.sweep) if task.sweep else None,
+        "config": c, "data": str(spec.data_path) if spec.data_path else None, "sweep": sweep,
+        "sweep_value": c.get(sweep) if sweep else None,
         "metric": task.metric, "higher_is_better": task.higher_is_better, "metrics": final, "curve": curve,
         "params": params,
         "timings": {"train_s": train_s, "eval_s": eval_s, "cpu_s": before["cpu_s"] + time.process_time() - cpu0,

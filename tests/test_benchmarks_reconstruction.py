@@ -10,7 +10,8 @@ from benchmarks.cli import main
 from benchmarks.data import NOUN_CLOSURE, load_closure
 from benchmarks.log import read_log
 from benchmarks.tasks.reconstruction import ReconstructionModel
-from benchmarks.tasks.reconstruction_data import Closure, build_closure, reconstruction_metrics, sample_negatives
+from benchmarks.tasks.reconstruction_data import (Closure, build_closure, metrics_from_sums, reconstruction_metrics,
+                                                  reconstruction_sums, sample_negatives)
 
 # r ─ a ─ c          closure pairs (child, ancestor)
 #   │   └ d
@@ -225,6 +226,17 @@ def test_blocked_evaluation_equals_the_dense_one_on_the_mammals(mammals):
     scores = rng.normal(size=dense.shape) + 2.0 * dense           # informative, ties only by chance
     scores[:, ::7] = np.round(scores[:, ::7], 1)                     # and some ties
     assert _metrics(scores, mammals, block=97) == pytest.approx(_dense_metrics(scores, dense), rel=1e-12)
+
+
+def test_shards_of_the_queries_add_up_to_the_whole(mammals):
+    """DDP ranks evaluate every world-size-th query row; their sums add up to one process's, metric for metric."""
+    rng = np.random.default_rng(4)
+    scores = rng.normal(size=(mammals.n, mammals.n)) + 2.0 * mammals.dense()
+    queries = np.flatnonzero(np.diff(mammals.indptr) > 0)
+    whole = reconstruction_sums(lambda r: scores[r], mammals, 64)
+    shards = [reconstruction_sums(lambda r: scores[r], mammals, 64, queries[rank::3]) for rank in range(3)]
+    np.testing.assert_allclose(np.sum(shards, axis=0), whole, rtol=1e-12)
+    assert metrics_from_sums(whole) == pytest.approx(_dense_metrics(scores, mammals.dense()), rel=1e-12)
 
 
 def test_map_matches_scikit_learn_average_precision():

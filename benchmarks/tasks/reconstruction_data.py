@@ -136,14 +136,16 @@ def _row_counts(s: np.ndarray, u: int, anc: np.ndarray) -> tuple[np.ndarray, np.
     return 1 + above_neg + 0.5 * tied_neg, ge_pos / ge_all
 
 
-def reconstruction_metrics(score_rows: Callable[[np.ndarray], np.ndarray], closure: Closure,
-                           block: int = 256) -> dict[str, float]:
-    """``mean_rank`` and ``map`` of a scorer against the closure, ``block`` query rows at a time.
+def reconstruction_sums(score_rows: Callable[[np.ndarray], np.ndarray], closure: Closure, block: int = 256,
+                        queries: np.ndarray | None = None) -> np.ndarray:
+    """``[Σ rank, #pairs, Σ AP, #queries]`` over ``queries`` (default: every node with ancestors), ``block`` query
+    rows at a time: sums, so that shards of the queries (DDP ranks) add up (:func:`metrics_from_sums`).
 
     ``score_rows(rows)`` gives the float64 scores (higher = closer) of the query nodes ``rows`` (b,) against
     every node → (b, N); it is called once per block, so at most ``block × N`` scores exist at a time."""
-    queries = np.flatnonzero(np.diff(closure.indptr) > 0)
-    rank_sum, n_ranks, ap_sum = 0.0, 0, 0.0
+    if queries is None:
+        queries = np.flatnonzero(np.diff(closure.indptr) > 0)
+    sums = np.zeros(4)
     for start in range(0, queries.size, block):
         rows = queries[start:start + block]
         scores = np.asarray(score_rows(rows), dtype=np.float64)
@@ -151,7 +153,19 @@ def reconstruction_metrics(score_rows: Callable[[np.ndarray], np.ndarray], closu
             raise ValueError(f"score_rows returned shape {scores.shape}, expected {(rows.size, closure.n)}")
         for s, u in zip(scores, rows):
             ranks, precision = _row_counts(s, int(u), closure.ancestors_of(u))
-            rank_sum, n_ranks, ap_sum = rank_sum + ranks.sum(), n_ranks + ranks.size, ap_sum + precision.mean()
+            sums += (ranks.sum(), ranks.size, precision.mean(), 1)
+    return sums
+
+
+def metrics_from_sums(sums: np.ndarray) -> dict[str, float]:
+    rank_sum, n_ranks, ap_sum, n_queries = (float(x) for x in sums)
     if not n_ranks:
         return {"mean_rank": float("nan"), "map": float("nan")}
-    return {"mean_rank": rank_sum / n_ranks, "map": ap_sum / queries.size}
+    return {"mean_rank": rank_sum / n_ranks, "map": ap_sum / n_queries}
+
+
+def reconstruction_metrics(score_rows: Callable[[np.ndarray], np.ndarray], closure: Closure, block: int = 256,
+                           queries: np.ndarray | None = None) -> dict[str, float]:
+    """``mean_rank`` and ``map`` of a scorer against the closure (over ``queries``, default every node with
+    ancestors), ``block`` query rows at a time (:func:`reconstruction_sums`)."""
+    return metrics_from_sums(reconstruction_sums(score_rows, closure, block, queries))
