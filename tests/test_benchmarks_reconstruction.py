@@ -36,7 +36,7 @@ def _check_negatives(closure, u: torch.Tensor, negs: torch.Tensor, n: int) -> No
 
 
 def _sample(closure, u, n, gen):
-    return sample_negatives(torch.from_numpy(closure.keys), closure.n, u, n, gen)
+    return sample_negatives(torch.from_numpy(closure.padded()), u, n, gen)
 
 
 def _dense_sampler(allowed: torch.Tensor, u: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -101,12 +101,12 @@ def test_sampler_at_the_noun_scale_never_gives_u_nor_an_ancestor():
     for child, anc in pairs:
         ancestors.setdefault(index[child], set()).add(index[anc])
     gen = torch.Generator().manual_seed(0)
-    keys = torch.from_numpy(closure.keys)
+    table = torch.from_numpy(closure.padded())
     deepest = max(ancestors, key=lambda u: len(ancestors[u]))
     for i in range(20):
         u = torch.from_numpy(closure.pairs[:, 0])[torch.randint(len(closure.pairs), (1024,), generator=gen)]
         u[0] = deepest
-        negs = sample_negatives(keys, closure.n, u, 50, gen)
+        negs = sample_negatives(table, u, 50, gen)
         for node, row in zip(u.tolist(), negs.tolist()):
             assert node not in row and not ancestors[node] & set(row) and len(set(row)) == 50
 

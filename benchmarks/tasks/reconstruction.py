@@ -98,7 +98,7 @@ class WordNetReconstruction(Task):
         self.closure = closure
         self.vocab_size = len(closure.names)
         self.pairs = torch.from_numpy(closure.pairs).to(device)
-        self.keys = torch.from_numpy(closure.keys).to(device)
+        self.ancestors = torch.from_numpy(closure.padded()).to(device)
         self.dtype = DTYPES[config.get("dtype", "float32")]
         self._order: Tensor | None = None
         self._pos = 0
@@ -137,7 +137,7 @@ class WordNetReconstruction(Task):
         pairs = self.pairs[self._order[self._pos:self._pos + B]]
         self._pos += B
         u, v = pairs[:, 0], pairs[:, 1]
-        negs = sample_negatives(self.keys, self.vocab_size, u, self.config["n_negatives"], gen)
+        negs = sample_negatives(self.ancestors, u, self.config["n_negatives"], gen)
         keys = torch.cat([v[:, None], negs], dim=1)                     # (B, 1 + n): the ancestor first
         return Batch((u, keys), keys.numel() + u.numel())
 

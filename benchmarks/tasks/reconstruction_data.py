@@ -7,8 +7,8 @@ facebookresearch/poincare-embeddings, with nothing of size N × N (the noun clos
 * :func:`sample_negatives`: for each pair, ``n`` *distinct* negatives drawn uniformly from the nodes that
   are neither u nor an ancestor of u (``hype/graph_dataset.pyx``: uniform draws, a node rejected when it
   is u or one of u's closure neighbours or already drawn; when fewer than ``n`` exist, the free slots
-  repeat negatives already drawn, chosen uniformly). Membership is a binary search of ``u·N + v`` in the
-  sorted pair keys.
+  repeat negatives already drawn, chosen uniformly). Membership is a comparison with u's row of the padded
+  ancestor table (:meth:`Closure.padded`, N × the most ancestors of any node).
 * :func:`reconstruction_metrics`: ``hype/graph.py``'s ``eval_reconstruction`` over blocks of query rows. For
   every u with ancestors, every other node is scored (u excluded). Each ancestor v gets rank ``1 +`` the
   number of *non-ancestors* scoring higher than v (other ancestors never count against it); a non-ancestor
@@ -39,10 +39,13 @@ class Closure:
     def n(self) -> int:
         return len(self.names)
 
-    @property
-    def keys(self) -> np.ndarray:
-        """(P,) int64, sorted: ``u·N + v`` of every pair (the membership index of the sampler)."""
-        return self.pairs[:, 0] * self.n + self.pairs[:, 1]
+    def padded(self) -> np.ndarray:
+        """(N, k) int64: row u holds u's ancestors, then -1 up to k, the most ancestors of any node (≥ 1); the
+        sampler's membership table (noun closure: 82,115 × 19)."""
+        counts = np.diff(self.indptr)
+        table = np.full((self.n, max(1, int(counts.max(initial=0)))), -1, dtype=np.int64)
+        table[self.pairs[:, 0], np.arange(len(self.pairs)) - self.indptr[self.pairs[:, 0]]] = self.pairs[:, 1]
+        return table
 
     def ancestors_of(self, u: int) -> np.ndarray:
         return self.pairs[self.indptr[u]:self.indptr[u + 1], 1]
@@ -68,57 +71,61 @@ def build_closure(pairs: list[tuple[str, str]]) -> Closure:
     return closure
 
 
-def sample_negatives(keys: Tensor, n_nodes: int, u: Tensor, n: int, gen: torch.Generator) -> Tensor:
+def sample_negatives(ancestors: Tensor, u: Tensor, n: int, gen: torch.Generator) -> Tensor:
     """``n`` distinct negatives per row of ``u`` (B,), uniform over the nodes that are neither u nor an ancestor
-    of u → (B, n) int64. ``keys`` is :attr:`Closure.keys` as a tensor.
+    of u → (B, n) int64. ``ancestors`` is :meth:`Closure.padded` as a tensor (N, k).
 
-    poincare-embeddings' sampler, vectorised: ``n + max(16, n/4)`` uniform draws over all N nodes per row, each
-    rejected when it is u, an ancestor of u (a binary search of ``u·N + draw`` in ``keys``) or a repeat of an
-    earlier draw of its row (a stable sort of the row); the first ``n`` accepted are kept. Rejection sampling
-    of this kind gives a uniformly random ``n``-subset of the allowed nodes. A row whose draws do not give
-    ``n`` (rare unless few nodes are allowed) is drawn exactly by :func:`_subset`.
+    poincare-embeddings' sampler, vectorised: ``m = n + max(16, n/4)`` uniform draws over all N nodes per row,
+    each rejected when it is u, one of u's k ancestors (k comparisons of (B, m)) or a repeat of an earlier draw of
+    its row (a stable sort of the row); the first ``n`` accepted are kept. Rejection sampling of this kind gives a
+    uniformly random ``n``-subset of the allowed nodes. A row whose draws do not give ``n`` (rare unless few
+    nodes are allowed) is drawn exactly by :func:`_subset`.
     """
-    B, N = u.shape[0], n_nodes
+    B, N = u.shape[0], ancestors.shape[0]
     m = n + max(16, n // 4)
-    draws = torch.randint(0, N, (B, m), generator=gen).to(keys.device)
-    sorted_draws, order = torch.sort(draws, dim=1, stable=True)          # equal draws keep their order
-    repeat_sorted = torch.zeros_like(sorted_draws, dtype=torch.bool)
-    repeat_sorted[:, 1:] = sorted_draws[:, 1:] == sorted_draws[:, :-1]   # a later copy of an earlier draw
-    fresh = ~torch.empty_like(repeat_sorted).scatter_(1, order, repeat_sorted)
-    accepted = fresh & (draws != u[:, None]) & ~_is_ancestor(keys, u[:, None] * N + draws)
+    draws = torch.randint(0, N, (B, m), generator=gen).to(ancestors.device)
+    # repeats: a stable sort of each row puts equal draws side by side in the order drawn; all but the first repeat
+    ordered, order = torch.sort(draws, dim=1, stable=True)
+    later = torch.zeros_like(ordered, dtype=torch.bool)
+    later[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
+    repeat = torch.empty_like(later).scatter_(1, order, later)
+    accepted = ~repeat & (draws != u[:, None]) & ~_is_ancestor(ancestors, u, draws)
     count = accepted.cumsum(1)
     ok = count[:, -1] >= n
-    out = torch.empty(B, n, dtype=torch.long, device=keys.device)
+    out = torch.empty(B, n, dtype=torch.long, device=ancestors.device)
     out[ok] = draws.masked_select(accepted & (count <= n) & ok[:, None]).view(-1, n)
     if not bool(ok.all()):
-        out[~ok] = _subset(keys, N, u[~ok], n, gen)
+        out[~ok] = _subset(ancestors, u[~ok], n, gen)
     return out
 
 
-def _is_ancestor(keys: Tensor, query: Tensor) -> Tensor:
-    """``query`` (any shape) of ``u·N + v`` keys → bool: is (u, v) a closure pair."""
-    if keys.numel() == 0:
-        return torch.zeros_like(query, dtype=torch.bool)
-    at = torch.searchsorted(keys, query.reshape(-1)).clamp_(max=keys.numel() - 1)
-    return (keys[at] == query.reshape(-1)).view(query.shape)
+def _is_ancestor(ancestors: Tensor, u: Tensor, nodes: Tensor) -> Tensor:
+    """``nodes`` (B, m) → bool (B, m): is ``nodes[b, j]`` an ancestor of ``u[b]`` (one comparison per column of
+    the padded table: a reduction over its short last dimension costs ~10× more on CPU)."""
+    rows = ancestors[u]                                                 # (B, k)
+    hit = torch.zeros_like(nodes, dtype=torch.bool)
+    for j in range(rows.shape[1]):
+        hit |= nodes == rows[:, j:j + 1]
+    return hit
 
 
-def _subset(keys: Tensor, N: int, u: Tensor, n: int, gen: torch.Generator) -> Tensor:
+def _subset(ancestors: Tensor, u: Tensor, n: int, gen: torch.Generator) -> Tensor:
     """Exact: a uniform key per node, disallowed nodes pushed above every allowed key, the ``n`` smallest
     taken (a uniformly random subset). A row with fewer than ``n`` allowed nodes fills its free slots with
     uniform repeats of the negatives it has (as poincare-embeddings does). Only the rows that rejection
     sampling could not fill come here: (len(u), N) for those rows."""
-    nodes = torch.arange(N, device=keys.device)
-    rows = (nodes != u[:, None]) & ~_is_ancestor(keys, u[:, None] * N + nodes)   # (b, N) allowed
-    keys_ = torch.rand(rows.shape, generator=gen).to(keys.device).masked_fill(~rows, 2.0)
-    k = min(n, rows.shape[1])
-    negs = keys_.topk(k, dim=1, largest=False, sorted=True).indices    # allowed nodes first
+    N = ancestors.shape[0]
+    nodes = torch.arange(N, device=ancestors.device).expand(len(u), -1)
+    rows = (nodes != u[:, None]) & ~_is_ancestor(ancestors, u, nodes)              # (b, N) allowed
+    keys = torch.rand(rows.shape, generator=gen).to(ancestors.device).masked_fill(~rows, 2.0)
+    k = min(n, N)
+    negs = keys.topk(k, dim=1, largest=False, sorted=True).indices      # allowed nodes first
     if k < n:
         negs = torch.cat([negs, negs[:, :1].expand(-1, n - k)], dim=1)
     count = rows.sum(1, keepdim=True)                                   # (b, 1), ≥ 1 (build_closure checks)
     # repeats come from the allowed nodes taken (a row with ≥ n of them uses none, but gather reads every entry)
-    repeat = (torch.rand(negs.shape, generator=gen).to(keys.device) * count.clamp(max=k)).long()
-    return torch.where(torch.arange(n, device=keys.device) < count, negs, negs.gather(1, repeat))
+    repeat = (torch.rand(negs.shape, generator=gen).to(ancestors.device) * count.clamp(max=k)).long()
+    return torch.where(torch.arange(n, device=ancestors.device) < count, negs, negs.gather(1, repeat))
 
 
 def _row_counts(s: np.ndarray, u: int, anc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
