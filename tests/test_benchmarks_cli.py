@@ -229,3 +229,23 @@ def test_ddp_two_processes_agree_on_the_nouns_task(tmp_path):
     assert ddp["rank_metric"][0] == ddp["rank_metric"][1] and record["config"]["iters"] == 6  # 13 pairs // 4 × 2
     assert not list((tmp_path / "checkpoints").glob("*.pt"))            # deleted once the record is logged
     assert 0 < record["metrics"]["map"] <= 1 and [p["step"] for p in record["curve"]] == [3, 6]
+
+
+def test_nouns_and_lm_long_suites_plan_their_runs():
+    """nouns: Poincaré at d = 5 and 10 × 3 seeds, every other geometry at d = 10 × 1 seed, budgets in epochs of the
+    noun closure (725 steps of 1,024 pairs); lm-long: the char LM's whole schedule at 1×, 2× and 4×."""
+    from benchmarks.suites import SUITES, build_specs
+
+    s = SUITES["nouns"]
+    specs = build_specs("nouns", s["tasks"], s["geometries"], [0, 1, 2], {}, plan=s["plan"])
+    runs = sorted((r.geometry, r.config["dim"], r.seed) for r in specs)
+    assert runs == sorted([("poincare", d, seed) for d in (5, 10) for seed in range(3)]
+                          + [(g, 10, 0) for g in ("euclidean", "euclidean-tau", "l2", "lorentz", "stereographic")])
+    assert {(r.config["iters"], r.config["eval_interval"]) for r in specs} == {(50 * 725, 10 * 725)}
+    assert all(r.data_path is None and r.task == "wordnet-nouns" for r in specs)
+    s = SUITES["lm-long"]
+    specs = build_specs("lm-long", s["tasks"], s["geometries"], [0, 1, 2], {})
+    assert len(specs) == 3 * 4 * 3
+    schedules = {(r.config["stretch"], r.config["iters"], r.config["lr_decay_iters"], r.config["warmup_iters"],
+                  r.config["eval_interval"]) for r in specs}
+    assert schedules == {(k, 2000 * k, 2000 * k, 100 * k, 250 * k) for k in (1, 2, 4)}
