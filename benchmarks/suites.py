@@ -128,7 +128,7 @@ SUITES: dict[str, dict[str, Any]] = {
 # 0.67 / 0.70 at 10 / 20 / 30 / 40 epochs, still rising. The learning curve is evaluated every 10 epochs on 2,000
 # sampled query nodes (eval_queries); the final evaluation is over every node (a few minutes per run).
 NOUNS = dict(RECONSTRUCTION, n_negatives=50, batch_size=1024, init_range=1e-3, dtype="float32", epochs=50,
-             eval_epochs=10, eval_queries=2000, eval_block=256)
+             eval_epochs=10, eval_queries=2000, eval_block=16)
 # nanoGPT's CPU configuration of the standard suite at 1×, 2× and 4× its iterations, the schedule stretched
 # (warm-up, cosine decay and evaluation interval scale with the iterations: Task.resolve_budget's "stretch")
 LM_LONG = dict(NANOGPT_OPT, n_layers=4, n_heads=4, d_model=128, block_size=64, max_len=64, batch_size=12, iters=2000,

@@ -143,7 +143,7 @@ def _row_counts(s: np.ndarray, u: int, anc: np.ndarray) -> tuple[np.ndarray, np.
     return 1 + above_neg + 0.5 * tied_neg, ge_pos / ge_all
 
 
-def reconstruction_sums(score_rows: Callable[[np.ndarray], np.ndarray], closure: Closure, block: int = 256,
+def reconstruction_sums(score_rows: Callable[[np.ndarray], np.ndarray], closure: Closure, block: int = 16,
                         queries: np.ndarray | None = None) -> np.ndarray:
     """``[Σ rank, #pairs, Σ AP, #queries]`` over ``queries`` (default: every node with ancestors), ``block`` query
     rows at a time: sums, so that shards of the queries (DDP ranks) add up (:func:`metrics_from_sums`).
@@ -171,7 +171,7 @@ def metrics_from_sums(sums: np.ndarray) -> dict[str, float]:
     return {"mean_rank": rank_sum / n_ranks, "map": ap_sum / n_queries}
 
 
-def reconstruction_metrics(score_rows: Callable[[np.ndarray], np.ndarray], closure: Closure, block: int = 256,
+def reconstruction_metrics(score_rows: Callable[[np.ndarray], np.ndarray], closure: Closure, block: int = 16,
                            queries: np.ndarray | None = None) -> dict[str, float]:
     """``mean_rank`` and ``map`` of a scorer against the closure (over ``queries``, default every node with
     ancestors), ``block`` query rows at a time (:func:`reconstruction_sums`)."""
