@@ -253,7 +253,8 @@ def test_map_matches_scikit_learn_average_precision():
             assert _metrics(scores, closure, block=3)["map"] == pytest.approx(np.mean(aps))
 
 
-@pytest.mark.parametrize("geometry", ["euclidean", "l2", "poincare", "metric"])
+@pytest.mark.parametrize("geometry", ["euclidean", "euclidean-tau", "l2", "poincare", "lorentz", "sphere", "metric",
+                                      "stereographic"])
 def test_model_scores_a_batch_as_it_scores_the_whole_table(geometry):
     torch.manual_seed(0)
     model = ReconstructionModel(30, 4, geometry, {"learnable": True}, 0.5, torch.float64)
@@ -262,6 +263,8 @@ def test_model_scores_a_batch_as_it_scores_the_whole_table(geometry):
     every = model.row_scores(torch.arange(30))
     torch.testing.assert_close(model(u, keys), every[u[:, None], keys])
     torch.testing.assert_close(model.row_scores(u), every[u])
+    torch.testing.assert_close(model.scorer()(u), every[u])                 # the table lifted once for every call
+    torch.testing.assert_close(model.scorer()(u[:3]), every[u[:3]])
     assert model.embedding.weight.abs().max() <= 0.5
 
 

@@ -44,7 +44,7 @@ from geoattn.geometry import geometry_class
 from ..data import MAMMAL_CLOSURE, NOUN_CLOSURE, load_closure
 from .base import Batch, Task
 from .reconstruction_data import Closure, build_closure, metrics_from_sums, reconstruction_sums, sample_negatives
-from .scoring import make, pair_scores, scores
+from .scoring import make, pair_scores, scores, table_scorer
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -82,6 +82,11 @@ class ReconstructionModel(nn.Module):
         """The nodes ``rows`` (b,) against every node → (b, N), computed in ``dtype`` (default: the table's)."""
         e = self.embedding.weight.to(dtype or self.embedding.weight.dtype)                 # (N, d)
         return scores(self.geometry, e[rows][None, None], e[None, None])[0, 0]
+
+    def scorer(self, dtype: torch.dtype | None = None):
+        """:meth:`row_scores` as a function of ``rows`` alone, the table lifted once for all its calls
+        (:func:`~benchmarks.tasks.scoring.table_scorer`): for an evaluation over blocks of rows."""
+        return table_scorer(self.geometry, self.embedding.weight.to(dtype or self.embedding.weight.dtype))
 
 
 class WordNetReconstruction(Task):
@@ -159,8 +164,10 @@ class WordNetReconstruction(Task):
         if distributed:
             queries = queries[torch.distributed.get_rank()::torch.distributed.get_world_size()]
 
+        scorer = raw.scorer(torch.float64)
+
         def score_rows(rows):
-            return raw.row_scores(torch.from_numpy(rows).to(device), torch.float64).cpu().numpy()
+            return scorer(torch.from_numpy(rows).to(device)).cpu().numpy()
 
         sums = reconstruction_sums(score_rows, self.closure, self.config.get("eval_block", 16), queries)
         if distributed:
