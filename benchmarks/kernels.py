@@ -9,6 +9,8 @@ per geometry/backend) to ``--out`` and prints a table.
 
     python -m benchmarks.kernels --quick                  # L = 256, 1024; a smoke run (~minutes)
     python -m benchmarks.kernels                          # L = 256 … 8192 on CPU (32k on GPU)
+    python -m benchmarks.kernels --device cuda --dtype bfloat16 --sdpa-kernel flash --backends flex sdpa
+                                                          # against FlashAttention (scripts/gpu-check.sh)
 """
 from __future__ import annotations
 
@@ -52,7 +54,25 @@ def geometries() -> dict[str, Callable[[int], geoattn.Geometry]]:
             out[label] = lambda d, name=name, params=params: geoattn.make_geometry(name, head_dim=d, **params)
     return out
 FIELDS = ["device", "geometry", "backend", "L", "fwd_s", "fwdbwd_s", "first_call_s", "peak_mib",
-          "sdpa_fwd_s", "sdpa_fwdbwd_s", "sdpa_peak_mib", "fwd_ratio", "fwdbwd_ratio", "mem_ratio"]
+          "sdpa_fwd_s", "sdpa_fwdbwd_s", "sdpa_peak_mib", "fwd_ratio", "fwdbwd_ratio", "mem_ratio", "dtype",
+          "sdpa_kernel"]
+SDPA_KERNELS = ("auto", "flash", "efficient", "cudnn", "math")
+
+
+def sdpa_baseline(kernel: str = "auto") -> Callable:
+    """The baseline: ``F.scaled_dot_product_attention``, on the kernel torch picks (``auto``) or the one named
+    (``flash``: FlashAttention-2, bf16/fp16 on CUDA; ``efficient``: memory-efficient, also fp32; ...)."""
+    if kernel == "auto":
+        return F.scaled_dot_product_attention
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+               "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}[kernel]
+
+    def call(q, k, v):
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(q, k, v)
+    return call
 
 
 def _timed(fn: Callable[[], object], sync: Callable[[], None]) -> float:
@@ -132,7 +152,7 @@ def backends_for(geom: geoattn.Geometry, L: int, max_dense: int, device: str = "
 
 
 def run(lengths, names, B, H, D, repeats, device, dtype, max_dense, log=print, memory_only=False,
-        only: list[str] | None = None) -> list[dict]:
+        only: list[str] | None = None, sdpa_kernel: str = "auto") -> list[dict]:
     """Every (geometry, backend) against SDPA at each length: times interleaved (:func:`measure_interleaved`),
     or with ``memory_only`` the first call and the peak memory of each, one after another (CPU memory only
     in such a run: the RSS method switches glibc to one mmap per large allocation for the rest of the
@@ -145,7 +165,7 @@ def run(lengths, names, B, H, D, repeats, device, dtype, max_dense, log=print, m
     for L in lengths:
         gen = torch.Generator().manual_seed(L)
         q, k, v = ((0.5 * torch.randn(B, H, L, D, generator=gen)).to(device, dtype).requires_grad_() for _ in range(3))
-        sdpa = Case(F.scaled_dot_product_attention, q, k, v, True, sync)
+        sdpa = Case(sdpa_baseline(sdpa_kernel), q, k, v, True, sync)
         labelled = []
         for name in names:
             geom = geoms[name](D).to(device)
@@ -168,7 +188,8 @@ def run(lengths, names, B, H, D, repeats, device, dtype, max_dense, log=print, m
             fwd, fwdbwd = case.medians()
             r = dict(device=device, geometry=name, backend=backend, L=L, fwd_s=fwd, fwdbwd_s=fwdbwd,
                      first_call_s=first[id(case)], peak_mib=peak[id(case)], sdpa_fwd_s=sdpa_fwd,
-                     sdpa_fwdbwd_s=sdpa_fwdbwd, sdpa_peak_mib=peak[id(sdpa)])
+                     sdpa_fwdbwd_s=sdpa_fwdbwd, sdpa_peak_mib=peak[id(sdpa)],
+                     dtype=str(dtype).removeprefix("torch."), sdpa_kernel=sdpa_kernel)
             r["fwd_ratio"] = fwd / sdpa_fwd if not memory_only else nan
             r["fwdbwd_ratio"] = fwdbwd / sdpa_fwdbwd if not memory_only else nan
             r["mem_ratio"] = r["peak_mib"] / r["sdpa_peak_mib"] if r["sdpa_peak_mib"] > 0 else nan
@@ -271,7 +292,7 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.kernels", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="L = 256, 1024 with 3 repeats: a smoke run")
     p.add_argument("--lengths", type=int, nargs="+", help="sequence lengths (default 256 … 8192 CPU, … 32768 GPU)")
@@ -289,8 +310,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--first-call-child", nargs=3, metavar=("LABEL", "L", "BACKEND"), help=argparse.SUPPRESS)
     p.add_argument("--backends", nargs="+", default=None,
                    help="measure only these of each geometry's backends (default: all of backends_for)")
+    p.add_argument("--sdpa-kernel", choices=SDPA_KERNELS, default="auto",
+                   help="the baseline's SDPA kernel (flash, efficient, cudnn: CUDA only; default: torch's choice)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/kernels"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = parser()
     a = p.parse_args(argv)
+    if a.sdpa_kernel in ("flash", "efficient", "cudnn") and a.device != "cuda":
+        p.error(f"--sdpa-kernel {a.sdpa_kernel} is a CUDA kernel; give --device cuda (or --sdpa-kernel auto)")
     if a.first_call_child:
         import json
 
@@ -312,7 +342,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                                            if n <= top])
     repeats = 3 if a.quick and a.repeats == 5 else a.repeats
     rows = run(lengths, a.geometries, a.batch, a.heads, a.head_dim, repeats, a.device, getattr(torch, a.dtype),
-               a.max_dense, memory_only=a.memory_only, only=a.backends)
+               a.max_dense, memory_only=a.memory_only, only=a.backends, sdpa_kernel=a.sdpa_kernel)
     write(rows, a.out)
     print(f"\nwrote {a.out / 'kernels.csv'} and {a.out / 'kernels.png'}")
     return rows

@@ -35,8 +35,8 @@ SUITES: dict[str, dict[str, Any]] = {
         "jobs": 2,     # two runs at once, one torch thread each: the 2-core budget
         "threads": 1,
         # wordnet-hierarchy is in standard only: with it (head dims 2, 8, 32) the quick suite took 17 min on 2 idle
-        # cores (benchmarks/results/budgets/quick-with-hierarchy-17min), and its curves at head dim 32 still rise at
-        # 1200 steps, so it cannot be cut to fit 10 min and plateau
+        # cores (benchmarks/results/budgets/quick-with-hierarchy-17min at commit 4a4f5bd), and its curves at head
+        # dim 32 still rise at 1200 steps, so it cannot be cut to fit 10 min and plateau
         "tasks": ["shakespeare-char", "wordnet-reconstruction"],
         # Budgets from learning curves (benchmarks/README.md, "Budgets"): each task trains to a plateau (the headline
         # metric gains < 2% over the last 20% of the steps); models are small rather than stopped early.
@@ -68,7 +68,7 @@ SUITES: dict[str, dict[str, Any]] = {
         "jobs": 2,
         "threads": 1,
         "tasks": ["shakespeare-char", "wordnet-hierarchy", "wordnet-reconstruction", "listops", "shakespeare-seq2seq"],
-        # Sized for ≤ 2 h wall on 2 idle cores (2 runs × 1 thread; measured: benchmarks/results/standard/wall_time.txt);
+        # Sized for ≤ 2 h wall on 2 idle cores (2 runs × 1 thread; measured: benchmarks/results/standard/time.txt);
         # budgets from learning curves (benchmarks/README.md, "Budgets"): the char LM is nanoGPT's CPU configuration,
         # the other tasks are small enough to plateau (the last 20% of steps gain < 2%) inside that time.
         "configs": {

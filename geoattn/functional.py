@@ -101,6 +101,8 @@ def explain_backend(query: Tensor, key: Tensor, value: Tensor, geometry: str | G
     Takes the arguments of :func:`attention`, e.g.
     ``geoattn.explain_backend(q, k, v, geometry="poincare")`` →
     ``"tiled: auto: on CPU, tiled is faster than CPU flex ... [geometry 'poincare' (not affine), B·H·L·S = ...]"``.
+    Where ``auto`` would have picked a backend this machine cannot run (the native kernel did not build), the
+    reason says so, with the fix; ``python -m geoattn doctor`` reports the whole setup.
     """
     call = prepare_call(query, key, value, geometry, **kwargs)
     choice = policy.choose(call, backend)

@@ -63,6 +63,19 @@ def _default_dtype_guard():
     torch.set_default_dtype(torch.float32)
 
 
+def pytest_runtest_setup(item):
+    """The markers' skips, in one place: ``gpu`` without a CUDA device; ``native`` where the native kernel is
+    unavailable (switched off with GEOATTN_NATIVE=0, no compiler, a failed build), with the reason."""
+    if item.get_closest_marker("gpu") is not None and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    if item.get_closest_marker("native") is not None:
+        from geoattn.backends.native import load
+
+        native = load()
+        if isinstance(native, str):
+            pytest.skip(native)
+
+
 # Geometry configurations every contract test runs over: each registered geometry, each score and aggregation.
 GEOMETRY_CASES = {
     "euclidean": lambda d, h: geoattn.Euclidean(num_heads=h),

@@ -144,7 +144,8 @@ def backend_weights(geometry, q32, k32, backend, dtype=torch.float32):
 
 
 @pytest.mark.parametrize("radius", [0.3, 2.0, 5.0, 8.0, 9.99])
-@pytest.mark.parametrize("backend,dtype", [("native", torch.float32), ("dense", torch.float32),
+@pytest.mark.parametrize("backend,dtype", [pytest.param("native", torch.float32, marks=pytest.mark.native),
+                                           ("dense", torch.float32),
                                            ("tiled", torch.float64)])
 def test_fused_and_dense_keep_the_exact_order_of_float32_inputs(radius, backend, dtype):
     """Float32 inputs at every tangent norm the default clip admits: the weights equal the exact weights
@@ -165,7 +166,7 @@ def test_fused_and_dense_keep_the_exact_order_of_float32_inputs(radius, backend,
     assert agree[distinct].all()
 
 
-@pytest.mark.parametrize("backend", ["sdpa", "native"])
+@pytest.mark.parametrize("backend", ["sdpa", pytest.param("native", marks=pytest.mark.native)])
 @pytest.mark.parametrize("radius", [0.3, 1.5, 3.0, 3.99])
 def test_lorentz_affine_form_keeps_the_exact_order_up_to_its_clip(radius, backend):
     """Lorentz runs on its affine form (SDPA's augmented dot product, or the native kernel's factored Gram
@@ -185,6 +186,7 @@ def test_lorentz_affine_form_keeps_the_exact_order_up_to_its_clip(radius, backen
     assert agree[distinct].all()
 
 
+@pytest.mark.native
 def test_sphere_geodesic_is_exact_for_nearby_and_antipodal_directions():
     """The geodesic angle from the chord (dense) and from the native kernel's exact near-pair gap, where
     arccos of the cosine would lose √ε: directions 1e-7 rad apart."""

@@ -159,6 +159,7 @@ def select_backend(name, geometry, q, return_weights, dropout_p, needs_grad):
     return choose(prepare_call(q, q, q, geometry, dropout_p=dropout_p, return_weights=return_weights), name).backend
 
 
+@pytest.mark.native
 def test_auto_choice_and_overrides():
     poincare, lorentz = geoattn.Poincare(), geoattn.Lorentz()
     big, small = torch.randn(1, 8, 2048, 16), torch.randn(1, 2, 64, 16)
@@ -178,6 +179,7 @@ def test_auto_choice_and_overrides():
         select_backend("tiled", poincare, big, True, 0.0, False)
 
 
+@pytest.mark.native
 def test_auto_explains_its_choice(caplog):
     q = torch.randn(1, 8, 2048, 16)
     assert geoattn.explain_backend(q, q, q, geometry="lorentz").startswith("native: auto: on CPU the native kernel "
@@ -194,6 +196,7 @@ def test_auto_explains_its_choice(caplog):
     assert "backend native for geometry 'sphere' (affine)" in caplog.text
 
 
+@pytest.mark.native
 def test_deprecated_backend_names_still_work():
     with pytest.warns(DeprecationWarning, match="select_backend is deprecated"):
         from geoattn.backends import select_backend as old
@@ -254,7 +257,7 @@ def test_flex_forward_matches_dense(mask_kind):
     assert (out.double() - ref).abs().max().item() < 1e-5
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
 @pytest.mark.parametrize("causal", [False, True])
 def test_flex_cuda_forward_backward(causal):
     gen = torch.Generator().manual_seed(4)

@@ -360,7 +360,6 @@ def test_hf_model_inside_a_plain_module_is_swapped_with_its_torch_attention():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_bf16_swap_generate_and_default_geometry():
     ids, mask = (t.cuda() for t in lm_batch())
     ref = llama().to("cuda", torch.bfloat16)

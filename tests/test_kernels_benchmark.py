@@ -9,6 +9,7 @@ import geoattn
 from benchmarks import kernels
 
 
+@pytest.mark.native
 def test_kernel_benchmark_measures_auto_backend_and_sdpa_interleaved(tmp_path):
     rows = kernels.main(["--lengths", "32", "--heads", "2", "--head-dim", "8", "--repeats", "2",
                          "--geometries", "euclidean", "lorentz", "poincare", "sphere-cosine",
@@ -22,6 +23,7 @@ def test_kernel_benchmark_measures_auto_backend_and_sdpa_interleaved(tmp_path):
         assert len(list(csv.DictReader(f))) == len(rows)
 
 
+@pytest.mark.native
 @pytest.mark.parametrize("label", ["lorentz", "sphere-cosine", "metric", "l2"])
 def test_affine_geometries_are_measured_on_native_first(label):
     geom = kernels.geometries()[label](16)

@@ -247,7 +247,7 @@ def test_bad_inputs():
         s2s.decode(tokens(T=2), torch.randn(2, 3, 16), cache=lm.new_cache(2))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 def test_cache_equals_full_forward_cuda(geometry):
     torch.manual_seed(0)

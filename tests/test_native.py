@@ -14,12 +14,10 @@ import torch
 
 import geoattn
 from benchmarks.memory import saved_activation_mb
-from geoattn.backends.native import load
 
 from test_backends_fused import GRAD_TOL, TOL
 
-NATIVE = load()
-pytestmark = pytest.mark.skipif(isinstance(NATIVE, str), reason=str(NATIVE))
+pytestmark = pytest.mark.native
 
 H, D = 2, 8
 class AffineFormMetric(geoattn.Metric):

@@ -187,7 +187,6 @@ def test_failed_swap_changes_nothing():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_transformer_swap_keeps_device_and_equals_original():
     torch.manual_seed(0)
     ref = nn.Transformer(E, H, 1, 1, 32, dropout=0.0, batch_first=True).cuda().eval()

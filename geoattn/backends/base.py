@@ -9,13 +9,20 @@ if TYPE_CHECKING:
     from ..call import AttentionCall
 
 
+class Unavailable(str):
+    """A reason from :meth:`Backend.unsupported` that is about this machine, not about the call (the native
+    kernel failed to build, ...): ``auto`` falls back to the next backend, :func:`geoattn.explain_backend`
+    says why, and the first such call warns."""
+
+
 class Backend:
     """Subclasses set ``name`` and implement :meth:`run`, and :meth:`unsupported` if they cannot run every call."""
 
     name: ClassVar[str]
 
     def unsupported(self, call: AttentionCall) -> str | None:
-        """None if this backend can run ``call``, else the reason (shown to the user, with the fix)."""
+        """None if this backend can run ``call``, else the reason (shown to the user, with the fix; an
+        :class:`Unavailable` if it is this machine that lacks what the backend needs)."""
         return None
 
     def run(self, call: AttentionCall) -> tuple[Tensor, Tensor | None]:

@@ -4,7 +4,9 @@
 A backend named explicitly (per call, or as the default with :func:`geoattn.set_default_backend`)
 runs the call if its :meth:`~geoattn.backends.base.Backend.unsupported` finds nothing, else the call
 fails with that reason. Every choice is logged at DEBUG level on the ``"geoattn"`` logger, and
-:func:`geoattn.explain_backend` returns it as text. A new backend is a :func:`register_backend` call
+:func:`geoattn.explain_backend` returns it as text. Where ``auto`` passes over a backend this machine
+cannot run (an :class:`~geoattn.backends.base.Unavailable` reason: the native kernel did not build), the
+reason says so and the first such call in a process warns. A new backend is a :func:`register_backend` call
 plus, for ``auto`` to pick it, one row inserted into :data:`RULES`.
 """
 from __future__ import annotations
@@ -14,7 +16,7 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from .base import Backend
+from .base import Backend, Unavailable
 
 if TYPE_CHECKING:
     from ..call import AttentionCall
@@ -56,13 +58,18 @@ RULES: list[Rule] = [
 
 @dataclass(frozen=True)
 class Choice:
+    """The backend that runs a call and why; ``fallback``: why a faster backend ``auto`` would have picked
+    cannot run on this machine (see :class:`~geoattn.backends.base.Unavailable`)."""
+
     backend: str
     reason: str
+    fallback: str | None = None
 
 
 _BACKENDS: dict[str, Backend] = {}
 _DEFAULT = ["auto"]  # what backend="auto" means: "auto" (the table) or a backend name
 _log = logging.getLogger("geoattn")
+_WARNED_FALLBACK = [False]  # the first call that falls back warns; later ones are explained, not warned about
 
 
 def register_backend(backend: Backend, auto_rank: int | None = None) -> Backend:
@@ -98,15 +105,20 @@ def choose(call: AttentionCall, backend: str = "auto") -> Choice:
     name, why = backend, f"named by backend={backend!r}"
     if name == "auto" and _DEFAULT[0] != "auto":
         name, why = _DEFAULT[0], f"the default backend, set with geoattn.set_default_backend({_DEFAULT[0]!r})"
+    fallback = None
     if name == "auto":
         rule = next(rule for rule in RULES if rule.applies(call))
         name, why = rule.backend, f"auto: {rule.reason}"
+        missed = [(b, v) for b, v in call.verdicts.items() if isinstance(v, Unavailable) and b != name]
+        if missed:
+            fallback = "; ".join(f"the {b} backend is unavailable on this machine: {v}" for b, v in missed)
+            why = f"{why} ({fallback})"
     reason = unsupported(call, name)
     if reason is not None:
         raise ValueError(f"backend {name!r} cannot run this call: {reason}")
     if _log.isEnabledFor(logging.DEBUG):
         _log.debug("backend %s for %s: %s", name, describe(call), why)
-    return Choice(name, why)
+    return Choice(name, why, fallback)
 
 
 def unsupported(call: AttentionCall, name: str) -> str | None:
@@ -118,8 +130,15 @@ def unsupported(call: AttentionCall, name: str) -> str | None:
 
 
 def backend_for(call: AttentionCall, backend: str = "auto") -> Backend:
-    """The :class:`Backend` that runs ``call`` (see :func:`choose`)."""
-    return _BACKENDS[choose(call, backend).backend]
+    """The :class:`Backend` that runs ``call`` (see :func:`choose`); the first call in a process that ``auto``
+    runs on a slower backend because a faster one is unavailable here warns, with the reason and the fix."""
+    choice = choose(call, backend)
+    if choice.fallback is not None and not _WARNED_FALLBACK[0]:
+        _WARNED_FALLBACK[0] = True
+        warnings.warn(f"geoattn: backend='auto' runs {call.geometry.name!r} on {choice.backend!r}, a slower path, "
+                      f"because {choice.fallback} (warned once; geoattn.explain_backend(...) and "
+                      "`python -m geoattn doctor` say more)", UserWarning, stacklevel=3)
+    return _BACKENDS[choice.backend]
 
 
 def describe(call: AttentionCall) -> str:

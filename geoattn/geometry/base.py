@@ -231,6 +231,7 @@ class Geometry(nn.Module):
         return p.to(device=ref.device, dtype=eps.compute_dtype(ref.dtype)).expand(ref.shape[1])
 
     def check_heads(self, num_heads: int) -> None:
+        """Raise a ValueError unless this geometry's per-head parameters fit ``num_heads`` heads (or are shared)."""
         if self.num_heads not in (1, num_heads):
             raise ValueError(
                 f"geometry {self.name!r} has parameters for {self.num_heads} heads but the input has "

@@ -19,10 +19,15 @@ class Lorentz(CurvedGeometry):
     the score is SDPA's ``⟨q, k⟩/√E`` up to per-token terms).
 
     Affine in the Lorentz inner product, so :meth:`affine_form` gives it as the dot product of the spatial
-    parts ``(√E/τ) x_s · y_s`` plus the outer term ``-(√E/τ) x₀ y₀`` of the time coordinates: SDPA runs it
-    as ``[x_s, -x₀]·[y_s, y₀]`` (E + 1 columns), the native CPU kernel on the raw q, k at E with the
-    per-token radial factors and the outer term in its epilogue. That form loses ``ε·cosh(√c a)·cosh(√c b)`` to
-    cancellation (a, b the tangent norms): float32 keeps nearest-neighbour order up to ``√c·‖u‖ ≈ 4``,
+    parts ``(√E/τ) x_s · y_s`` plus an outer term and a per-key term: with ``P(a) = (cosh(√c a) − 1)/c`` (a, b
+    the tangent norms), ``⟨x, y⟩_L + 1/c = x_s · y_s − cosh(√c a)·P(b) − P(a)``, the time coordinates
+    ``x₀ = cosh(√c a)/√c`` with their ``1/c`` taken out exactly. SDPA runs it as ``[x_s, −cosh(√c a)]·[y_s, P(b)]``
+    (E + 1 columns; ``−P(a)`` is per query and cancels in the softmax), the native CPU kernel on the raw q, k at
+    E with the per-token radial factors and the outer term in its epilogue. Every term is O(1) as κ → 0
+    (σ → a, P → a²/2, cosh → 1), so in the compute dtype (ε its unit roundoff) the score's absolute error is a
+    few ``ε·(√E/τ)·(a + b)²·cosh(√c a)·cosh(√c b)/2`` (the bound of ``σ_aσ_b + cosh_a P_b + P_a``): it depends on
+    κ only through ``√c·a`` and ``√c·b`` and tends to the Euclidean ``ε(a + b)²`` as κ → 0, where forming
+    ``x₀y₀ ≈ 1/c`` itself would lose ``ε/c``. Float32 keeps nearest-neighbour order up to ``√c·‖u‖ ≈ 4``,
     which is why the tangent clip defaults to ``clip_radius = 4`` here (typical activations have
     ``‖u‖ ≈ 1``; counted and warned about when it acts). The dense reference (:meth:`lift`) computes
     ``d²_L = (a - b)² sinc_sqrt(κ(a - b)²/4)² + σ_a σ_b ‖q̂ - k̂‖²`` with no cancellation at any radius.
@@ -61,28 +66,35 @@ class Lorentz(CurvedGeometry):
                                                         kappa)
 
     def affine_form(self, q: Tensor, k: Tensor, scale: float | None) -> AffineForm:
-        """``(√E/τ)(⟨x_s, y_s⟩ − x₀y₀ + 1/c)`` with ``x_s = σ(a)·q/‖q‖``: the raw vectors, each token's radial
-        factor ``σ(a)/‖x‖`` (``σ(a) = sinh(√c a)/√c``) and the time coordinates ``x₀ = cosh(√c a)/√c`` as the
-        outer term."""
+        """``(√E/τ)(⟨x_s, y_s⟩ − cosh(√c a)·P(b) − P(a))`` with ``x_s = σ(a)·q/‖q‖`` and ``P(a) = (cosh(√c a) − 1)/c``
+        (:func:`~geoattn.math.lorentz.time_excess`): ``⟨x, y⟩_L + 1/c`` with the time coordinates ``x₀ = cosh/√c``
+        expanded as ``x₀y₀ = 1/c + P(a) + P(b) + c·P(a)P(b)``, so no term grows like 1/c. The raw vectors, each
+        token's radial factor ``σ(a)/‖x‖`` (``σ(a) = sinh(√c a)/√c``), the outer term ``(−cosh(√c a), P(b))`` and
+        the per-query ``−P(a)`` (which cancels in the softmax; kept so energies are exact)."""
         kappa = self.kappa(q)
         coef = (math.sqrt(q.shape[-1]) * self.inverse_temperature(q, scale)).view(-1, 1)     # (H, 1)
         cd = eps.compute_dtype(q.dtype)
-        (fq, x0), (fk, y0) = self._token_terms(q, kappa), self._token_terms(k, kappa)
-        q_bias = (coef / -kappa.view(-1, 1)).expand(x0.shape)  # √E/(cτ): constant, kept so energies are exact
-        return AffineForm(q.to(cd), k.to(cd), q_factor=coef * fq, k_factor=fk, q_bias=q_bias,
-                          outer=(-coef * x0, y0))
+        (fq, pq), (fk, pk) = self._token_terms(q, kappa), self._token_terms(k, kappa)
+        cosh_q = 1 - kappa.view(-1, 1) * pq  # cosh(√c a) = 1 + c·P(a), exact to rounding (both terms ≥ 0)
+        return AffineForm(q.to(cd), k.to(cd), q_factor=coef * fq, k_factor=fk, q_bias=-coef * pq,
+                          outer=(-coef * cosh_q, pk))
 
     def native_spec(self, q: Tensor, scale: float | None) -> NativeSpec:
-        """The ``lorentz`` kind: :meth:`affine_form`'s factors and time coordinates computed in the kernel from
-        the token norms (radial.h), μ = √E/τ."""
+        """The ``lorentz`` kind: :meth:`affine_form`'s factors and outer term (without the per-query term) computed in
+        the kernel from the token norms, in double (radial.h), μ = √E/τ."""
         return NativeSpec(self.native_kind, self.native_constants(q, scale, math.sqrt(q.shape[-1])), self.clip_radius)
 
     def _token_terms(self, x: Tensor, kappa: Tensor) -> tuple[Tensor, Tensor]:
-        """``σ(a)/‖x‖`` and ``x₀ = cosh(√c a)/√c`` (B, H, N) of ``exp_o(x/√E)``, a = ‖x‖/√E (clipped)."""
-        norm, a = self.tangent_norm(x.to(eps.compute_dtype(x.dtype)), kappa)   # (B, H, N, 1) each
-        kb = kappa.view(-1, 1, 1)
+        """``σ(a)/‖x‖`` and ``P(a) = (cosh(√c a) − 1)/c`` (B, H, N) of ``exp_o(x/√E)``, a = ‖x‖/√E (clipped), in the
+        compute dtype. The norms come in the compute dtype; σ and P are evaluated in float64, as the native kernel
+        does: per token, so cheap, and their κ-derivatives stay accurate where float32's closed forms of sinh(y)/y
+        cancel just above the series' threshold (|κa²| ≈ 1e-4: ~1e-3 relative in ∂/∂κ)."""
+        cd = eps.compute_dtype(x.dtype)
+        norm, a = self.tangent_norm(x.to(cd), kappa)   # (B, H, N, 1) each
+        a = a.double()
+        kb = self.kappa(a).view(-1, 1, 1)  # float64, from the parameter
         factor = lorentz.radial_factor(a, kb) / norm.clamp(min=eps.norm_min(x.dtype))
-        return factor.squeeze(-1), (cos_sqrt(kb * a * a) / (-kb).sqrt()).squeeze(-1)
+        return factor.squeeze(-1).to(cd), lorentz.time_excess(a, kb).squeeze(-1).to(cd)
 
     @staticmethod
     def _expmap(direction: Tensor, a: Tensor, kb: Tensor) -> Tensor:

@@ -10,13 +10,28 @@ function would receive ``attention_mask=None`` and padding would be silently ign
 
 Geometry parameters live on the attention modules: :func:`swap_hf` (what :func:`geoattn.swap` does
 for a ``PreTrainedModel``) attaches a geometry module as ``module.geoattn_geometry`` to every module that
-calls the attention interface, so its parameters train, and ``save_pretrained`` writes them;
-:func:`from_pretrained` loads such a checkpoint back. A module with no attached geometry (a model built
-with ``attn_implementation="geoattn_<name>"`` and never swapped) uses the geometry's default parameters.
+calls the attention interface, so its parameters train, and ``save_pretrained`` writes them. A module with
+no attached geometry (a model built with ``attn_implementation="geoattn_<name>"`` and never swapped) uses
+the geometry's default parameters.
 
-Loading: a checkpoint saved after a swap must be loaded with :func:`from_pretrained` (this module's); a
-plain ``Model.from_pretrained`` skips the geometry tensors as unexpected keys and runs the attention
-implementation it is given (sdpa by default).
+Loading: the swap records two entries in the model's config, which ``save_pretrained`` writes to
+``config.json``: ``geoattn`` (the geometry's name and its constructor options) and ``attn_implementation``
+(``"geoattn_<name>"``, which transformers reads back when it loads the config). So a plain
+``AutoModel.from_pretrained(path)`` (or any model class) rebuilds the swapped model:
+
+* with geoattn imported (geoattn registers the attention functions once transformers is imported too,
+  in either order), transformers builds the model on ``geoattn_<name>``, and a torch module-registration hook
+  (:func:`torch.nn.modules.module.register_module_module_registration_hook`, installed by :func:`register`)
+  attaches the saved geometry to each attention module as the model is built, from its config's
+  ``geoattn`` entry, so the checkpoint's geometry tensors load as ordinary weights;
+* without geoattn, transformers refuses the config: ``ValueError: Specified
+  `attn_implementation="geoattn_<name>"` is not supported``. It never loads the Euclidean model silently.
+
+Passing another ``attn_implementation`` to ``from_pretrained`` still attaches and loads the geometry, and
+warns that the model then ignores it. :func:`from_pretrained` (this module's) is a convenience that also
+loads checkpoints saved before ``attn_implementation`` was recorded, and raises if a geometry tensor is
+missing. Geometry classes registered after ``import geoattn`` need :func:`register` called again before
+a plain load (``swap`` calls it).
 
 ``output_attentions=True`` works with every geometry: the call then runs on geoattn's dense backend,
 which returns the weights (O(L²) memory); otherwise the fused backends run and the weights are None.
@@ -29,6 +44,7 @@ equals sdpa; every other geometry gets ``scaling·√d``, the model's scaling re
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -37,7 +53,7 @@ from torch import Tensor, nn
 from ..functional import attention
 from ..geometry import Geometry, available_geometries, geometry_class, geometry_for_module, make_geometry
 from ..geometry.registry import rebuild_options
-from .hf_modules import attention_modules, geometry_tensors, head_counts
+from .hf_modules import attention_modules, calls_interface, head_counts
 
 GEOMETRY_ATTR = "geoattn_geometry"
 PREFIX = "geoattn_"
@@ -65,10 +81,13 @@ def implementation_name(geometry: str) -> str:
 
 
 def register() -> list[str]:
-    """Register ``geoattn_<name>`` for every geometry in :func:`geoattn.available_geometries`.
+    """Register ``geoattn_<name>`` for every geometry in :func:`geoattn.available_geometries`, and the
+    hook that rebuilds swapped checkpoints on a plain ``from_pretrained`` (see the module doc).
 
-    Idempotent; call it again after registering a new geometry class. Returns the registered names.
+    Idempotent; geoattn calls it once both it and transformers are imported. Call it again after
+    registering a new geometry class. Returns the registered names.
     """
+    global _BUILD_HOOK
     _require_transformers()
     names = []
     for geometry in available_geometries():
@@ -76,7 +95,58 @@ def register() -> list[str]:
         AttentionInterface.register(name, _make_forward(geometry))
         AttentionMaskInterface.register(name, sdpa_mask)  # same mask format as sdpa: bool, True = attend
         names.append(name)
+    if _BUILD_HOOK is None:
+        _BUILD_HOOK = torch.nn.modules.module.register_module_module_registration_hook(_attach_saved_geometry)
     return names
+
+
+# -- rebuilding a swapped model from its config ----------------------------------------------------
+_BUILD_HOOK = None  # the handle of the module-registration hook, once installed
+
+
+def _record(config, name: str, options: dict[str, Any]) -> None:
+    """Write the swap into ``config``: the geometry to rebuild, and the attention implementation that
+    transformers reads back from ``config.json`` (the ``attn_implementation`` key, which it pops into
+    ``config._attn_implementation`` on load; a plain attribute, because transformers does not save
+    ``_attn_implementation`` itself)."""
+    setattr(config, CONFIG_KEY, {"geometry": name, "options": options})
+    config.attn_implementation = implementation_name(name)
+
+
+def _attach(module: nn.Module, geometry: Geometry) -> None:
+    if hasattr(module, GEOMETRY_ATTR):
+        delattr(module, GEOMETRY_ATTR)
+    module.add_module(GEOMETRY_ATTR, geometry)
+
+
+def _attach_saved_geometry(parent: nn.Module, name: str, child: nn.Module | None) -> None:
+    """torch's module-registration hook: when an attention module whose config carries a ``geoattn``
+    entry (a model built from a swapped model's config, e.g. by ``from_pretrained``) is assigned to its
+    parent, attach that geometry with the saved options. Its tensors are then ordinary weights of the
+    model, which ``from_pretrained`` fills from the checkpoint.
+
+    Built on the CPU when transformers builds the model on the meta device (the geometries check their
+    parameter values as they are made); the loader moves the checkpoint's tensors where they belong.
+    """
+    config = None if child is None else child.__dict__.get("config")
+    spec = getattr(config, CONFIG_KEY, None) if isinstance(config, transformers.PretrainedConfig) else None
+    if not isinstance(spec, dict) or GEOMETRY_ATTR in child._modules or not calls_interface(type(child)):
+        return None
+    geometry, options = spec["geometry"], spec.get("options", {})
+    heads, head_dim = head_counts(child)
+    device = torch.get_default_device()
+    with torch.device("cpu" if device.type == "meta" else device):
+        _attach(child, geometry_for_module(geometry, heads, head_dim, options))
+    _record(config, geometry, options)  # so that saving the loaded model keeps it
+    impl = implementation_name(geometry)
+    if config._attn_implementation != impl:
+        warnings.warn(
+            f"this {type(child).__name__} was saved after geoattn.swap with the {geometry!r} geometry, which is "
+            f"loaded, but the model runs attn_implementation={config._attn_implementation!r}, which ignores it; "
+            f"leave attn_implementation out (or pass {impl!r}) to run the saved geometry",
+            UserWarning, stacklevel=2,
+        )
+    return None
 
 
 # -- the attention function ----------------------------------------------------------------------
@@ -195,9 +265,10 @@ def swap_hf(model: nn.Module, geometry: str | Geometry, **geometry_params) -> nn
     """Put a ``PreTrainedModel`` on ``geoattn_<geometry>`` with trainable parameters per attention module.
 
     Attaches ``module.geoattn_geometry`` (``num_heads`` and ``head_dim`` = the module's unless given),
-    selects the implementation with
-    ``model.set_attn_implementation`` and records the geometry's options in ``model.config.geoattn`` so
-    :func:`from_pretrained` can rebuild it. Returns ``model``.
+    selects the implementation with ``model.set_attn_implementation`` and records the geometry
+    (``config.geoattn``) and the implementation (``config.attn_implementation``) in the model's config
+    and in each attention module's, so ``from_pretrained`` rebuilds it (see the module doc). Returns
+    ``model``.
     """
     register()
     name = geometry.name if isinstance(geometry, Geometry) else geometry
@@ -206,15 +277,16 @@ def swap_hf(model: nn.Module, geometry: str | Geometry, **geometry_params) -> nn
     built = [geometry_for_module(geometry, heads, head_dim, geometry_params, copy=True)  # all before any change
              for _, heads, head_dim in found]
     for (module, _, _), geom in zip(found, built):
-        device = next((p.device for p in module.parameters()), torch.device("cpu"))
-        if hasattr(module, GEOMETRY_ATTR):
-            delattr(module, GEOMETRY_ATTR)
-        module.add_module(GEOMETRY_ATTR, geom.to(device))
+        _attach(module, geom.to(next((p.device for p in module.parameters()), torch.device("cpu"))))
     impl = implementation_name(name)
     model.set_attn_implementation(impl)
     if model.config._attn_implementation != impl:
         raise ValueError(f"{type(model).__name__} refused attn_implementation={impl!r}; see the warning above")
-    setattr(model.config, CONFIG_KEY, {"geometry": name, "options": rebuild_options(built[0])})
+    options = rebuild_options(built[0])
+    configs = {id(c): c for c in [model.config, *(getattr(m, "config", None) for m, _, _ in found)]
+               if isinstance(c, transformers.PretrainedConfig)}  # a composite model's modules see sub-configs
+    for config in configs.values():
+        _record(config, name, options)
     return model
 
 
@@ -222,9 +294,10 @@ def from_pretrained(model_class, pretrained_model_name_or_path, **kwargs) -> nn.
     """Load a checkpoint saved after :func:`geoattn.swap`, geometry parameters included.
 
     ``model_class`` is any transformers class with ``from_pretrained`` (``AutoModel``, ``BertModel``, …);
-    ``kwargs`` go to it. The checkpoint's ``config.json`` names the geometry (key ``geoattn``); the
-    model is loaded with ``attn_implementation="geoattn_<name>"``, swapped, and the geometry tensors are
-    read from the checkpoint's safetensors file(s).
+    ``kwargs`` go to it. The same as a plain ``model_class.from_pretrained`` with geoattn imported (see
+    the module doc), except that it also loads checkpoints whose ``config.json`` has the ``geoattn``
+    entry but no ``attn_implementation`` (saved before the swap recorded it), and that it raises
+    ``ValueError`` for a checkpoint that is not a swapped one or lacks geometry tensors.
     """
     _require_transformers()
     register()
@@ -237,18 +310,18 @@ def from_pretrained(model_class, pretrained_model_name_or_path, **kwargs) -> nn.
             "geoattn.swap(); load it with from_pretrained(..., attn_implementation='geoattn_<geometry>') for "
             "default geometry parameters, then geoattn.swap(model, geometry, ...)"
         )
-    name = spec["geometry"]
-    kwargs["attn_implementation"] = implementation_name(name)
-    from transformers.utils import logging as hf_logging
+    kwargs["attn_implementation"] = implementation_name(spec["geometry"])
+    want_info = kwargs.pop("output_loading_info", False)
+    model, info = model_class.from_pretrained(pretrained_model_name_or_path, config=config,
+                                              output_loading_info=True, **kwargs)
+    missing = sorted(k for k in info["missing_keys"] if f".{GEOMETRY_ATTR}." in f".{k}")
+    if missing:
+        raise ValueError(
+            f"the checkpoint {pretrained_model_name_or_path} lacks {len(missing)} geometry tensor(s), e.g. "
+            f"{missing[0]!r}; it was saved with a different geometry or model class"
+        )
+    return (model, info) if want_info else model
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the geometry tensors are "unexpected" until the swap below adds them
-    try:
-        model = model_class.from_pretrained(pretrained_model_name_or_path, config=config, **kwargs)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    swap_hf(model, name, **spec.get("options", {}))
-    expected = {k: v for k, v in model.state_dict().items() if f".{GEOMETRY_ATTR}." in f".{k}"}
-    stored = geometry_tensors(pretrained_model_name_or_path, expected, getattr(model, "base_model_prefix", ""))
-    model.load_state_dict(stored, strict=False)  # only geometry keys; each geometry checks its tag (name, options)
-    return model
+
+if transformers is not None:  # importing this module (geoattn does once transformers is imported) registers
+    register()

@@ -34,6 +34,15 @@ def radial_factor(a: Tensor, kappa: Tensor) -> Tensor:
     return a * sinc_sqrt(kappa * a * a)
 
 
+def time_excess(a: Tensor, kappa: Tensor) -> Tensor:
+    """``P(a) = (cosh(√c a) − 1)/c = (a²/2)·sinc_sqrt(κa²/4)²`` (κ = -c; ``cosh y − 1 = 2 sinh²(y/2)``): how far
+    the time coordinate ``x₀ = (1 + cP)/√c`` of ``expmap0`` at radius a lies above the origin's ``1/√c``, times
+    √c. No cancellation, and smooth through κ = 0 (→ a²/2): ``x₀y₀ = 1/c + P(a) + P(b) + cP(a)P(b)`` lets an
+    affine score drop the ``1/c`` that float32 cannot carry next to O(1) terms."""
+    half = a / 2
+    return 2 * half * half * sinc_sqrt(kappa * half * half) ** 2
+
+
 def squared_distance_from_chord(chord2: Tensor, a: Tensor, sig_a: Tensor, b: Tensor, sig_b: Tensor,
                                 kappa: Tensor) -> Tensor:
     """``d²_L = -2/c - 2⟨x, y⟩_L`` for ``x = expmap0(u)``, ``y = expmap0(v)`` from tangent norms ``a, b``,
@@ -41,8 +50,9 @@ def squared_distance_from_chord(chord2: Tensor, a: Tensor, sig_a: Tensor, b: Ten
 
         d²_L = (a − b)² sinc_sqrt(κ(a − b)²/4)² + σ_a σ_b · chord2
 
-    (``d²_L = (2/c)(cosh(√c d) − 1)`` and the law of cosines at radii a, b). The affine form
-    ``-2/c - 2⟨x, y⟩_L`` that SDPA computes loses ``ε·cosh(√c a)·cosh(√c b)`` to cancellation instead.
+    (``d²_L = (2/c)(cosh(√c d) − 1)`` and the law of cosines at radii a, b). The affine form that SDPA
+    computes, ``-2(x_s·y_s − cosh(√c a)P(b) − P(a))`` (:func:`time_excess`), loses ``~ε(a + b)²cosh(√c a)cosh(√c b)``
+    to cancellation instead (the literal ``-2/c - 2⟨x, y⟩_L`` would lose ``ε/c`` more).
     """
     delta = a - b
     return delta * delta * sinc_sqrt(kappa * delta * delta / 4) ** 2 + sig_a * sig_b * chord2

@@ -16,6 +16,7 @@ class LayerKV:
     v: Tensor | None = None
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Append one step's keys and values (B, H, T, E) along the sequence; returns everything cached so far."""
         self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
         self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
         return self.k, self.v
@@ -38,12 +39,14 @@ class KVCache:
 
     @classmethod
     def for_model(cls, model: nn.Module, batch_size: int, n_self: int, n_cross: int = 0) -> "KVCache":
+        """An empty cache for ``model`` with ``n_self`` self-attention and ``n_cross`` cross-attention layers."""
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         return cls(weakref.ref(model), batch_size, [LayerKV() for _ in range(n_self)],
                    [LayerKV() for _ in range(n_cross)])
 
     def check(self, model: nn.Module, batch_size: int) -> None:
+        """Raise a clear error unless this cache was made by ``model`` for ``batch_size`` sequences."""
         if not isinstance(self, KVCache):
             raise TypeError(f"cache must be a KVCache from model.new_cache(), got {type(self).__name__}")
         if self.owner() is not model:

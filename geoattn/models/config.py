@@ -65,14 +65,17 @@ class TransformerConfig:
 
     @property
     def head_dim(self) -> int:
+        """Features per attention head, ``d_model // n_heads``."""
         return self.d_model // self.n_heads
 
     @property
     def ff_dim(self) -> int:
+        """Hidden size of the feed-forward block: ``d_ff``, or ``4 * d_model`` when unset."""
         return self.d_ff if self.d_ff is not None else 4 * self.d_model
 
     @property
     def decoder_layers(self) -> int:
+        """Number of decoder layers: ``n_decoder_layers``, or ``n_layers`` when unset."""
         return self.n_decoder_layers if self.n_decoder_layers is not None else self.n_layers
 
     def layer_geometries(self, stack: str = "encoder") -> list[str]:

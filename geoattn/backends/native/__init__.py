@@ -22,7 +22,8 @@ graph (:class:`~geoattn.geometry.head.HeadConstants`, :class:`~geoattn.geometry.
 outputs and gradients are laid out as SDPA lays out its own, (B, L, H, E) in memory, so a transformer
 layer reshapes them without a copy.
 
-Built on first use with the system's C++ compiler (a few seconds, cached on disk: :mod:`.build`); it
+Built on first use with the system's C++ compiler (cached on disk: :mod:`.build`; where it cannot be
+built, ``auto`` uses the portable backends and warns once, naming the reason and the fix); it
 runs float32 (bf16/fp16 inputs are cast up, as every geometric score is), and float64 calls go to the
 ``sdpa``, ``dense`` and ``tiled`` backends.
 """
@@ -30,8 +31,8 @@ from __future__ import annotations
 
 import torch
 
-from ..base import Backend, fused_unsupported
-from .build import load
+from ..base import Backend, Unavailable, fused_unsupported
+from .build import SWITCHED_OFF, load
 from .kernel import KINDS, AffineAttention, NativeAttention, Plan, affine_terms, kernel_input
 
 __all__ = ["NativeBackend", "load"]
@@ -66,7 +67,9 @@ class NativeBackend(Backend):
             return ("the native backend does not differentiate a float attn_mask that requires grad; fold the "
                     "learnable bias into the geometry, or use backend='dense'")
         native = load()
-        return native if isinstance(native, str) else None
+        if not isinstance(native, str):
+            return None
+        return native if native == SWITCHED_OFF else Unavailable(native)  # switched off on purpose: no warning
 
     def run(self, call):
         native = load()

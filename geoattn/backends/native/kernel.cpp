@@ -342,11 +342,11 @@ void compute_terms(const Problem& P) {
 
 // The chain through the per-token terms of one head's tokens on one side: fac[r] = (∂L/∂‖x_r‖)/‖x_r‖ (0 for
 // a zero vector); returns their ∂L/∂κ. g: the slot gradients g_a, g_σ, g_ρ (3 rows of `rows`).
-double side_chain(const Problem& P, const Terms& T, int64_t n, double kappa, bool key, const double* norms,
+double side_chain(const Problem& P, double kappa, bool key, const double* norms,
                   int64_t rows, const float* g, float* fac) {
   if (P.kind == kLorentz)
-    return key ? lorentz_chain<true>(norms, rows, kappa, P.inv_sqrt_e, P.clip, g, T.kt(n, 3), T.Sp, fac)
-               : lorentz_chain<false>(norms, rows, kappa, P.inv_sqrt_e, P.clip, g, T.qt(n, 3), T.L, fac);
+    return key ? lorentz_chain<true>(norms, rows, kappa, P.inv_sqrt_e, P.clip, g, fac)
+               : lorentz_chain<false>(norms, rows, kappa, P.inv_sqrt_e, P.clip, g, fac);
   if (P.kind == kStereographic && kappa < 0)
     return stereo_chain_hyperbolic(norms, rows, kappa, P.inv_sqrt_e, P.clip, g, fac);
   const double c = std::fabs(kappa);
@@ -395,7 +395,7 @@ void token_chain(const Problem& P, const Terms& T, const Grads& Gr) {
         const View& dx = key ? P.dk : P.dq;
         const float* g = (key ? Gr.k.data() : Gr.q.data()) + n * 3 * rows;
         const double* norms = (key ? T.kn : T.qn) + n * rows;
-        mine[n % P.H] += side_chain(P, T, n, kappa, key, norms, rows, g, fac.data());
+        mine[n % P.H] += side_chain(P, kappa, key, norms, rows, g, fac.data());
         for (int64_t r = 0; r < rows; ++r) {
           if (norms[r] <= 0) continue;
           const float* xr = row_ptr(x, n, P.H, r);

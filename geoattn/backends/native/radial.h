@@ -1,10 +1,12 @@
 // Per-token terms of the radial affine kinds (the affine.h score μ(aᵢ bⱼ ⟨qᵢ, kⱼ⟩ + βⱼ + αᵢγⱼ) on the raw
 // vectors), in double, and their chain back to each token's norm n = ‖x‖ and to κ. Slots: query α 0, a 1;
-// key β 0, γ 1, b 2 (the backward's per-token gradients arrive in the same slots); Lorentz keeps σ and
-// cosh(√c t) in slots 3 and 4 for the backward.
-//   lorentz:  a = b = σ(t)/n, α = −x₀, γ = x₀, with t = min(n/√E, clip/√c) (c = −κ), σ = sinh(√c t)/√c,
-//             x₀ = cosh(√c t)/√c: the spatial part and time coordinate of exp_o(x/√E) on the hyperboloid;
-//             all tokens of a head in one simd loop (one dexpm1 per token for sinh and cosh, exact near 0);
+// key β 0, γ 1, b 2 (the backward's per-token gradients arrive in the same slots).
+//   lorentz:  a = b = σ(t)/n, α = −cosh(√c t), γ = P(t) = (cosh(√c t) − 1)/c, β = 0, with t = min(n/√E, clip/√c)
+//             (c = −κ), σ = sinh(√c t)/√c: ⟨x, y⟩_L + 1/c = σ_a σ_b cos θ − cosh_a P_b − P_a for the points
+//             x, y = exp_o(·/√E) of the hyperboloid (x₀ = cosh/√c, x₀y₀ = 1/c + P_a + P_b + cP_aP_b), less the
+//             per-query −P_a, which cancels in the softmax. No term grows like 1/c, so float32 keeps its
+//             relative precision as κ → 0 (the time coordinates themselves, x₀y₀ ≈ 1/c, would lose ε/c);
+//             all tokens of a head in one simd loop (one dexpm1 per token for sinh and cosh − 1, exact near 0);
 //   cosine:   a = 1/‖q‖, b = 1/‖k‖;
 //   l2:       a = b = 1, β = −½‖k‖².
 #pragma once
@@ -26,37 +28,56 @@ inline void radial_terms(int kind, double n, bool key, float* out, int64_t strid
   }
 }
 
-// The Lorentz terms of the `rows` tokens of one head and side (one simd loop): t (clipped), σ(t), cosh(√c t)
-// from one dexpm1, x₀ = cosh/√c, a = b = σ/n (→ 1/√E as n → 0); returns how many tokens the clip shortened
+// sinh(y)/√c, cosh y − 1 and (cosh y − 1)/c of y = √c·t (s = √c) from one dexpm1 (em = eʸ − 1:
+// sinh y = em(em + 2)/(2eʸ), cosh y − 1 = em²/(2eʸ), no cancellation), or their Taylor series in y² = ct² below
+// 1e-4 (error < 1e-16 relative; also c = 0, where they are t, 0, t²/2)
+inline void lorentz_radial(double t, double c, double s, double& sig, double& m, double& p) {
+  const double y2 = c * t * t;
+  if (y2 < 1e-4) {
+    sig = t * (1.0 + y2 / 6.0 + y2 * y2 / 120.0);
+    p = t * t / 2.0 * (1.0 + y2 / 12.0 + y2 * y2 / 360.0);
+    m = c * p;
+    return;
+  }
+  const double em = dexpm1_nonneg(s * t), e = em + 1.0;
+  sig = em * (em + 2.0) / (2.0 * e) / s, m = em * em / (2.0 * e), p = m / c;
+}
+
+// The Lorentz terms of the `rows` tokens of one head and side (one simd loop): t (clipped), σ(t) and
+// P = (cosh(√c t) − 1)/c (lorentz_radial), a = b = σ/n (→ 1/√E as n → 0), α = −cosh(√c t) = −(1 + cP), γ = P;
+// returns how many tokens the clip shortened.
 template <bool KEY>
 int64_t lorentz_terms(const double* norms, int64_t rows, double kappa, double inv_sqrt_e, double clip, float* out,
                       int64_t stride) {
   const double c = -kappa, s = std::sqrt(c);
-  float *o0 = out, *o1 = out + stride, *o2 = out + 2 * stride, *o3 = out + 3 * stride, *o4 = out + 4 * stride;
+  float *o0 = out, *o1 = out + stride, *o2 = out + 2 * stride;
   int64_t clipped = 0;
 #pragma omp simd reduction(+ : clipped)
   for (int64_t r = 0; r < rows; ++r) {
     const double n = norms[r];
     bool cl;
     const double t = tangent_norm(n, kappa, inv_sqrt_e, clip, cl);
-    const double em = dexpm1_nonneg(s * t), e = em + 1.0;
-    const double sig = em * (em + 2.0) / (2.0 * e) / s, ch = 1.0 + em * em / (2.0 * e);
-    const double x0 = ch / s, f = n > 0 ? sig / n : inv_sqrt_e;
-    o0[r] = KEY ? 0.0f : (float)-x0;
-    o1[r] = KEY ? (float)x0 : (float)f;
+    double sig, m, p;
+    lorentz_radial(t, c, s, sig, m, p);
+    const double f = n > 0 ? sig / n : inv_sqrt_e;
+    o0[r] = KEY ? 0.0f : (float)-(1.0 + m);
+    o1[r] = KEY ? (float)p : (float)f;
     if (KEY) o2[r] = (float)f;
-    o3[r] = (float)sig, o4[r] = (float)ch;
     clipped += cl ? 1 : 0;
   }
   return clipped;
 }
 
 // radial_chain of the Lorentz kind for the `rows` tokens of one head and side at once: fac[r] = (∂L/∂n)/n
-// (0 for a zero vector), returns Σ ∂L/∂κ. g: the tokens' slot gradients (3 rows of `rows`), kept: slot 3 (σ)
-// of the forward's terms, slot 4 (cosh) `stride` after it.
+// (0 for a zero vector), returns Σ ∂L/∂κ. g: the tokens' slot gradients (3 rows of `rows`). σ, P and cosh are
+// recomputed in double (lorentz_radial); their c-derivatives at fixed t, in closed form with no cancellation
+// (Taylor series in y² = ct² below 1e-2, error < 1e-14 relative):
+//   ∂σ/∂c = (t cosh − σ)/(2c) = (t³/6)(1 + y²/10 + y⁴/280 + y⁶/15120 + …),
+//   ∂P/∂c = (tσ/2 − P)/c     = (t⁴/24)(1 + y²/15 + y⁴/560 + y⁶/37800 + …),   ∂cosh/∂c = tσ/2;
+// and ∂σ/∂t = cosh, ∂P/∂t = σ, ∂cosh/∂t = cσ. Unclipped (t = n/√E), ∂(σ/n)/∂n = (t cosh − σ)/n² = 2c(∂σ/∂c)/n².
 template <bool KEY>
 double lorentz_chain(const double* norms, int64_t rows, double kappa, double inv_sqrt_e, double clip, const float* g,
-                     const float* kept, int64_t stride, float* fac) {
+                     float* fac) {
   const double c = -kappa, s = std::sqrt(c);
   double g_kappa = 0.0;
 #pragma omp simd reduction(+ : g_kappa)
@@ -64,20 +85,26 @@ double lorentz_chain(const double* norms, int64_t rows, double kappa, double inv
     const double n = norms[r];
     bool cl;
     const double t = tangent_norm(n, kappa, inv_sqrt_e, clip, cl);
-    const double sig = kept[r], ch = kept[stride + r], x0 = ch / s;
+    double sig, m, p;
+    lorentz_radial(t, c, s, sig, m, p);
+    const double ch = 1.0 + m, y2 = c * t * t, t2 = t * t;
+    const bool series = y2 < 1e-2;
+    const double dsig_dc = series ? t2 * t / 6.0 * (1.0 + y2 / 10.0 + y2 * y2 / 280.0 + y2 * y2 * y2 / 15120.0)
+                                  : (t * ch - sig) / (2.0 * c);
+    const double dp_dc = series ? t2 * t2 / 24.0 * (1.0 + y2 / 15.0 + y2 * y2 / 560.0 + y2 * y2 * y2 / 37800.0)
+                                : (t * sig / 2.0 - p) / c;
     const double g_f = KEY ? g[2 * rows + r] : g[rows + r];
-    const double g_x0 = KEY ? g[rows + r] : -(double)g[r];
-    const double dt_dn = cl ? 0.0 : inv_sqrt_e;
-    const double ssig = s * sig;
+    // the outer slot: γ = P of a key, α = −cosh of a query (∂L/∂cosh = −g_α)
+    const double g_o = KEY ? g[rows + r] : -(double)g[r];
+    const double do_dt = KEY ? sig : c * sig, do_dc = KEY ? dp_dc : t * sig / 2.0;
     const bool pos = n > 0;
     const double nn = pos ? n : 1.0;
-    const double g_norm = pos ? g_f * (ch * dt_dn / nn - sig / (nn * nn)) + g_x0 * ssig * dt_dn : 0.0;
-    const double ct2 = c * t * t;
-    const double dsig_dc = ct2 < 1e-4 ? t * t * t / 6.0 * (1.0 + ct2 / 10.0) : (t * ch - sig) / (2.0 * c);
-    const double dx0_dc = (t * sig - x0 / s) / (2.0 * s);
-    const double dt_dc = cl ? -t / (2.0 * c) : 0.0;
+    const double df_dn = cl ? -sig / (nn * nn) : 2.0 * c * dsig_dc / (nn * nn);
+    const double dt_dn = cl ? 0.0 : inv_sqrt_e;
+    const double g_norm = pos ? g_f * df_dn + g_o * do_dt * dt_dn : 0.0;
+    const double dt_dc = cl ? -t / (2.0 * c) : 0.0;  // t = clip/√c
     const double df_dc = pos ? (dsig_dc + ch * dt_dc) / nn : 0.0;
-    g_kappa += -(g_f * df_dc + g_x0 * (dx0_dc + ssig * dt_dc));
+    g_kappa += -(g_f * df_dc + g_o * (do_dc + do_dt * dt_dc));
     fac[r] = (float)(g_norm / nn);
   }
   return g_kappa;
