@@ -79,6 +79,7 @@ def pytest_runtest_setup(item):
 # Geometry configurations every contract test runs over: each registered geometry, each score and aggregation.
 GEOMETRY_CASES = {
     "euclidean": lambda d, h: geoattn.Euclidean(num_heads=h),
+    "euclidean-tau": lambda d, h: geoattn.geometry.EuclideanTau(temperature=0.7, num_heads=h),
     "poincare": lambda d, h: geoattn.Poincare(curvature=-0.7, temperature=0.8, num_heads=h),
     "poincare-midpoint": lambda d, h: geoattn.Poincare(curvature=-1.3, num_heads=h, aggregation="midpoint"),
     "l2": lambda d, h: geoattn.L2(temperature=0.8, num_heads=h),

@@ -86,7 +86,7 @@ def test_kernel_benchmark_cases_come_from_the_registry():
     from benchmarks.kernels import geometries
 
     cases = geometries()
-    assert sorted(cases) == ["euclidean", "l2", "lorentz", "metric", "poincare", "sphere-cosine", "sphere-geodesic",
-                            "stereographic"]
+    assert sorted(cases) == ["euclidean", "euclidean-tau", "l2", "lorentz", "metric", "poincare", "sphere-cosine",
+                            "sphere-geodesic", "stereographic"]
     assert cases["metric"](16).rank == 8 and cases["sphere-geodesic"](16).score == "geodesic"
     torch.testing.assert_close(cases["stereographic"](16).curvature, torch.tensor([-0.5], dtype=torch.float64))
