@@ -32,7 +32,7 @@ import torch
 
 from ..base import Backend, fused_unsupported
 from .build import load
-from .kernel import KINDS, AffineAttention, NativeAttention, Plan, affine_terms, kernel_input
+from .kernel import AffineAttention, NativeAttention, Plan, affine_terms, kernel_input
 
 __all__ = ["NativeBackend", "load"]
 
@@ -47,7 +47,8 @@ class NativeBackend(Backend):
     name = "native"
 
     def unsupported(self, call):
-        if call.geometry.native_kind not in KINDS:
+        kind = call.geometry.native_kind
+        if kind is None:
             return (f"geometry {call.geometry.name!r} has no native kernel (the stereographic, poincare, lorentz, "
                     "sphere, metric and l2 scores have one); use backend='auto'")
         if call.device.type != "cpu":
@@ -66,7 +67,12 @@ class NativeBackend(Backend):
             return ("the native backend does not differentiate a float attn_mask that requires grad; fold the "
                     "learnable bias into the geometry, or use backend='dense'")
         native = load()
-        return native if isinstance(native, str) else None
+        if isinstance(native, str):
+            return native
+        if kind not in native.abi.kinds:
+            return (f"geometry {call.geometry.name!r} names native_kind={kind!r}, which the native kernel does not "
+                    f"have (it has {', '.join(native.abi.kinds)}); set native_kind = 'affine' or None")
+        return None
 
     def run(self, call):
         native = load()

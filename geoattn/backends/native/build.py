@@ -28,9 +28,10 @@ from pathlib import Path
 
 import torch
 
+from . import abi
+
 SOURCES = [Path(__file__).with_name("kernel.cpp")]
 HEADERS = sorted(Path(__file__).parent.glob("*.h"))
-ABI = 10  # must equal geoattn_native_abi() in kernel.cpp (and the Problem layout in kernel.py)
 # vect-partial-vector-usage=2: masked (AVX-512) loop epilogues, not scalar ones (short causal rows: 1.3× measured);
 # no-semantic-interposition: the kernel's own functions are called directly (not through the PLT) and may be
 # inlined (−1 to −3% of its time at the quick shape; outputs and gradients bit-identical, measured)
@@ -41,11 +42,12 @@ FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "--param=vect-part
 
 @dataclass
 class Native:
-    """A loaded kernel: the library and the address of the sgemm it calls."""
+    """A loaded kernel: the library, the address of the sgemm it calls and its constants (:mod:`.abi`)."""
 
     lib: ctypes.CDLL
     sgemm: int
     path: Path
+    abi: abi.Constants
 
 
 _LOCK = threading.Lock()
@@ -134,6 +136,7 @@ def _load() -> Native | str:
         lib = ctypes.CDLL(str(target))
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
         return f"the native kernel could not be built or loaded ({err})"
-    if lib.geoattn_native_abi() != ABI:
-        return f"the native kernel at {target} has ABI {lib.geoattn_native_abi()}, expected {ABI}; delete the file"
-    return Native(lib, sgemm, target)
+    constants = abi.read(lib)
+    if isinstance(constants, str):
+        return f"the native kernel at {target} does not match this geoattn: {constants}; delete the file"
+    return Native(lib, sgemm, target, constants)

@@ -33,6 +33,7 @@
 #include "stereographic.h"
 
 #ifdef _OPENMP
+#include <cstddef>
 #include <omp.h>
 #endif
 
@@ -446,7 +447,38 @@ using namespace geoattn_native;
 
 extern "C" {
 
-int geoattn_native_abi() { return 10; }
+// The layout of View and Problem and the constants Python passes on, by name, for abi.py to check its ctypes
+// mirror against when it loads the library (sizes and offsets in bytes).
+#define GEOATTN_FIELDS(X) \
+    X(View, data) X(View, sb) X(View, sh) X(View, sr) \
+    X(Problem, B) X(Problem, H) X(Problem, L) X(Problem, S) X(Problem, D) X(Problem, Ev) \
+    X(Problem, bq) X(Problem, kind) X(Problem, causal) X(Problem, nthreads) X(Problem, chunk) X(Problem, q) \
+    X(Problem, k) X(Problem, v) X(Problem, out) X(Problem, lse) X(Problem, kappa) X(Problem, mu) \
+    X(Problem, inv_sqrt_e) X(Problem, clip) X(Problem, eta) X(Problem, want_dkappa) X(Problem, allowed) X(Problem, am_b) \
+    X(Problem, am_h) X(Problem, am_i) X(Problem, am_j) X(Problem, bias) X(Problem, bm_b) X(Problem, bm_h) \
+    X(Problem, bm_i) X(Problem, bm_j) X(Problem, clipped) X(Problem, qterms) X(Problem, kterms) X(Problem, qnorm) \
+    X(Problem, knorm) X(Problem, dout) X(Problem, dq) X(Problem, dk) X(Problem, dv) X(Problem, dkappa) \
+    X(Problem, dmu) X(Problem, dkbias) X(Problem, dqouter) X(Problem, dkouter) X(Problem, dqfactor) X(Problem, dkfactor) \
+    X(Problem, outer) X(Problem, pad3_) X(Problem, sgemm) X(Problem, metric) X(Problem, ktilde) X(Problem, dmetric)
+#define GEOATTN_FIELD(T, f) {#T "." #f, (int64_t)offsetof(T, f)},
+struct LayoutEntry {
+  const char* name;
+  int64_t value;
+};
+const LayoutEntry kLayout[] = {
+    {"sizeof View", (int64_t)sizeof(View)}, {"sizeof Problem", (int64_t)sizeof(Problem)},
+    GEOATTN_FIELDS(GEOATTN_FIELD)
+    {"kind.stereographic", kStereographic}, {"kind.sphere", kSphere}, {"kind.affine", kAffine},
+    {"kind.lorentz", kLorentz}, {"kind.cosine", kCosine}, {"kind.l2", kL2}, {"kind.metric", kMetric},
+    {"kTerms", kTerms}, {"kLanes", kLanes},
+};
+
+// Writes up to `cap` entries of the table into names and values; returns the table's length.
+int64_t geoattn_native_layout(const char** names, int64_t* values, int64_t cap) {
+  const int64_t n = sizeof(kLayout) / sizeof(kLayout[0]);
+  for (int64_t i = 0; i < std::min(n, cap); ++i) names[i] = kLayout[i].name, values[i] = kLayout[i].value;
+  return n;
+}
 
 void geoattn_forward(const Problem* P) {
   FlushDenormals ftz;
