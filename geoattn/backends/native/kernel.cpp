@@ -320,6 +320,13 @@ int64_t side_terms(const Problem& P, double kappa, bool key, const double* norms
   return clipped;
 }
 
+// fn(key, rows, x) for a head's queries (key = false, rows = L, x = q), then its keys (true, S, k)
+template <class Fn>
+inline void for_each_side(const Problem& P, Fn&& fn) {
+  fn(false, P.L, P.q);
+  fn(true, P.S, P.k);
+}
+
 // Fill the caller's term buffers (forward only; the backward reads them back).
 void compute_terms(const Problem& P) {
   const int64_t N = P.B * P.H;
@@ -327,16 +334,13 @@ void compute_terms(const Problem& P) {
 #pragma omp parallel for schedule(static) num_threads(P.nthreads) reduction(+ : clipped)
   for (int64_t n = 0; n < N; ++n) {
     const double kappa = head_kappa(P, n);
-    for (int side = 0; side < 2; ++side) {
-      const bool key = side == 1;
-      const int64_t rows = key ? P.S : P.L;
-      const View& x = key ? P.k : P.q;
+    for_each_side(P, [&](bool key, int64_t rows, const View& x) {
       const int64_t stride = key ? key_stride(P) : rows;  // of a term's row
       float* out = (key ? P.kterms : P.qterms) + n * kTerms * stride;
       double* norms = (key ? P.knorm : P.qnorm) + n * rows;
       for (int64_t r = 0; r < rows; ++r) norms[r] = row_norm(row_ptr(x, n, P.H, r), P.D);
       clipped += side_terms(P, kappa, key, norms, rows, out, stride);
-    }
+    });
   }
   if (P.clipped) *P.clipped = clipped;
 }
@@ -389,10 +393,7 @@ void token_chain(const Problem& P, const Terms& T, const Grads& Gr) {
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < N; ++n) {
       const double kappa = head_kappa(P, n);
-      for (int side = 0; side < 2; ++side) {
-        const bool key = side == 1;
-        const int64_t rows = key ? P.S : P.L;
-        const View& x = key ? P.k : P.q;
+      for_each_side(P, [&](bool key, int64_t rows, const View& x) {
         const View& dx = key ? P.dk : P.dq;
         const float* g = (key ? Gr.k.data() : Gr.q.data()) + n * 3 * rows;
         const double* norms = (key ? T.kn : T.qn) + n * rows;
@@ -404,7 +405,7 @@ void token_chain(const Problem& P, const Terms& T, const Grads& Gr) {
           const float f = fac[r];
           for (int64_t d = 0; d < P.D; ++d) dr[d] += f * xr[d];
         }
-      }
+      });
     }
 #pragma omp critical(geoattn_token_chain)
     for (int64_t h = 0; h < P.H; ++h) gk[h] += mine[h];
