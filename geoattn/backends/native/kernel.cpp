@@ -13,7 +13,7 @@
 // Why by hand: the score chain (gap → distance → softmax) runs in one vectorised pass per element, and
 // nearly parallel pairs need a data-dependent exact recomputation that neither SDPA nor a compiled torch
 // graph can express; and an affine score with per-key and outer terms runs at the head dim E, where SDPA
-// needs one or two more columns (E + 1 costs its CPU kernel ~17% at E = 64). geoattn's dense float64
+// needs one or two more columns (E + 1, off the vector widths its CPU kernel is fast at). geoattn's dense float64
 // backend is the oracle this file is tested against (tests/test_native.py).
 //
 // Distances never cancel. With u = q/√E the tangent vector (clipped to √|κ|‖u‖ ≤ clip for κ < 0),
@@ -450,29 +450,30 @@ extern "C" {
 
 // The layout of View and Problem and the constants Python passes on, by name, for abi.py to check its ctypes
 // mirror against when it loads the library (sizes and offsets in bytes).
-#define GEOATTN_FIELDS(X) \
-    X(View, data) X(View, sb) X(View, sh) X(View, sr) \
-    X(Problem, B) X(Problem, H) X(Problem, L) X(Problem, S) X(Problem, D) X(Problem, Ev) \
-    X(Problem, bq) X(Problem, kind) X(Problem, causal) X(Problem, nthreads) X(Problem, chunk) X(Problem, q) \
-    X(Problem, k) X(Problem, v) X(Problem, out) X(Problem, lse) X(Problem, kappa) X(Problem, mu) \
-    X(Problem, inv_sqrt_e) X(Problem, clip) X(Problem, eta) X(Problem, want_dkappa) X(Problem, allowed) X(Problem, am_b) \
-    X(Problem, am_h) X(Problem, am_i) X(Problem, am_j) X(Problem, bias) X(Problem, bm_b) X(Problem, bm_h) \
-    X(Problem, bm_i) X(Problem, bm_j) X(Problem, clipped) X(Problem, qterms) X(Problem, kterms) X(Problem, qnorm) \
-    X(Problem, knorm) X(Problem, dout) X(Problem, dq) X(Problem, dk) X(Problem, dv) X(Problem, dkappa) \
-    X(Problem, dmu) X(Problem, dkbias) X(Problem, dqouter) X(Problem, dkouter) X(Problem, dqfactor) X(Problem, dkfactor) \
-    X(Problem, outer) X(Problem, pad3_) X(Problem, sgemm) X(Problem, metric) X(Problem, ktilde) X(Problem, dmetric)
-#define GEOATTN_FIELD(T, f) {#T "." #f, (int64_t)offsetof(T, f)},
+#define FIELD(T, f) {#T "." #f, (int64_t)offsetof(T, f)},
 struct LayoutEntry {
   const char* name;
   int64_t value;
 };
 const LayoutEntry kLayout[] = {
     {"sizeof View", (int64_t)sizeof(View)}, {"sizeof Problem", (int64_t)sizeof(Problem)},
-    GEOATTN_FIELDS(GEOATTN_FIELD)
+    FIELD(View, data) FIELD(View, sb) FIELD(View, sh) FIELD(View, sr) FIELD(Problem, B) FIELD(Problem, H)
+    FIELD(Problem, L) FIELD(Problem, S) FIELD(Problem, D) FIELD(Problem, Ev) FIELD(Problem, bq) FIELD(Problem, kind)
+    FIELD(Problem, causal) FIELD(Problem, nthreads) FIELD(Problem, chunk) FIELD(Problem, q) FIELD(Problem, k)
+    FIELD(Problem, v) FIELD(Problem, out) FIELD(Problem, lse) FIELD(Problem, kappa) FIELD(Problem, mu)
+    FIELD(Problem, inv_sqrt_e) FIELD(Problem, clip) FIELD(Problem, eta) FIELD(Problem, want_dkappa)
+    FIELD(Problem, allowed) FIELD(Problem, am_b) FIELD(Problem, am_h) FIELD(Problem, am_i) FIELD(Problem, am_j)
+    FIELD(Problem, bias) FIELD(Problem, bm_b) FIELD(Problem, bm_h) FIELD(Problem, bm_i) FIELD(Problem, bm_j)
+    FIELD(Problem, clipped) FIELD(Problem, qterms) FIELD(Problem, kterms) FIELD(Problem, qnorm) FIELD(Problem, knorm)
+    FIELD(Problem, dout) FIELD(Problem, dq) FIELD(Problem, dk) FIELD(Problem, dv) FIELD(Problem, dkappa)
+    FIELD(Problem, dmu) FIELD(Problem, dkbias) FIELD(Problem, dqouter) FIELD(Problem, dkouter)
+    FIELD(Problem, dqfactor) FIELD(Problem, dkfactor) FIELD(Problem, outer) FIELD(Problem, pad3_)
+    FIELD(Problem, sgemm) FIELD(Problem, metric) FIELD(Problem, ktilde) FIELD(Problem, dmetric)
     {"kind.stereographic", kStereographic}, {"kind.sphere", kSphere}, {"kind.affine", kAffine},
     {"kind.lorentz", kLorentz}, {"kind.cosine", kCosine}, {"kind.l2", kL2}, {"kind.metric", kMetric},
     {"kTerms", kTerms}, {"kLanes", kLanes},
 };
+#undef FIELD
 
 // Writes up to `cap` entries of the table into names and values; returns the table's length.
 int64_t geoattn_native_layout(const char** names, int64_t* values, int64_t cap) {
