@@ -87,9 +87,9 @@ def read(lib) -> Constants | str:
     try:
         table = exported(lib)
     except AttributeError:
-        return "it exports no geoattn_native_layout (a library built from another version of kernel.cpp)"
+        return "it exports no geoattn_native_layout (built from another version of kernel.cpp: delete the file)"
     mismatch = layout_mismatch(table)
     if mismatch is not None:
-        return f"its struct layout differs from abi.py's: {mismatch}"
+        return f"{mismatch} (abi.py's ctypes View and Problem must mirror common.h's structs field for field)"
     kinds = {key.removeprefix("kind."): value for key, value in table.items() if key.startswith("kind.")}
     return Constants(kinds, table["kTerms"], table["kLanes"])

@@ -138,5 +138,5 @@ def _load() -> Native | str:
         return f"the native kernel could not be built or loaded ({err})"
     constants = abi.read(lib)
     if isinstance(constants, str):
-        return f"the native kernel at {target} does not match this geoattn: {constants}; delete the file"
+        return f"the native kernel at {target} does not match this geoattn: {constants}"
     return Native(lib, sgemm, target, constants)
