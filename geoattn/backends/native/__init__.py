@@ -18,7 +18,7 @@ per element, and the tile multiplied back. Two families of kinds:
   affine form of :mod:`geoattn.math.eps`).
 
 Per-head κ and μ, and the learned metric's G, come from the geometry's parameters without an autograd
-graph (:class:`~geoattn.geometry.head.HeadConstants`, :class:`~geoattn.geometry.metric.MetricConstants`);
+graph (:class:`~geoattn.backends.native.spec.HeadConstants`, :class:`~geoattn.backends.native.spec.MetricConstants`);
 outputs and gradients are laid out as SDPA lays out its own, (B, L, H, E) in memory, so a transformer
 layer reshapes them without a copy.
 
@@ -33,7 +33,7 @@ import torch
 
 from ..base import Backend, Unavailable, fused_unsupported
 from .build import SWITCHED_OFF, load
-from .kernel import KINDS, AffineAttention, NativeAttention, Plan, affine_terms, kernel_input
+from .kernel import AffineAttention, NativeAttention, Plan, affine_terms, kernel_input
 
 __all__ = ["NativeBackend", "load"]
 
@@ -48,7 +48,8 @@ class NativeBackend(Backend):
     name = "native"
 
     def unsupported(self, call):
-        if call.geometry.native_kind not in KINDS:
+        kind = call.geometry.native_kind
+        if kind is None:
             return (f"geometry {call.geometry.name!r} has no native kernel (the stereographic, poincare, lorentz, "
                     "sphere, metric and l2 scores have one); use backend='auto'")
         if call.device.type != "cpu":
@@ -67,9 +68,12 @@ class NativeBackend(Backend):
             return ("the native backend does not differentiate a float attn_mask that requires grad; fold the "
                     "learnable bias into the geometry, or use backend='dense'")
         native = load()
-        if not isinstance(native, str):
-            return None
-        return native if native == SWITCHED_OFF else Unavailable(native)  # switched off on purpose: no warning
+        if isinstance(native, str):
+            return native if native == SWITCHED_OFF else Unavailable(native)  # switched off on purpose: no warning
+        if kind not in native.abi.kinds:
+            return (f"geometry {call.geometry.name!r} names native_kind={kind!r}, which the native kernel does not "
+                    f"have (it has {', '.join(native.abi.kinds)}); set native_kind = 'affine' or None")
+        return None
 
     def run(self, call):
         native = load()

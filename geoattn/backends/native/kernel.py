@@ -18,36 +18,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .abi import Constants, Problem as _Problem, View as _View
 from .build import Native
 from .spec import HeadConstants, MetricConstants
 
-KINDS = {"stereographic": 0, "sphere": 1, "affine": 2, "lorentz": 3, "cosine": 4, "l2": 5, "metric": 6}
-TERMS = 5  # per-token terms of kernel.cpp (kTerms)
-LANES = 16  # the kernel's vector width in floats (common.h, kLanes)
 ETA = 1.0 / 32  # gaps below this (nearly parallel pairs) are recomputed from the vectors in double precision
 TILE_ELEMENTS = 1 << 17  # bq·chunk of a work item's score tile (512 KiB in float32: it stays in L2)
 CHUNK = 512  # keys per tile (FlashAttention's key blocks; PyTorch's CPU flash kernel uses 256 × 512 tiles)
 
-_P, _I64, _I32, _F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_float
-
-
-class _View(ctypes.Structure):
-    _fields_ = [("data", _P), ("sb", _I64), ("sh", _I64), ("sr", _I64)]
-
-
-class _Problem(ctypes.Structure):  # the layout of ``struct Problem`` in kernel.cpp
-    _fields_ = [
-        ("B", _I64), ("H", _I64), ("L", _I64), ("S", _I64), ("D", _I64), ("Ev", _I64), ("bq", _I64),
-        ("kind", _I32), ("causal", _I32), ("nthreads", _I32), ("chunk", _I32),
-        ("q", _View), ("k", _View), ("v", _View), ("out", _View), ("lse", _P), ("kappa", _P), ("mu", _P),
-        ("inv_sqrt_e", _F32), ("clip", _F32), ("eta", _F32), ("want_dkappa", _I32),
-        ("allowed", _P), ("am_b", _I64), ("am_h", _I64), ("am_i", _I64), ("am_j", _I64),
-        ("bias", _P), ("bm_b", _I64), ("bm_h", _I64), ("bm_i", _I64), ("bm_j", _I64),
-        ("clipped", _P), ("qterms", _P), ("kterms", _P), ("qnorm", _P), ("knorm", _P),
-        ("dout", _View), ("dq", _View), ("dk", _View), ("dv", _View), ("dkappa", _P), ("dmu", _P), ("dkbias", _P),
-        ("dqouter", _P), ("dkouter", _P), ("dqfactor", _P), ("dkfactor", _P), ("outer", _I32), ("pad3_", _I32),
-        ("sgemm", _P), ("metric", _P), ("ktilde", _P), ("dmetric", _P),
-    ]
+_F32 = ctypes.c_float
 
 
 def _view(t: Tensor) -> _View:
@@ -83,7 +62,8 @@ def _problem(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: ctypes.Array, m
     chunk = max(1, min(S, CHUNK))
     qterms, kterms, qnorm, knorm = terms
     p = _Problem(B=B, H=H, L=L, S=S, D=D, Ev=v.shape[-1], bq=max(16, min(256, TILE_ELEMENTS // chunk)),
-                 kind=KINDS[plan.kind], causal=int(plan.causal), nthreads=torch.get_num_threads(), chunk=chunk,
+                 kind=plan.native.abi.kinds[plan.kind], causal=int(plan.causal), nthreads=torch.get_num_threads(),
+                 chunk=chunk,
                  q=_view(q), k=_view(k), v=_view(v), kappa=ctypes.addressof(kappa), mu=ctypes.addressof(mu),
                  inv_sqrt_e=1 / math.sqrt(D), clip=plan.clip, eta=ETA, sgemm=plan.native.sgemm,
                  outer=int(plan.kind == "lorentz"),  # its time coordinates; the "affine" kind's callers set it
@@ -106,23 +86,25 @@ def _heads_last(like: Tensor, rows: int, cols: int) -> Tensor:
                                device=like.device)
 
 
-def _buffers(q: Tensor, k: Tensor, affine: "AffineTerms | None") -> tuple[Tensor, int, tuple[int, int, int, int]]:
+def _buffers(q: Tensor, k: Tensor, affine: "AffineTerms | None",
+             abi: Constants) -> tuple[Tensor, int, tuple[int, int, int, int]]:
     """The forward's small outputs in one zeroed float32 allocation, kept by the caller until the backward:
     the norms (B·H, L), (B·H, S) in double (first, so they are aligned), the lse (B·H, L) and the per-token term
-    buffers (B·H, 5, L), (B·H, 5, S padded). Returns the allocation, the lse's address and the terms' addresses
-    (q terms, k terms, q norms, k norms): the kernel reaches them only through the struct, so no view of them is
-    made. The kernel fills them (forward) for its own kinds; the affine kind's terms are written here (affine.h)."""
+    buffers (B·H, kTerms, L), (B·H, kTerms, S padded). Returns the allocation, the lse's address and the terms'
+    addresses (q terms, k terms, q norms, k norms): the kernel reaches them only through the struct, so no view
+    of them is made. The kernel fills them (forward) for its own kinds; the affine kind's terms are written
+    here (affine.h)."""
     B, H, L, _ = q.shape
     S = k.shape[2]
-    N, Sp = B * H, -(-S // LANES) * LANES
+    N, Sp = B * H, -(-S // abi.lanes) * abi.lanes
     # key-term rows padded with zeros to whole vectors: the kernel's row loops read up to one past S (Row)
     start = 2 * N * (L + S)  # floats taken by the norms
-    buf = q.new_zeros(start + N * (L + TERMS * (L + Sp)))
+    buf = q.new_zeros(start + N * (L + abi.terms * (L + Sp)))
     q_at = start + N * L  # floats before the q terms (norms, lse), then before the k terms
-    k_at = q_at + N * TERMS * L
+    k_at = q_at + N * abi.terms * L
     if affine is not None:
-        qt = buf.as_strided((B, H, TERMS, L), (H * TERMS * L, TERMS * L, L, 1), q_at)
-        kt = buf.as_strided((B, H, TERMS, S), (H * TERMS * Sp, TERMS * Sp, Sp, 1), k_at)
+        qt = buf.as_strided((B, H, abi.terms, L), (H * abi.terms * L, abi.terms * L, L, 1), q_at)
+        kt = buf.as_strided((B, H, abi.terms, S), (H * abi.terms * Sp, abi.terms * Sp, Sp, 1), k_at)
         qt[:, :, 1].copy_(affine.q_factor)
         kt[:, :, 0].copy_(affine.k_bias)
         kt[:, :, 2].copy_(affine.k_factor)
@@ -142,7 +124,7 @@ def _forward(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: list[float], mu
     B, H, L, _ = q.shape
     out = _heads_last(q, L, v.shape[-1])
     clipped = ctypes.c_int64(0)
-    buf, lse, terms = _buffers(q, k, affine)
+    buf, lse, terms = _buffers(q, k, affine, plan.native.abi)
     kappa, mu = _floats(kappa), _floats(mu)
     p = _problem(plan, q, k, v, kappa, mu, terms)
     p.out, p.lse, p.clipped = _view(out), lse, ctypes.addressof(clipped)
@@ -202,9 +184,9 @@ def _backward(plan: Plan, q: Tensor, k: Tensor, v: Tensor, dout: Tensor, want_dk
 class NativeAttention(torch.autograd.Function):
     """``softmax(score(q, k) + mask) · v`` for the kinds with per-token terms computed in the kernel
     (stereographic, sphere, lorentz, cosine, l2, metric); see the module docstring. ``raw`` and ``log_t`` are
-    the geometry's parameters behind κ and μ (``plan.head``, :class:`~geoattn.geometry.head.HeadConstants`),
+    the geometry's parameters behind κ and μ (``plan.head``, :class:`~geoattn.backends.native.spec.HeadConstants`),
     ``factor`` and ``diagonal`` the learned metric's behind G (``plan.metric``,
-    :class:`~geoattn.geometry.metric.MetricConstants`): their gradients come from the kernel's dκ, dμ, dG
+    :class:`~geoattn.backends.native.spec.MetricConstants`): their gradients come from the kernel's dκ, dμ, dG
     through the chain rules written there, with no autograd graph for the per-head constants."""
 
     @staticmethod
