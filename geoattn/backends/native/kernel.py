@@ -51,7 +51,21 @@ class _Problem(ctypes.Structure):  # the layout of ``struct Problem`` in kernel.
     ]
 
 
+def _readable(t: Tensor) -> bool:
+    """Whether the kernel can read (B, H, rows, cols) float32 ``t`` in place through a :class:`_View`: its last
+    dim contiguous and its rows apart (row stride ≥ row length, which BLAS requires of a leading dimension:
+    sgemm rejects ``lda < cols`` and returns its output untouched). Batch and head strides may be anything (0
+    too: an input is only read, per head; metric.h checks for itself whether a head's rows stack)."""
+    rows, cols = t.shape[-2:]
+    return t.dtype == torch.float32 and (cols <= 1 or t.stride(-1) == 1) and t.stride(-2) >= max(1, cols)
+
+
 def _view(t: Tensor) -> _View:
+    """Where a tensor of rows becomes a pointer: q, k, v, dO and the outputs. Refuses a layout BLAS cannot read
+    (:func:`kernel_input` makes every tensor readable first)."""
+    if not _readable(t):
+        raise RuntimeError(f"geoattn native kernel: a {tuple(t.shape)} tensor with strides {t.stride()} and dtype "
+                           f"{t.dtype} reached the kernel without kernel_input(); this is a bug in geoattn")
     return _View(t.data_ptr(), *t.stride()[:3])
 
 
@@ -89,8 +103,11 @@ def _problem(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: ctypes.Array, m
                  inv_sqrt_e=1 / math.sqrt(D), clip=plan.clip, eta=ETA, sgemm=plan.native.sgemm,
                  outer=int(plan.kind == "lorentz"),  # its time coordinates; the "affine" kind's callers set it
                  qterms=qterms, kterms=kterms, qnorm=qnorm, knorm=knorm)
-    for part, prefix in ((plan.allowed, "am"), (plan.bias, "bm")):
-        if part is not None:
+    for part, prefix, dtype in ((plan.allowed, "am", torch.bool), (plan.bias, "bm", torch.float32)):
+        if part is not None:  # read element by element through its strides (common.h): any layout, 0 included
+            if part.dtype != dtype:
+                raise RuntimeError(f"geoattn native kernel: a {part.dtype} mask part where {dtype} is read; this is "
+                                   "a bug in geoattn")
             full = part.expand(B, H, L, S)  # a view: broadcast dims get stride 0
             setattr(p, "allowed" if prefix == "am" else "bias", full.data_ptr())
             for name, stride in zip("bhij", full.stride()):
@@ -151,6 +168,7 @@ def _forward(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: list[float], mu
     if affine is not None:
         p.outer = int(affine.outer)
     if metric is not None:  # k̃ = G k, written here and read by the backward (as is G)
+        metric = metric.float().contiguous()  # read as (H, E, E) rows of E
         ktilde = q.new_empty(H, B, k.shape[2], k.shape[3])  # head-major (metric.h)
         p.metric, p.ktilde = metric.data_ptr(), ktilde.data_ptr()
         keep = (*keep, metric, ktilde)
@@ -167,7 +185,7 @@ def _backward(plan: Plan, q: Tensor, k: Tensor, v: Tensor, dout: Tensor, want_dk
     and dμ (one float per head each, accumulated in double), the gradients of the affine kind's terms as an
     :class:`AffineTerms`, of G (H, E, E) for the metric kind, None for the other kinds). ``outer``: the affine
     kind's score has the outer term (None: not the affine kind)."""
-    dout = dout if dout.stride(-1) == 1 else dout.contiguous()
+    dout = kernel_input(dout)  # e.g. stride 0 along L: the gradient of out.sum(dim=-2)
     B, H, L, _ = q.shape
     S = k.shape[2]
     dq = _heads_last(q, L, q.shape[-1])
@@ -271,8 +289,12 @@ class AffineAttention(torch.autograd.Function):
 
 
 def kernel_input(t: Tensor) -> Tensor:
-    """``t`` as the kernel reads it: float32 with a contiguous last dim (other strides pass through)."""
-    return t.float() if t.stride(-1) == 1 else t.float().contiguous()
+    """``t`` as the kernel reads it: float32 with a contiguous last dim and rows that neither overlap nor repeat
+    (:func:`_readable`; other strides pass through, so transposed views cost no copy). Anything else (a tensor
+    expanded along its rows, ``unfold``, a gradient with stride 0) is copied. ``clone``, not ``contiguous``: a
+    tensor with one row counts as contiguous whatever its row stride."""
+    t = t.float()
+    return t if _readable(t) else t.clone(memory_format=torch.contiguous_format)
 
 
 def affine_terms(form) -> tuple[Tensor, Tensor, AffineTerms]:
