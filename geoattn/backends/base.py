@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
+import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
@@ -24,6 +25,22 @@ class Backend:
         Backends lift queries and keys themselves (``call.geometry.lift(call.q, call.k, call.scale)``)
         and aggregate ``call.values``."""
         raise NotImplementedError
+
+
+def rows_apart(t: Tensor) -> bool:
+    """Whether BLAS can read the rows of ``t`` (…, rows, cols) in place: a contiguous last dim and a row stride of
+    at least the row length (what BLAS requires of a leading dimension: MKL's sgemm rejects ``lda < cols`` and
+    leaves its output untouched, and PyTorch's CPU flash attention reads overlapping query rows wrongly). Other
+    strides (batch, head; 0 included) are free."""
+    cols = t.shape[-1]
+    return (cols <= 1 or t.stride(-1) == 1) and t.stride(-2) >= max(1, cols)
+
+
+def readable_rows(t: Tensor) -> Tensor:
+    """``t`` if :func:`rows_apart`, else a contiguous copy: a tensor expanded along its rows (stride 0), ``unfold``
+    (overlapping rows), a gradient with stride 0. ``clone``, not ``contiguous``: a tensor with one row counts as
+    contiguous whatever its row stride."""
+    return t if rows_apart(t) else t.clone(memory_format=torch.contiguous_format)
 
 
 def fused_unsupported(name: str, call: AttentionCall) -> str | None:

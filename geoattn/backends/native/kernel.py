@@ -20,6 +20,7 @@ from torch import Tensor
 
 from ...geometry.head import HeadConstants
 from ...geometry.metric import MetricConstants
+from ..base import readable_rows, rows_apart
 from .build import Native
 
 KINDS = {"stereographic": 0, "sphere": 1, "affine": 2, "lorentz": 3, "cosine": 4, "l2": 5, "metric": 6}
@@ -51,19 +52,10 @@ class _Problem(ctypes.Structure):  # the layout of ``struct Problem`` in kernel.
     ]
 
 
-def _readable(t: Tensor) -> bool:
-    """Whether the kernel can read (B, H, rows, cols) float32 ``t`` in place through a :class:`_View`: its last
-    dim contiguous and its rows apart (row stride ≥ row length, which BLAS requires of a leading dimension:
-    sgemm rejects ``lda < cols`` and returns its output untouched). Batch and head strides may be anything (0
-    too: an input is only read, per head; metric.h checks for itself whether a head's rows stack)."""
-    rows, cols = t.shape[-2:]
-    return t.dtype == torch.float32 and (cols <= 1 or t.stride(-1) == 1) and t.stride(-2) >= max(1, cols)
-
-
 def _view(t: Tensor) -> _View:
     """Where a tensor of rows becomes a pointer: q, k, v, dO and the outputs. Refuses a layout BLAS cannot read
     (:func:`kernel_input` makes every tensor readable first)."""
-    if not _readable(t):
+    if t.dtype != torch.float32 or not rows_apart(t):
         raise RuntimeError(f"geoattn native kernel: a {tuple(t.shape)} tensor with strides {t.stride()} and dtype "
                            f"{t.dtype} reached the kernel without kernel_input(); this is a bug in geoattn")
     return _View(t.data_ptr(), *t.stride()[:3])
@@ -289,12 +281,9 @@ class AffineAttention(torch.autograd.Function):
 
 
 def kernel_input(t: Tensor) -> Tensor:
-    """``t`` as the kernel reads it: float32 with a contiguous last dim and rows that neither overlap nor repeat
-    (:func:`_readable`; other strides pass through, so transposed views cost no copy). Anything else (a tensor
-    expanded along its rows, ``unfold``, a gradient with stride 0) is copied. ``clone``, not ``contiguous``: a
-    tensor with one row counts as contiguous whatever its row stride."""
-    t = t.float()
-    return t if _readable(t) else t.clone(memory_format=torch.contiguous_format)
+    """``t`` as the kernel reads it: float32 with a contiguous last dim and rows apart (:func:`rows_apart`; other
+    strides pass through, so transposed views cost no copy), else a copy."""
+    return readable_rows(t.float())
 
 
 def affine_terms(form) -> tuple[Tensor, Tensor, AffineTerms]:
