@@ -156,13 +156,18 @@ class TiledAttention(torch.autograd.Function):
                 plan.causal,
             )
         ctx.plan = plan
-        ctx.save_for_backward(q, k, v, out, lse, *terms)
+        # the mask's parts too: the backward reads them again, and autograd's version check then raises if the
+        # caller changed them in place in between
+        masks = tuple(m for m in (plan.allowed, plan.bias) if m is not None)
+        ctx.save_for_backward(q, k, v, out, lse, *masks, *terms)
+        ctx.n_masks = len(masks)
         return out
 
     @staticmethod
     def backward(ctx, dout: Tensor):
         plan: _Plan = ctx.plan
         q, k, v, out, lse, *terms = ctx.saved_tensors
+        terms = terms[ctx.n_masks:]
         q_terms, k_terms, head = _split(plan, terms)
         L, S = q.shape[-2], k.shape[-2]
         q_pos = torch.arange(L, device=q.device)

@@ -82,6 +82,11 @@ class Plan:
     problem: _Problem | None = None  # the forward's arguments, completed by the backward (one struct per call)
     keep: tuple = ()                # tensors only the struct points to (kept alive until the backward)
 
+    def masks(self) -> tuple[Tensor, ...]:
+        """The mask's parts, which the backward reads again: saved for it (``save_for_backward``), so that autograd's
+        version check raises if the caller changes them in place in between, as for any saved tensor."""
+        return tuple(m for m in (self.allowed, self.bias) if m is not None)
+
 
 def _problem(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: ctypes.Array, mu: ctypes.Array,
              terms: tuple[int, int, int, int]) -> _Problem:
@@ -224,13 +229,13 @@ class NativeAttention(torch.autograd.Function):
         kappa, mu = plan.head.values()
         metric = None if plan.metric is None else plan.metric.values()
         out = _forward(plan, q, k, v, kappa, mu, metric=metric)
-        ctx.save_for_backward(q, k, v, out)
+        ctx.save_for_backward(q, k, v, out, *plan.masks())
         ctx.plan = plan
         return out
 
     @staticmethod
     def backward(ctx, dout: Tensor):
-        q, k, v, _ = ctx.saved_tensors  # the output: the backward reads it through the struct
+        q, k, v = ctx.saved_tensors[:3]  # the output and the mask: the backward reads them through the struct
         need = ctx.needs_input_grad
         dq, dk, dv, dkappa, dmu, dmetric = _backward(ctx.plan, q, k, v, dout, need[3])
         d_raw, d_logt = ctx.plan.head.grads(dkappa, dmu)
@@ -269,13 +274,13 @@ class AffineAttention(torch.autograd.Function):
         affine = AffineTerms(q_factor, k_factor, k_bias, alpha, gamma)
         unused, one = [0.0] * q.shape[1], [1.0] * q.shape[1]  # κ (unread), μ = 1: terms in score units
         out = _forward(plan, q, k, v, unused, one, affine)
-        ctx.save_for_backward(q, k, v, out)
+        ctx.save_for_backward(q, k, v, out, *plan.masks())
         ctx.plan, ctx.outer = plan, affine.outer
         return out
 
     @staticmethod
     def backward(ctx, dout: Tensor):
-        q, k, v, _ = ctx.saved_tensors
+        q, k, v = ctx.saved_tensors[:3]
         dq, dk, dv, _, _, g = _backward(ctx.plan, q, k, v, dout, False, ctx.outer)
         return dq, dk, dv, None, g.q_factor, g.k_factor, g.k_bias, g.alpha, g.gamma
 
