@@ -8,7 +8,8 @@
 
 ``auto`` follows one decision table, :data:`geoattn.backends.policy.RULES`: affine → ``sdpa``;
 weights or dropout → ``dense``; small score matrices (at most :data:`DENSE_MAX_SCORES` numbers, where
-compiling a fused kernel costs more than it saves) → ``dense``; GPU → ``flex``; CPU → ``tiled``.
+compiling a fused kernel costs more than it saves) → ``dense``; GPU → ``flex``; CPU → ``tiled``; a row
+whose backend refuses the call is passed over, down to ``dense``, which runs every call.
 :func:`geoattn.explain_backend` says what it chose and why. Override per call (``backend=...``), or
 globally with :func:`set_default_backend` / :func:`default_backend` (a context manager).
 """

@@ -1,6 +1,9 @@
 """Which backend runs a call: the registry of backends, the default, and ``auto``'s decision table.
 
-``backend="auto"`` walks :data:`RULES` top to bottom and takes the first row whose condition holds.
+``backend="auto"`` walks :data:`RULES` top to bottom and takes the first row whose condition holds and whose
+backend accepts the call (its :meth:`~geoattn.backends.base.Backend.unsupported` finds nothing: e.g. a float
+mask that requires grad passes over ``tiled`` and ``native``, which do not differentiate it, to ``dense``, the
+last row, which runs every call).
 A backend named explicitly (per call, or as the default with :func:`geoattn.set_default_backend`)
 runs the call if its :meth:`~geoattn.backends.base.Backend.unsupported` finds nothing, else the call
 fails with that reason. Every choice is logged at DEBUG level on the ``"geoattn"`` logger, and
@@ -51,6 +54,7 @@ RULES: list[Rule] = [
     # L=4096) and its memory linear, where torch 2.13's CPU flex grows 3.6× from 4096 to 8192 (and has no backward)
     Rule(lambda c: True, "tiled",
          "on CPU, tiled is faster than CPU flex and linear in memory (measured), with a backward"),
+    Rule(lambda c: True, "dense", "no fused backend accepts this call; dense runs every call"),
 ]
 
 
@@ -99,7 +103,7 @@ def choose(call: AttentionCall, backend: str = "auto") -> Choice:
     if name == "auto" and _DEFAULT[0] != "auto":
         name, why = _DEFAULT[0], f"the default backend, set with geoattn.set_default_backend({_DEFAULT[0]!r})"
     if name == "auto":
-        rule = next(rule for rule in RULES if rule.applies(call))
+        rule = next(rule for rule in RULES if rule.applies(call) and unsupported(call, rule.backend) is None)
         name, why = rule.backend, f"auto: {rule.reason}"
     reason = unsupported(call, name)
     if reason is not None:
