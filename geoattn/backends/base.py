@@ -43,6 +43,25 @@ def readable_rows(t: Tensor) -> Tensor:
     return t if rows_apart(t) else t.clone(memory_format=torch.contiguous_format)
 
 
+def differentiable_backward(forward, inputs: tuple, dout: Tensor, needs: tuple[bool, ...],
+                            parameters: tuple = ()) -> tuple:
+    """The gradients of ``forward(*inputs)`` against ``dout`` for the ``inputs``, then the ``parameters``, that
+    ``needs`` marks (None for the others), recorded by autograd: what a fused backend's backward returns when the
+    backward itself is being differentiated (``create_graph=True``: gradient penalties, double backward).
+    ``forward`` is the fused output as plain torch operations, so the gradients are those of the dense backend,
+    at its O(L·S) memory (as for SDPA's math backend, the one SDPA backend with a double backward);
+    ``parameters``: leaves that ``forward`` reads by itself (a geometry's own parameters)."""
+    n = len(inputs)
+    with torch.enable_grad():
+        # each input through a view of its own: the gradient of each input alone, where inputs are one tensor
+        # (self-attention's q = k = v) or one is computed from another (terms from a per-head constant)
+        inputs = tuple(t.view_as(t) if need else t for t, need in zip(inputs, needs))
+        wrt = [t for t, need in zip((*inputs, *parameters), needs) if need]
+        out = forward(*inputs)
+        grads = iter(torch.autograd.grad(out, wrt, dout, create_graph=True, allow_unused=True))
+    return tuple(next(grads) if need else None for need in needs[:n + len(parameters)])
+
+
 def fused_unsupported(name: str, call: AttentionCall) -> str | None:
     """What a fused backend (no L×S matrix) cannot do: return weights, apply attention dropout, or run under
     a torch.func transform."""

@@ -14,13 +14,15 @@ from __future__ import annotations
 import ctypes
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
 
 from ...geometry.head import HeadConstants
 from ...geometry.metric import MetricConstants
-from ..base import readable_rows, rows_apart
+from ...masks import causal_allowed, masked_softmax
+from ..base import differentiable_backward, readable_rows, rows_apart
 from .build import Native
 
 KINDS = {"stereographic": 0, "sphere": 1, "affine": 2, "lorentz": 3, "cosine": 4, "l2": 5, "metric": 6}
@@ -81,6 +83,7 @@ class Plan:
     metric: MetricConstants | None = None  # the metric kind's G and its chain rule
     problem: _Problem | None = None  # the forward's arguments, completed by the backward (one struct per call)
     keep: tuple = ()                # tensors only the struct points to (kept alive until the backward)
+    reference: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None  # (q, k, v) → the dense backend's output
 
     def masks(self) -> tuple[Tensor, ...]:
         """The mask's parts, which the backward reads again: saved for it (``save_for_backward``), so that autograd's
@@ -237,6 +240,12 @@ class NativeAttention(torch.autograd.Function):
     def backward(ctx, dout: Tensor):
         q, k, v = ctx.saved_tensors[:3]  # the output and the mask: the backward reads them through the struct
         need = ctx.needs_input_grad
+        plan = ctx.plan
+        if torch.is_grad_enabled():  # create_graph=True: the dense backend's gradients, which autograd records
+            head, metric = plan.head, plan.metric
+            parameters = (head.raw, head.log_t, *((None, None) if metric is None else
+                                                  (metric.factor, metric.raw_diagonal)))
+            return (*differentiable_backward(plan.reference, (q, k, v), dout, need[:7], parameters), None)
         dq, dk, dv, dkappa, dmu, dmetric = _backward(ctx.plan, q, k, v, dout, need[3])
         d_raw, d_logt = ctx.plan.head.grads(dkappa, dmu)
         d_factor, d_diagonal = (None, None) if dmetric is None else ctx.plan.metric.grads(dmetric)
@@ -274,15 +283,36 @@ class AffineAttention(torch.autograd.Function):
         affine = AffineTerms(q_factor, k_factor, k_bias, alpha, gamma)
         unused, one = [0.0] * q.shape[1], [1.0] * q.shape[1]  # κ (unread), μ = 1: terms in score units
         out = _forward(plan, q, k, v, unused, one, affine)
-        ctx.save_for_backward(q, k, v, out, *plan.masks())
+        ctx.save_for_backward(q, k, v, q_factor, k_factor, k_bias, alpha, gamma, out, *plan.masks())
         ctx.plan, ctx.outer = plan, affine.outer
         return out
 
     @staticmethod
     def backward(ctx, dout: Tensor):
-        q, k, v = ctx.saved_tensors[:3]
+        q, k, v, *terms = ctx.saved_tensors[:8]
+        if torch.is_grad_enabled():  # create_graph=True: the same gradients as torch operations autograd records
+            need = ctx.needs_input_grad
+            grads = differentiable_backward(lambda q, k, v, *t: _affine_output(ctx.plan, q, k, v, *t),
+                                            (q, k, v, *terms), dout, need[:3] + need[4:])
+            return (*grads[:3], None, *grads[3:])
         dq, dk, dv, _, _, g = _backward(ctx.plan, q, k, v, dout, False, ctx.outer)
         return dq, dk, dv, None, g.q_factor, g.k_factor, g.k_bias, g.alpha, g.gamma
+
+
+def _affine_output(plan: Plan, q: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, beta: Tensor,
+                   alpha: Tensor | None, gamma: Tensor | None) -> Tensor:
+    """``softmax(aᵢ bⱼ ⟨qᵢ, kⱼ⟩ + βⱼ + αᵢγⱼ + mask) · v`` (affine.h with μ = 1) as torch operations, L×S: what
+    :class:`AffineAttention` differentiates under ``create_graph=True``."""
+    s = a.unsqueeze(-1) * b.unsqueeze(-2) * (q @ k.transpose(-1, -2)) + beta.unsqueeze(-2)
+    if alpha is not None:
+        s = s + alpha.unsqueeze(-1) * gamma.unsqueeze(-2)
+    if plan.bias is not None:
+        s = s + plan.bias
+    allowed = plan.allowed
+    if plan.causal:
+        causal = causal_allowed(q.shape[-2], k.shape[-2], q.device)
+        allowed = causal if allowed is None else allowed & causal
+    return masked_softmax(s, allowed) @ v
 
 
 def kernel_input(t: Tensor) -> Tensor:
