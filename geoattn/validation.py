@@ -1,8 +1,9 @@
 """Input checks for the public API: every error names the problem and the fix.
 
-The value checks (NaN/Inf in q, k, v; NaN/+inf in a float mask) cost one reduction per tensor: a sum
-is finite exactly when no element is NaN/Inf, unless it overflows, and only then (or to count the bad
-values for the error) is the elementwise scan run. Measured on one core of the shared 2-core machine
+The value checks (NaN/Inf in q, k, v; rows of q and k too long for float32, :data:`MAX_ROW_NORM`; NaN/+inf
+in a float mask) cost one reduction per tensor: a sum (for q and k below float64, the norm of the whole tensor,
+which bounds each row's) is finite exactly when no element is NaN/Inf, unless it overflows, and only then (or
+to count the bad values for the error) is the elementwise scan run. Measured on one core of the shared 2-core machine
 (torch 2.13, float32, CPU): checking q, k and v takes 29 µs for (12, 4, 64, 16) inputs split from one
 projection (20 µs contiguous; 45 µs while the sum's verdict was a 0-dim ``isfinite`` op rather than a Python
 float), against 0.6-0.9 ms for the Euclidean attention call itself (the elementwise ``isfinite(t).all()`` it
@@ -11,7 +12,8 @@ replaces: 460 µs), and 0.3-1.3 ms for (1, 8, 4096, 64), against 0.6-0.8 s for t
 On an accelerator, reading the verdict back would synchronise with the host on every call, so the
 value checks run on CPU tensors only: on a GPU a NaN or Inf in the inputs is not reported and
 propagates to the output, as in ``F.scaled_dot_product_attention``. :func:`set_validation` turns the
-checks off everywhere.
+checks off everywhere; its docstring lists what they guard and what the backends then do with such inputs (the
+native kernel can turn a NaN input into a finite output row).
 
 Under :mod:`torch.func` transforms (``vmap``, ``grad``, ``vjp``) a Python branch on a tensor's value is
 not allowed, so the value checks read the plain tensor underneath the transforms' wrappers
@@ -31,7 +33,18 @@ _ENABLED = True
 
 
 def set_validation(enabled: bool) -> None:
-    """Turn the input checks of :func:`geoattn.attention` on (default) or off (saves one pass over the inputs)."""
+    """Turn the value checks of :func:`geoattn.attention` on (default) or off (saves one pass over the inputs).
+
+    What they guard (CPU tensors; on an accelerator they are skipped, see the module docstring): NaN or Inf in
+    q, k or v; a query or key row of norm above :data:`MAX_ROW_NORM` (9.2e18) in a dtype computed in float32;
+    NaN or +inf in a float mask. Each raises a ValueError naming the tensor and the fix. Shapes, dtypes, devices,
+    the scale and dropout are checked either way.
+
+    With the checks off, such inputs are not reported and the output is unspecified: the ``dense`` and ``sdpa``
+    backends carry a NaN through to the rows it reaches, but the ``native`` kernel (what ``auto`` runs on CPU for
+    float32) does not: a NaN in a query row, or in a key of a Poincaré or stereographic call, gives finite,
+    meaningless output rows, and rows past MAX_ROW_NORM overflow the float32 Gram. Turn the checks off only for
+    inputs known to be finite and in range."""
     global _ENABLED
     _ENABLED = bool(enabled)
 
@@ -86,17 +99,39 @@ def _sum(t: Tensor) -> Tensor:
     return t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32)
 
 
-def check_finite(name: str, t: Tensor) -> None:
+# The largest norm of a query or key row that float32 arithmetic can score: every backend computing in float32
+# forms ‖x‖², ⟨q, k⟩ ≤ ‖q‖‖k‖ or ‖q − k‖² ≤ 2(‖q‖² + ‖k‖²), all below float32's maximum (3.4e38) when each
+# ‖x‖² ≤ max/4, i.e. ‖x‖ ≤ 9.2e18. Past it the Gram overflows: NaN from some geometries, a finite wrong output
+# from others. float64 inputs (computed in float64) have no such bound.
+MAX_ROW_NORM = math.sqrt(torch.finfo(torch.float32).max / 4)
+
+
+def check_finite(name: str, t: Tensor, rows: bool = False) -> None:
+    """``t`` holds no NaN or Inf; with ``rows`` (queries, keys) and below float64, also no row whose norm exceeds
+    :data:`MAX_ROW_NORM`. One reduction (the sum, or for ``rows`` the norm of the whole tensor, which bounds every
+    row's); the elementwise scan only when it fails."""
     if not _scan_values(t):
         return
     t = unwrapped(t)
-    if not math.isfinite(_sum(t).item()) and not torch.isfinite(t).all():  # .item(): no 0-dim isfinite op
+    wide = t.dtype == torch.float64
+    total = (torch.linalg.vector_norm(t, dtype=torch.float32) if rows and not wide else _sum(t)).item()
+    if math.isfinite(total) and (not rows or wide or total <= MAX_ROW_NORM):  # .item(): no 0-dim isfinite op
+        return
+    if not torch.isfinite(t).all():
         bad = int((~torch.isfinite(t)).sum())
         raise ValueError(
             f"{name} contains {bad} non-finite value(s) (NaN or Inf); attention cannot score them. "
             "Fix the upstream computation (e.g. a diverging loss or an overflow in fp16), or mask the "
             "positions with attn_mask instead of filling them with inf"
         )
+    if rows and not wide:
+        largest = torch.linalg.vector_norm(t.double(), dim=-1).max().item()
+        if largest > MAX_ROW_NORM:
+            raise ValueError(
+                f"{name} has a row of norm {largest:.3g}; {t.dtype} attention is computed in float32, whose squared "
+                f"norms and dot products overflow past a row norm of {MAX_ROW_NORM:.3g}. Rescale the inputs (e.g. "
+                "normalise them, or lower the scale of the layer that makes them), or pass float64 tensors"
+            )
 
 
 def check_geometry(geometry) -> None:
@@ -150,7 +185,7 @@ def check_attention_inputs(query, key, value, attn_mask, is_causal: bool, dropou
     if attn_mask is not None:
         _check_mask(attn_mask, query, key, is_causal)
     for name, t in (("query", query), ("key", key), ("value", value)):
-        check_finite(name, t)
+        check_finite(name, t, rows=name != "value")
 
 
 def _check_leading(query: Tensor, key: Tensor, enable_gqa: bool) -> None:
