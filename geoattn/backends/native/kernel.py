@@ -120,7 +120,8 @@ def _heads_last(like: Tensor, rows: int, cols: int) -> Tensor:
     outputs and gradients: what a transformer layer makes of them (``out.transpose(1, 2).reshape(B, T, H·E)``,
     the gradients of q, k, v split from one projection) is then a view, not a copy."""
     B, H = like.shape[:2]
-    return torch.empty_strided((B, H, rows, cols), (rows * H * cols, cols, H * cols, 1), dtype=like.dtype,
+    width = max(cols, 1)  # a row stride of at least 1 also without columns (BLAS's leading dimension)
+    return torch.empty_strided((B, H, rows, cols), (rows * H * width, width, H * width, 1), dtype=like.dtype,
                                device=like.device)
 
 
