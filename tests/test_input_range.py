@@ -1,9 +1,9 @@
 """Inputs float32 cannot score, NaN with the checks off, and where hypothesis keeps its files.
 
-* Finite queries or keys whose rows are too long for float32 (norm > MAX_ROW_NORM ≈ 9.2e18: the Gram and the
-  squared norms overflow) raise a ValueError, as non-finite input does; on main they passed validation and came
-  back NaN (lorentz, l2, metric) or finite and wrong (poincare, sphere, stereographic). float64 inputs are
-  computed in float64 and are not bounded. Just below the bound every backend still gives the dense float64 answer.
+* Finite queries and keys whose dot products overflow float32 (‖q‖·‖k‖ > MAX_GRAM ≈ 8.5e37) raise a ValueError,
+  as non-finite input does; on main they passed validation and came back NaN (lorentz, l2, metric) or finite and
+  wrong (poincare, sphere, stereographic). float64 inputs are computed in float64 and are not bounded. Below the
+  bound every backend still gives the dense float64 answer.
 * ``set_validation(False)`` documents what it stops guarding; the dense backend then carries NaN through.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import geoattn
-from geoattn.validation import MAX_ROW_NORM
+from geoattn.validation import MAX_GRAM
 from test_layouts import GEOMETRIES
 
 
@@ -33,9 +33,10 @@ def test_rows_too_long_for_float32_raise(name, which, dtype):
     q, k, v = _rows(1.0, dtype), _rows(1.0, dtype, 1), _rows(1.0, dtype, 2)
     big = torch.full_like(q, 3e38)  # every entry near float32's maximum, finite
     args = (big, k, v) if which == "query" else (q, big, v)
-    with pytest.raises(ValueError, match=rf"{which} has a row of norm .*overflow.*float64"):
+    with pytest.raises(ValueError, match=r"query and key have rows of norm .*overflow.*float64"):
         geoattn.attention(*args, geometry=GEOMETRIES[name](16, 2))
-    args = (_rows(2 * MAX_ROW_NORM, dtype), k, v) if which == "query" else (q, _rows(2 * MAX_ROW_NORM, dtype), v)
+    long = _rows(2 * MAX_GRAM, dtype)  # a row of norm 1.7e38 against rows of norm 1
+    args = (long, k, v) if which == "query" else (q, long, v)
     with pytest.raises(ValueError, match="overflow"):
         geoattn.attention(*args, geometry=GEOMETRIES[name](16, 2))
 
@@ -52,15 +53,15 @@ def test_float64_has_no_row_bound(name):
 @pytest.mark.filterwarnings("ignore::geoattn.ClipWarning")  # the clip acting at these norms is expected
 @pytest.mark.parametrize("backend", ["auto", "native", "sdpa", "tiled", "dense"])
 def test_rows_just_below_the_bound_match_dense(name, backend):
-    """At half the bound every float32 backend matches dense float64. Not the positively curved stereographic
-    geometry: its map wraps round the sphere (sin √κ‖u‖), and at ‖u‖ ≈ 1e18 float32's rounding of the input alone
-    moves the point by many turns, an ill-conditioning of the score, not an overflow."""
+    """At a sixth of the bound (rows of norm 4.6e18 and 3.1e18) every float32 backend matches dense float64. Not
+    the positively curved stereographic geometry: its map wraps round the sphere (sin √κ‖u‖), and at ‖u‖ ≈ 1e18
+    float32's rounding of the input alone moves the point by many turns: ill-conditioning, not an overflow."""
     if name == "stereographic":
         pytest.skip("κ > 0: periodic in the tangent norm, ill-conditioned in float32 long before any overflow")
     geoattn.set_tiled_compile(False)
     try:
         geometry = GEOMETRIES[name](16, 2)
-        q, k, v = _rows(0.5 * MAX_ROW_NORM), _rows(0.3 * MAX_ROW_NORM, seed=1), _rows(1.0, seed=2)
+        q, k, v = _rows(MAX_GRAM ** 0.5 / 2), _rows(MAX_GRAM ** 0.5 / 3, seed=1), _rows(1.0, seed=2)
         ref = geoattn.attention(q, k, v, geometry=copy.deepcopy(geometry).double(), backend="dense")
         try:
             out = geoattn.attention(q.float(), k.float(), v.float(), geometry=geometry, backend=backend)
@@ -74,7 +75,7 @@ def test_rows_just_below_the_bound_match_dense(name, backend):
 
 def test_validation_off_is_documented_and_dense_carries_nan():
     doc = geoattn.set_validation.__doc__
-    assert "native" in doc and "NaN" in doc and "MAX_ROW_NORM" in doc
+    assert "native" in doc and "NaN" in doc and "MAX_GRAM" in doc
     q, k, v = _rows(1.0, torch.float32), _rows(1.0, torch.float32, 1), _rows(1.0, torch.float32, 2)
     q[0, 0, 1, 2] = float("nan")
     with pytest.raises(ValueError, match="non-finite"):

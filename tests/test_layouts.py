@@ -38,7 +38,7 @@ GEOMETRIES = {
     "lorentz": lambda e, h: geoattn.Lorentz(curvature=-0.6, temperature=1.5, num_heads=h),
     "lorentz-centroid": lambda e, h: geoattn.Lorentz(num_heads=h, aggregation="centroid"),
     "metric": lambda e, h: geoattn.Metric(head_dim=e, num_heads=h, temperature=2.0),
-    "metric-lowrank": lambda e, h: geoattn.Metric(head_dim=e, rank=2, num_heads=h),
+    "metric-lowrank": lambda e, h: geoattn.Metric(head_dim=e, rank=min(2, e), num_heads=h),
     "poincare": lambda e, h: geoattn.Poincare(curvature=-0.7, temperature=0.8, num_heads=h),
     "poincare-midpoint": lambda e, h: geoattn.Poincare(curvature=-1.3, num_heads=h, aggregation="midpoint"),
     "sphere": lambda e, h: geoattn.Sphere(score="geodesic", curvature=2.0, num_heads=h),
