@@ -8,7 +8,8 @@
 * ``tiled``: query/key-block tiling with a recomputing backward (O(L) memory, any device, float64).
 
 ``auto`` takes the first row of one decision table, :data:`geoattn.backends.policy.RULES`, whose condition
-holds for the call; each row gives its reason. :func:`geoattn.explain_backend` says what it chose and why.
+holds for the call and whose backend accepts it (the last row, ``dense``, runs every call); each row gives
+its reason. :func:`geoattn.explain_backend` says what it chose and why.
 Override per call (``backend=...``), or globally with :func:`set_default_backend` / :func:`default_backend`
 (a context manager).
 """

@@ -1,6 +1,9 @@
 """Which backend runs a call: the registry of backends, the default, and ``auto``'s decision table.
 
-``backend="auto"`` walks :data:`RULES` top to bottom and takes the first row whose condition holds.
+``backend="auto"`` walks :data:`RULES` top to bottom and takes the first row whose condition holds and whose
+backend accepts the call (its :meth:`~geoattn.backends.base.Backend.unsupported` finds nothing: e.g. a float
+mask that requires grad passes over ``tiled`` and ``native``, which do not differentiate it, to ``dense``, the
+last row, which runs every call).
 A backend named explicitly (per call, or as the default with :func:`geoattn.set_default_backend`)
 runs the call if its :meth:`~geoattn.backends.base.Backend.unsupported` finds nothing, else the call
 fails with that reason. Every choice is logged at DEBUG level on the ``"geoattn"`` logger, and
@@ -53,6 +56,7 @@ RULES: list[Rule] = [
     # torch 2.13's CPU flex grows faster than linearly in L (and has no backward)
     Rule(lambda c: True, "tiled",
          "on CPU, tiled is faster than CPU flex and linear in memory (measured), with a backward"),
+    Rule(lambda c: True, "dense", "no fused backend accepts this call; dense runs every call"),
 ]
 
 
@@ -103,7 +107,7 @@ def choose(call: AttentionCall, backend: str = "auto") -> Choice:
         name, why = _DEFAULT[0], f"the default backend, set with geoattn.set_default_backend({_DEFAULT[0]!r})"
     fallback = None
     if name == "auto":
-        rule = next(rule for rule in RULES if rule.applies(call))
+        rule = next(rule for rule in RULES if rule.applies(call) and unsupported(call, rule.backend) is None)
         name, why = rule.backend, f"auto: {rule.reason}"
         missed = [(b, v) for b, v in call.verdicts.items() if isinstance(v, Unavailable) and b != name]
         if missed:

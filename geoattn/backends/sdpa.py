@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Backend
+from .base import Backend, readable_rows
 
 
 class SDPABackend(Backend):
@@ -47,6 +47,7 @@ class SDPABackend(Backend):
         # path, which materialises L×S); zero columns change neither q·k nor p·v.
         width = max(qa.shape[-1], ev)
         qa, ka, v = (F.pad(t, (0, width - t.shape[-1])) if t.shape[-1] < width else t for t in (qa, ka, v))
+        qa, ka, v = (readable_rows(t) for t in (qa, ka, v))  # CPU flash attention misreads overlapping rows
         out = F.scaled_dot_product_attention(
             qa, ka, v, attn_mask=attn_mask, dropout_p=call.dropout_p, is_causal=call.mask.is_causal, scale=s
         )

@@ -29,6 +29,9 @@ runs float32 (bf16/fp16 inputs are cast up, as every geometric score is), and fl
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import torch
 
 from ..base import Backend, Unavailable, fused_unsupported
@@ -42,6 +45,16 @@ def _plain_cpu_call(call) -> bool:
     """CPU, float32 compute (any input dtype but float64), eager autograd: what the C++ functions run."""
     return (call.device.type == "cpu" and call.dtype != torch.float64 and not torch.compiler.is_compiling()
             and not torch._C._functorch.is_functorch_wrapped_tensor(call.q))
+
+
+def _dense_output(call, q, k, values):
+    """The dense backend's (B, H, L, Ev) output of ``call`` with these q, k and (mapped) values: what the kernel's
+    backward differentiates when autograd records it (``create_graph=True``)."""
+    from ..dense import DenseBackend  # here: geoattn.geometry imports this package's spec while loading
+
+    again = dataclasses.replace(call, q=q, k=k, v=values, verdicts={})
+    again.__dict__["values"] = values  # already mapped by the geometry's pre_values
+    return DenseBackend().run(again)[0]
 
 
 class NativeBackend(Backend):
@@ -83,7 +96,7 @@ class NativeBackend(Backend):
         mask = call.mask
         bias = None if mask.bias is None else mask.bias.float()
         plan = Plan(native, spec.kind, mask.is_causal, spec.clip, allowed=mask.boolean, bias=bias, head=spec.head,
-                    metric=spec.metric)
+                    metric=spec.metric, reference=functools.partial(_dense_output, call))
         if spec.kind == "affine":
             qa, ka, t = affine_terms(geometry.affine_form(q, k, call.scale))
             return AffineAttention.apply(qa, ka, v, plan, t.q_factor, t.k_factor, t.k_bias, t.alpha, t.gamma), None

@@ -14,10 +14,13 @@ from __future__ import annotations
 import ctypes
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
 
+from ...masks import causal_allowed, masked_softmax
+from ..base import differentiable_backward, readable_rows, rows_apart
 from .abi import Constants, Problem as _Problem, View as _View
 from .build import Native
 from .spec import HeadConstants, MetricConstants
@@ -30,6 +33,11 @@ _F32 = ctypes.c_float
 
 
 def _view(t: Tensor) -> _View:
+    """Where a tensor of rows becomes a pointer: q, k, v, dO and the outputs. Refuses a layout BLAS cannot read
+    (:func:`kernel_input` makes every tensor readable first)."""
+    if t.dtype != torch.float32 or not rows_apart(t):
+        raise RuntimeError(f"geoattn native kernel: a {tuple(t.shape)} tensor with strides {t.stride()} and dtype "
+                           f"{t.dtype} reached the kernel without kernel_input(); this is a bug in geoattn")
     return _View(t.data_ptr(), *t.stride()[:3])
 
 
@@ -53,6 +61,12 @@ class Plan:
     metric: MetricConstants | None = None  # the metric kind's G and its chain rule
     problem: _Problem | None = None  # the forward's arguments, completed by the backward (one struct per call)
     keep: tuple = ()                # tensors only the struct points to (kept alive until the backward)
+    reference: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None  # (q, k, v) → the dense backend's output
+
+    def masks(self) -> tuple[Tensor, ...]:
+        """The mask's parts, which the backward reads again: saved for it (``save_for_backward``), so that autograd's
+        version check raises if the caller changes them in place in between, as for any saved tensor."""
+        return tuple(m for m in (self.allowed, self.bias) if m is not None)
 
 
 def _problem(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: ctypes.Array, mu: ctypes.Array,
@@ -68,8 +82,11 @@ def _problem(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: ctypes.Array, m
                  inv_sqrt_e=1 / math.sqrt(D), clip=plan.clip, eta=ETA, sgemm=plan.native.sgemm,
                  outer=int(plan.kind == "lorentz"),  # its time coordinates; the "affine" kind's callers set it
                  qterms=qterms, kterms=kterms, qnorm=qnorm, knorm=knorm)
-    for part, prefix in ((plan.allowed, "am"), (plan.bias, "bm")):
-        if part is not None:
+    for part, prefix, dtype in ((plan.allowed, "am", torch.bool), (plan.bias, "bm", torch.float32)):
+        if part is not None:  # read element by element through its strides (common.h): any layout, 0 included
+            if part.dtype != dtype:
+                raise RuntimeError(f"geoattn native kernel: a {part.dtype} mask part where {dtype} is read; this is "
+                                   "a bug in geoattn")
             full = part.expand(B, H, L, S)  # a view: broadcast dims get stride 0
             setattr(p, "allowed" if prefix == "am" else "bias", full.data_ptr())
             for name, stride in zip("bhij", full.stride()):
@@ -82,7 +99,8 @@ def _heads_last(like: Tensor, rows: int, cols: int) -> Tensor:
     outputs and gradients: what a transformer layer makes of them (``out.transpose(1, 2).reshape(B, T, H·E)``,
     the gradients of q, k, v split from one projection) is then a view, not a copy."""
     B, H = like.shape[:2]
-    return torch.empty_strided((B, H, rows, cols), (rows * H * cols, cols, H * cols, 1), dtype=like.dtype,
+    width = max(cols, 1)  # a row stride of at least 1 also without columns (BLAS's leading dimension)
+    return torch.empty_strided((B, H, rows, cols), (rows * H * width, width, H * width, 1), dtype=like.dtype,
                                device=like.device)
 
 
@@ -132,6 +150,7 @@ def _forward(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: list[float], mu
     if affine is not None:
         p.outer = int(affine.outer)
     if metric is not None:  # k̃ = G k, written here and read by the backward (as is G)
+        metric = metric.float().contiguous()  # read as (H, E, E) rows of E
         ktilde = q.new_empty(H, B, k.shape[2], k.shape[3])  # head-major (metric.h)
         p.metric, p.ktilde = metric.data_ptr(), ktilde.data_ptr()
         keep = (*keep, metric, ktilde)
@@ -148,7 +167,7 @@ def _backward(plan: Plan, q: Tensor, k: Tensor, v: Tensor, dout: Tensor, want_dk
     and dμ (one float per head each, accumulated in double), the gradients of the affine kind's terms as an
     :class:`AffineTerms`, of G (H, E, E) for the metric kind, None for the other kinds). ``outer``: the affine
     kind's score has the outer term (None: not the affine kind)."""
-    dout = dout if dout.stride(-1) == 1 else dout.contiguous()
+    dout = kernel_input(dout)  # e.g. stride 0 along L: the gradient of out.sum(dim=-2)
     B, H, L, _ = q.shape
     S = k.shape[2]
     dq = _heads_last(q, L, q.shape[-1])
@@ -195,14 +214,20 @@ class NativeAttention(torch.autograd.Function):
         kappa, mu = plan.head.values()
         metric = None if plan.metric is None else plan.metric.values()
         out = _forward(plan, q, k, v, kappa, mu, metric=metric)
-        ctx.save_for_backward(q, k, v, out)
+        ctx.save_for_backward(q, k, v, out, *plan.masks())
         ctx.plan = plan
         return out
 
     @staticmethod
     def backward(ctx, dout: Tensor):
-        q, k, v, _ = ctx.saved_tensors  # the output: the backward reads it through the struct
+        q, k, v = ctx.saved_tensors[:3]  # the output and the mask: the backward reads them through the struct
         need = ctx.needs_input_grad
+        plan = ctx.plan
+        if torch.is_grad_enabled():  # create_graph=True: the dense backend's gradients, which autograd records
+            head, metric = plan.head, plan.metric
+            parameters = (head.raw, head.log_t, *((None, None) if metric is None else
+                                                  (metric.factor, metric.raw_diagonal)))
+            return (*differentiable_backward(plan.reference, (q, k, v), dout, need[:7], parameters), None)
         dq, dk, dv, dkappa, dmu, dmetric = _backward(ctx.plan, q, k, v, dout, need[3])
         d_raw, d_logt = ctx.plan.head.grads(dkappa, dmu)
         d_factor, d_diagonal = (None, None) if dmetric is None else ctx.plan.metric.grads(dmetric)
@@ -240,20 +265,42 @@ class AffineAttention(torch.autograd.Function):
         affine = AffineTerms(q_factor, k_factor, k_bias, alpha, gamma)
         unused, one = [0.0] * q.shape[1], [1.0] * q.shape[1]  # κ (unread), μ = 1: terms in score units
         out = _forward(plan, q, k, v, unused, one, affine)
-        ctx.save_for_backward(q, k, v, out)
+        ctx.save_for_backward(q, k, v, q_factor, k_factor, k_bias, alpha, gamma, out, *plan.masks())
         ctx.plan, ctx.outer = plan, affine.outer
         return out
 
     @staticmethod
     def backward(ctx, dout: Tensor):
-        q, k, v, _ = ctx.saved_tensors
+        q, k, v, *terms = ctx.saved_tensors[:8]
+        if torch.is_grad_enabled():  # create_graph=True: the same gradients as torch operations autograd records
+            need = ctx.needs_input_grad
+            grads = differentiable_backward(lambda q, k, v, *t: _affine_output(ctx.plan, q, k, v, *t),
+                                            (q, k, v, *terms), dout, need[:3] + need[4:])
+            return (*grads[:3], None, *grads[3:])
         dq, dk, dv, _, _, g = _backward(ctx.plan, q, k, v, dout, False, ctx.outer)
         return dq, dk, dv, None, g.q_factor, g.k_factor, g.k_bias, g.alpha, g.gamma
 
 
+def _affine_output(plan: Plan, q: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, beta: Tensor,
+                   alpha: Tensor | None, gamma: Tensor | None) -> Tensor:
+    """``softmax(aᵢ bⱼ ⟨qᵢ, kⱼ⟩ + βⱼ + αᵢγⱼ + mask) · v`` (affine.h with μ = 1) as torch operations, L×S: what
+    :class:`AffineAttention` differentiates under ``create_graph=True``."""
+    s = a.unsqueeze(-1) * b.unsqueeze(-2) * (q @ k.transpose(-1, -2)) + beta.unsqueeze(-2)
+    if alpha is not None:
+        s = s + alpha.unsqueeze(-1) * gamma.unsqueeze(-2)
+    if plan.bias is not None:
+        s = s + plan.bias
+    allowed = plan.allowed
+    if plan.causal:
+        causal = causal_allowed(q.shape[-2], k.shape[-2], q.device)
+        allowed = causal if allowed is None else allowed & causal
+    return masked_softmax(s, allowed) @ v
+
+
 def kernel_input(t: Tensor) -> Tensor:
-    """``t`` as the kernel reads it: float32 with a contiguous last dim (other strides pass through)."""
-    return t.float() if t.stride(-1) == 1 else t.float().contiguous()
+    """``t`` as the kernel reads it: float32 with a contiguous last dim and rows apart (:func:`rows_apart`; other
+    strides pass through, so transposed views cost no copy), else a copy."""
+    return readable_rows(t.float())
 
 
 def affine_terms(form) -> tuple[Tensor, Tensor, AffineTerms]:
