@@ -23,7 +23,7 @@ OK = ((2, 4, 5, 8), (2, 4, 6, 8), (2, 4, 6, 8))
     [
         (lambda: geoattn.attention(*qkv(*OK), geometry="hyperbolic"), ValueError,
          r"unknown geometry 'hyperbolic'; available geometries: "
-         r"euclidean, l2, lorentz, metric, poincare, sphere, stereographic"),
+         r"euclidean, euclidean-tau, l2, lorentz, metric, poincare, sphere, stereographic"),
         (lambda: geoattn.make_geometry("klein"), ValueError, r"unknown geometry 'klein'.*available"),
         (lambda: geoattn.attention(*qkv(*OK), geometry=3), TypeError,
          r"geometry must be a name .* or a geoattn.Geometry"),
