@@ -274,3 +274,19 @@ def test_native_metric_parameter_gradients_match_dense_float64(rank, param_heads
     q, k, v = ((0.6 * torch.randn(B, heads, L, E, generator=gen, dtype=torch.float64)).float().requires_grad_()
                for _ in range(3))
     _compare_with_float64(make, q, k, v, None, True, torch.float32)
+
+
+@pytest.mark.parametrize("head_dim", [1, 8])
+@pytest.mark.parametrize("name", list(GEOMETRIES))
+def test_native_self_scores_and_head_dim_one_match_dense_float64(name, head_dim):
+    """Keys equal to the queries (a token scored against itself: gap 0 up to rounding) and head dim 1 (every pair
+    parallel or antipodal). The geodesic sphere's 1/sin θ once turned the rounding of its two cancelling gradient
+    parts into gradients of 1e8 here; θ is not differentiable at 0 and the subgradient 0 is the dense path's."""
+    if name in ("metric", "metric-full", "affine-form") and head_dim == 1:
+        pytest.skip("the metric's geometry is built for head dim 8")
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(2, H, 9, head_dim, generator=gen)
+    v = torch.randn(2, H, 9, 5, generator=gen)
+    k = q.clone()
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    _compare_with_float64(GEOMETRIES[name], *leaves, None, False, torch.float32)
