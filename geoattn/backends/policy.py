@@ -3,10 +3,11 @@
 ``backend="auto"`` walks :data:`RULES` top to bottom and takes the first row whose condition holds.
 A backend named explicitly (per call, or as the default with :func:`geoattn.set_default_backend`)
 runs the call if its :meth:`~geoattn.backends.base.Backend.unsupported` finds nothing, else the call
-fails with that reason. Every choice is logged at DEBUG level on the ``"geoattn"`` logger, and
-:func:`geoattn.explain_backend` returns it as text. Where ``auto`` passes over a backend this machine
-cannot run (an :class:`~geoattn.backends.base.Unavailable` reason: the native kernel did not build), the
-reason says so and the first such call in a process warns. A new backend is a :func:`register_backend` call
+fails with that reason. Every choice is logged at DEBUG level on the ``"geoattn"`` logger (in eager mode:
+under ``torch.compile`` a logging call would break the graph), and :func:`geoattn.explain_backend` returns it
+as text. Where ``auto`` passes over a backend this machine cannot run (an
+:class:`~geoattn.backends.base.Unavailable` reason: the native kernel did not build), the reason says so and
+the first such call in a process warns. A new backend is a :func:`register_backend` call
 plus, for ``auto`` to pick it, one row inserted into :data:`RULES`.
 """
 from __future__ import annotations
@@ -15,6 +16,8 @@ import logging
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
+
+import torch
 
 from .base import Backend, Unavailable
 
@@ -116,7 +119,7 @@ def choose(call: AttentionCall, backend: str = "auto") -> Choice:
     reason = unsupported(call, name)
     if reason is not None:
         raise ValueError(f"backend {name!r} cannot run this call: {reason}")
-    if _log.isEnabledFor(logging.DEBUG):
+    if not torch.compiler.is_compiling() and _log.isEnabledFor(logging.DEBUG):  # a logging call breaks the graph
         _log.debug("backend %s for %s: %s", name, describe(call), why)
     return Choice(name, why, fallback)
 

@@ -33,15 +33,20 @@ import torch
 
 from ..base import Backend, Unavailable, fused_unsupported
 from .build import SWITCHED_OFF, load
-from .kernel import KINDS, AffineAttention, NativeAttention, Plan, affine_terms, kernel_input
+from .kernel import KINDS, affine_terms, kernel_input
+from .op import native_attention
 
 __all__ = ["NativeBackend", "load"]
 
 
-def _plain_cpu_call(call) -> bool:
-    """CPU, float32 compute (any input dtype but float64), eager autograd: what the C++ functions run."""
-    return (call.device.type == "cpu" and call.dtype != torch.float64 and not torch.compiler.is_compiling()
-            and not torch._C._functorch.is_functorch_wrapped_tensor(call.q))
+@torch.compiler.assume_constant_result
+def _unavailable() -> str | None:
+    """Why the native kernel cannot run here (None: it can); under ``torch.compile`` a constant of the graph (the
+    build's lock and file checks run once, outside it)."""
+    native = load()
+    if not isinstance(native, str):
+        return None
+    return native if native == SWITCHED_OFF else Unavailable(native)  # switched off on purpose: no warning
 
 
 class NativeBackend(Backend):
@@ -56,9 +61,6 @@ class NativeBackend(Backend):
         if call.dtype == torch.float64:
             return ("the native kernel computes in float32; float64 calls run on backend='dense' or 'tiled' "
                     "(what 'auto' picks)")
-        if not _plain_cpu_call(call):
-            return ("torch.func transforms (vmap, grad) and torch.compile do not reach the native kernel; use "
-                    "backend='dense'")
         fused = fused_unsupported(self.name, call)
         if fused is not None:
             return fused
@@ -66,26 +68,26 @@ class NativeBackend(Backend):
         if bias is not None and bias.requires_grad and torch.is_grad_enabled():
             return ("the native backend does not differentiate a float attn_mask that requires grad; fold the "
                     "learnable bias into the geometry, or use backend='dense'")
-        native = load()
-        if not isinstance(native, str):
-            return None
-        return native if native == SWITCHED_OFF else Unavailable(native)  # switched off on purpose: no warning
+        return _unavailable()
 
     def run(self, call):
-        native = load()
         geometry = call.geometry
         spec = geometry.native_spec(call.q, call.scale)
         q, k, v = (kernel_input(t) for t in (call.q, call.k, call.values))
         mask = call.mask
         bias = None if mask.bias is None else mask.bias.float()
-        plan = Plan(native, spec.kind, mask.is_causal, spec.clip, allowed=mask.boolean, bias=bias, head=spec.head,
-                    metric=spec.metric)
+        head, metric = spec.head, spec.metric
+        terms = [None] * 5
         if spec.kind == "affine":
-            qa, ka, t = affine_terms(geometry.affine_form(q, k, call.scale))
-            return AffineAttention.apply(qa, ka, v, plan, t.q_factor, t.k_factor, t.k_bias, t.alpha, t.gamma), None
-        metric = spec.metric
-        factor, diagonal = (None, None) if metric is None else (metric.factor, metric.raw_diagonal)
-        out = NativeAttention.apply(q, k, v, spec.head.raw, spec.head.log_t, factor, diagonal, plan)
-        if plan.clipped and hasattr(geometry, "record_clip"):
-            geometry.record_clip(plan.clipped)
+            q, k, t = affine_terms(geometry.affine_form(q, k, call.scale))
+            terms = [t.q_factor, t.k_factor, t.k_bias, t.alpha, t.gamma]
+        raw, log_t, sign, coef, power = ((None,) * 2 + (0, 1.0, 0.0) if head is None else
+                                         (head.raw, head.log_t, head.sign, float(head.coef), float(head.power)))
+        factor, diagonal, epsilon = (None, None, 0.0) if metric is None else (metric.factor, metric.raw_diagonal,
+                                                                                metric.epsilon)
+        out, _, _, clipped = native_attention(q, k, v, raw, log_t, factor, diagonal, *terms, mask.boolean, bias,
+                                              spec.kind, mask.is_causal, float(spec.clip), sign, coef, power, epsilon)
+        if spec.clip and hasattr(geometry, "record_clip") and not torch.compiler.is_compiling():  # eager only, as
+            # the other backends count it
+            geometry.record_clip(int(clipped))
         return out, None
