@@ -70,7 +70,9 @@ class NativeBackend(Backend):
                     "learnable bias into the geometry, or use backend='dense'")
         return _unavailable()
 
-    def run(self, call):
+    def arguments(self, call) -> tuple:
+        """The arguments of :func:`~.op.native_attention` for ``call`` (the kernel's inputs in float32, the
+        geometry's parameters, the affine kind's terms, the mask) and the geometry's :class:`NativeSpec`."""
         geometry = call.geometry
         spec = geometry.native_spec(call.q, call.scale)
         q, k, v = (kernel_input(t) for t in (call.q, call.k, call.values))
@@ -85,8 +87,13 @@ class NativeBackend(Backend):
                                          (head.raw, head.log_t, head.sign, float(head.coef), float(head.power)))
         factor, diagonal, epsilon = (None, None, 0.0) if metric is None else (metric.factor, metric.raw_diagonal,
                                                                                 metric.epsilon)
-        out, _, _, clipped = native_attention(q, k, v, raw, log_t, factor, diagonal, *terms, mask.boolean, bias,
-                                              spec.kind, mask.is_causal, float(spec.clip), sign, coef, power, epsilon)
+        return (q, k, v, raw, log_t, factor, diagonal, *terms, mask.boolean, bias, spec.kind, mask.is_causal,
+                float(spec.clip), sign, coef, power, epsilon), spec
+
+    def run(self, call):
+        args, spec = self.arguments(call)
+        out, _, _, clipped = native_attention(*args)
+        geometry = call.geometry
         if spec.clip and hasattr(geometry, "record_clip") and not torch.compiler.is_compiling():  # eager only, as
             # the other backends count it
             geometry.record_clip(int(clipped))
