@@ -55,7 +55,8 @@ def _loss_and_grads(model, x, y):
     model.zero_grad(set_to_none=True)
     _, loss = model(x, y)
     loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), {n.removeprefix("_orig_mod."): p.grad.clone() for n, p in model.named_parameters()
+                           if p.grad is not None}
 
 
 @pytest.mark.slow

@@ -60,6 +60,10 @@ def _to_parameter(values: list[float], like: Tensor) -> Tensor:
     return grad.reshape(like.shape) if grad.numel() == like.numel() else grad.sum_to_size(like.shape)
 
 
+_MEMO: dict[tuple, tuple] = {}  # the parameters' values (and dtypes) and the options → (κ, μ) of _doubles
+_MEMO_SIZE = 1024
+
+
 @dataclass
 class HeadConstants:
     """κ and μ of ``heads`` heads from the parameters ``raw`` (the curvature parameter, ``log|κ|`` when
@@ -75,7 +79,20 @@ class HeadConstants:
     _at: tuple | None = field(default=None, init=False, repr=False)  # (κ, μ) per head in double, of values()
 
     def _doubles(self) -> tuple[list[float] | None, list[float]]:
-        """(κ or None, μ), one float per head in double precision."""
+        """(κ or None, μ), one float per head in double precision; remembered by the parameters' values (a decoding
+        step calls with the same parameters every time: reading them costs two ``tolist``, computing κ and μ
+        five torch ops)."""
+        raw, log_t = None if self.raw is None else self.raw.detach(), self.log_t.detach()
+        key = (None if raw is None else (raw.dtype, *raw.tolist()), log_t.dtype, *log_t.tolist(), self.heads,
+               self.sign, self.coef, self.power)
+        found = _MEMO.get(key)
+        if found is None:
+            if len(_MEMO) >= _MEMO_SIZE:
+                _MEMO.clear()
+            found = _MEMO[key] = self._compute()
+        return found
+
+    def _compute(self) -> tuple[list[float] | None, list[float]]:
         kappa = None
         if self.raw is not None:
             kappa = _per_head(curvature_from_parameter(self.raw.detach(), self.sign).tolist(), self.heads)

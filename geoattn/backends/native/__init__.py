@@ -34,7 +34,7 @@ import torch
 from ..base import Backend, Unavailable, fused_unsupported
 from .build import SWITCHED_OFF, load
 from .kernel import KINDS, affine_terms, kernel_input
-from .op import native_attention
+from .op import forward_call, native_attention
 
 __all__ = ["NativeBackend", "load"]
 
@@ -92,7 +92,9 @@ class NativeBackend(Backend):
 
     def run(self, call):
         args, spec = self.arguments(call)
-        out, _, _, clipped = native_attention(*args)
+        # the operator where autograd or a compiler must see the call; else its implementation, directly
+        direct = not call.needs_grad and not torch.compiler.is_compiling()
+        out, _, _, clipped = (forward_call if direct else native_attention)(*args)
         geometry = call.geometry
         if spec.clip and hasattr(geometry, "record_clip") and not torch.compiler.is_compiling():  # eager only, as
             # the other backends count it

@@ -46,17 +46,21 @@ def _plan(q: Tensor, kind: str, causal: bool, clip: float, allowed: Optional[Ten
     return Plan(native, kind, causal, clip, allowed=allowed, bias=bias, head=head, metric=metric)
 
 
-@torch.library.custom_op("geoattn::native_attention", mutates_args=(), device_types="cpu")
-def native_attention(q: Tensor, k: Tensor, v: Tensor, raw: Optional[Tensor], log_t: Optional[Tensor],
-                     factor: Optional[Tensor], diagonal: Optional[Tensor], q_factor: Optional[Tensor],
-                     k_factor: Optional[Tensor], k_bias: Optional[Tensor], alpha: Optional[Tensor],
-                     gamma: Optional[Tensor], allowed: Optional[Tensor], bias: Optional[Tensor], kind: str,
-                     causal: bool, clip: float, sign: int, coef: float, power: float, epsilon: float
-                     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def forward_call(q: Tensor, k: Tensor, v: Tensor, raw: Optional[Tensor], log_t: Optional[Tensor],
+                 factor: Optional[Tensor], diagonal: Optional[Tensor], q_factor: Optional[Tensor],
+                 k_factor: Optional[Tensor], k_bias: Optional[Tensor], alpha: Optional[Tensor], gamma: Optional[Tensor],
+                 allowed: Optional[Tensor], bias: Optional[Tensor], kind: str, causal: bool, clip: float, sign: int,
+                 coef: float, power: float, epsilon: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``softmax(score(q, k) + mask) · v`` on the native kernel: ``(out, buf, k̃, clipped)`` (see the module doc)."""
     plan = _plan(q, kind, causal, clip, allowed, bias, raw, log_t, sign, coef, power, factor, diagonal, epsilon)
     affine = None if q_factor is None else AffineTerms(q_factor, k_factor, k_bias, alpha, gamma)
     return forward(plan, q, k, v, affine)
+
+
+# the operator; :func:`forward_call` is its implementation, which an eager call without autograd may run directly
+# (the same function: the dispatcher's and autograd's bookkeeping cost more than the kernel at one query row)
+native_attention = torch.library.custom_op("geoattn::native_attention", mutates_args=(),
+                                           device_types="cpu")(forward_call)
 
 
 @native_attention.register_fake
