@@ -7,9 +7,8 @@ dispatch each on (H,)-sized tensors (20 µs for κ and μ, 29 µs for their grad
 isolated). A :class:`HeadConstants` therefore takes one torch ``exp`` (``sinh``, ``cosh``) per parameter (the
 transcendental, so the bits are torch's) and does the rest of the arithmetic on Python floats (IEEE double: the
 same products, quotients and square roots as torch's float64 kernels, bit for bit; 7 µs and 14 µs), and the
-kernel's autograd function
-(:class:`geoattn.backends.native.kernel.NativeAttention`) takes the parameters themselves and applies the
-derivatives written out here:
+kernel's operator (:func:`geoattn.backends.native.op.native_attention`) takes the parameters themselves and applies
+the derivatives written out here:
 
     κ = s·e^r (s = ±1, r = log|κ|) or κ = sinh r (free sign, s = 0),      μ = c·e^{−log τ}·|κ|^p,
     ∂μ/∂log τ = −μ,   ∂μ/∂κ = p·μ/κ,   ∂κ/∂r = κ (s = ±1) or cosh r,

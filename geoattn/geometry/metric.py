@@ -29,11 +29,26 @@ def metric_tensor(factor: Tensor, raw_diagonal: Tensor | None, epsilon: float) -
     return torch.baddbmm(diagonal.expand(factor.shape[0], -1, -1), factor, factor.transpose(-1, -2))
 
 
+_G_MEMO: dict[tuple, tuple] = {}  # (id of factor, ε, heads) → (factor, raw_diagonal, G) of MetricConstants.values
+_BITS = {8: torch.int64, 4: torch.int32, 2: torch.int16}
+
+
+def _same_bits(kept: Tensor | None, t: Tensor | None) -> bool:
+    """Whether ``t`` holds exactly the bits of ``kept`` (same dtype, shape, device and values, signed zeros and
+    NaNs included), or both are None."""
+    if kept is None or t is None:
+        return kept is t
+    if kept.dtype != t.dtype or kept.shape != t.shape or kept.device != t.device or t.element_size() not in _BITS:
+        return False
+    bits = _BITS[t.element_size()]
+    return torch.equal(kept.view(bits), t.detach().view(bits))
+
+
 @dataclass
 class MetricConstants:
     """G of ``heads`` heads for the native kernel without an autograd graph, and its chain rule, in the manner
-    of :class:`~geoattn.geometry.head.HeadConstants`: the kernel's autograd function
-    (:class:`geoattn.backends.native.kernel.NativeAttention`) takes ``factor`` and ``raw_diagonal`` themselves,
+    of :class:`~geoattn.geometry.head.HeadConstants`: the kernel's operator
+    (:func:`geoattn.backends.native.op.native_attention`) takes ``factor`` and ``raw_diagonal`` themselves,
     so a call is one autograd node (G's graph added four: the baddbmm, its transpose, the cast, the expand).
     Forming G and its gradient costs ≈ 0.07–0.1 ms per call either way at the quick benchmark shape (one
     thread, outside the C++ kernel; the whole SDPA call takes ≈ 1.4 ms): the torch ops, not the graph, are
@@ -52,10 +67,20 @@ class MetricConstants:
     heads: int
 
     def values(self) -> Tensor:
-        """G, (heads, E, E) float32, contiguous, outside autograd."""
+        """G, (heads, E, E) float32, contiguous, outside autograd (read only: remembered while the parameters keep
+        their bits, as over the steps of decoding, where forming G costs more than comparing them)."""
         with torch.no_grad():
+            key = (id(self.factor), self.epsilon, self.heads)
+            found = _G_MEMO.get(key)
+            if found is not None and _same_bits(found[0], self.factor) and _same_bits(found[1], self.raw_diagonal):
+                return found[2]
             g = metric_tensor(self.factor, self.raw_diagonal, self.epsilon).float()
-            return g if g.shape[0] == self.heads else g.expand(self.heads, -1, -1).contiguous()
+            g = g if g.shape[0] == self.heads else g.expand(self.heads, -1, -1).contiguous()
+            if len(_G_MEMO) >= 64:
+                _G_MEMO.clear()
+            diagonal = None if self.raw_diagonal is None else self.raw_diagonal.clone()
+            _G_MEMO[key] = (self.factor.clone(), diagonal, g)
+            return g
 
     def grads(self, d_metric: Tensor) -> tuple[Tensor, Tensor | None]:
         """The gradients of ``factor`` and ``raw_diagonal`` (None when absent) from that of G ((heads, E, E),
