@@ -142,3 +142,39 @@ def test_exported_inference_model_round_trips(label):
         other = torch.randint(0, 17, x.shape, generator=torch.Generator().manual_seed(1))
         torch.testing.assert_close(loaded(x)[0], want, rtol=0, atol=1e-6)
         torch.testing.assert_close(loaded(other)[0], model(other)[0], rtol=0, atol=1e-6)
+
+
+@needs_native
+@pytest.mark.parametrize("label", ["poincare", "metric", "lorentz"])
+def test_eager_call_without_grad_equals_the_operator_bit_for_bit(label):
+    """Without autograd an eager call runs the operator's implementation directly (no dispatcher): the same output,
+    bit for bit, as the call through the operator (with gradients)."""
+    torch.manual_seed(0)
+    geometry = OPCHECK_GEOMETRIES[label]().float()
+    q, k, v = (torch.randn(2, 2, n, 4) for n in (3, 6, 6))
+    with torch.no_grad():
+        direct = geoattn.attention(q, k, v, geometry=geometry, is_causal=False, backend="native")
+    through_op = geoattn.attention(q.requires_grad_(), k, v, geometry=geometry, backend="native")
+    assert through_op.grad_fn is not None
+    assert torch.equal(direct, through_op.detach())
+
+
+@needs_native
+@pytest.mark.parametrize("label", ["poincare", "metric"])
+def test_remembered_constants_follow_parameters_changed_behind_autograd(label):
+    """κ, μ and the metric's G are remembered between calls by the parameters' bits, so a change that autograd's
+    version counter does not see (``p.data`` written in place) still changes the output: it equals a fresh
+    geometry's with the new parameters."""
+    torch.manual_seed(0)
+    geometry = OPCHECK_GEOMETRIES[label]()
+    q, k, v = (torch.randn(1, 2, n, 4) for n in (2, 5, 5))
+    with torch.no_grad():
+        before = geoattn.attention(q, k, v, geometry=geometry, backend="native")
+        for p in geometry.parameters():
+            p.data.mul_(1.5)  # not seen by p._version
+        after = geoattn.attention(q, k, v, geometry=geometry, backend="native")
+        fresh = OPCHECK_GEOMETRIES[label]()
+        fresh.load_state_dict(geometry.state_dict())
+        want = geoattn.attention(q, k, v, geometry=fresh, backend="native")
+    assert not torch.equal(before, after)
+    assert torch.equal(after, want)
