@@ -137,11 +137,20 @@ def backend_for(call: AttentionCall, backend: str = "auto") -> Backend:
     runs on a slower backend because a faster one is unavailable here warns, with the reason and the fix."""
     choice = choose(call, backend)
     if choice.fallback is not None and not _WARNED_FALLBACK[0]:
-        _WARNED_FALLBACK[0] = True
-        warnings.warn(f"geoattn: backend='auto' runs {call.geometry.name!r} on {choice.backend!r}, a slower path, "
-                      f"because {choice.fallback} (warned once; geoattn.explain_backend(...) and "
-                      "`python -m geoattn doctor` say more)", UserWarning, stacklevel=3)
+        _warn_fallback(f"geoattn: backend='auto' runs {call.geometry.name!r} on {choice.backend!r}, a slower path, "
+                       f"because {choice.fallback} (warned once; geoattn.explain_backend(...) and "
+                       "`python -m geoattn doctor` say more)")
     return _BACKENDS[choice.backend]
+
+
+@torch.compiler.assume_constant_result
+def _warn_fallback(message: str) -> bool:
+    """Warn once per process; under ``torch.compile`` this runs while the graph is traced, outside it (a warning
+    call inside it would break the graph)."""
+    if not _WARNED_FALLBACK[0]:
+        _WARNED_FALLBACK[0] = True
+        warnings.warn(message, UserWarning, stacklevel=4)
+    return True
 
 
 def describe(call: AttentionCall) -> str:
