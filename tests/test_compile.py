@@ -178,3 +178,20 @@ def test_remembered_constants_follow_parameters_changed_behind_autograd(label):
         want = geoattn.attention(q, k, v, geometry=fresh, backend="native")
     assert not torch.equal(before, after)
     assert torch.equal(after, want)
+
+
+def test_compiles_without_graph_breaks_when_native_is_unavailable(monkeypatch):
+    """A machine where the native kernel did not build: ``auto`` falls back (and warns once) without breaking the
+    compiled graph."""
+    from geoattn.backends import policy
+    from geoattn.backends.native import build
+
+    monkeypatch.setattr(build, "_LOADED", "the native kernel could not be built (a test's reason)")
+    monkeypatch.setattr(policy, "_WARNED_FALLBACK", [False])
+    model, x, y = _model("poincare")
+    torch._dynamo.reset()
+    with pytest.warns(UserWarning, match="a test's reason"):
+        explained = torch._dynamo.explain(model)(x, y)
+    torch._dynamo.reset()
+    assert explained.graph_break_count == 0, [str(b.reason)[:200] for b in explained.break_reasons]
+    assert "native_attention" not in "\n".join(_graph_code(g) for g in explained.graphs)
