@@ -6,6 +6,8 @@
     python -m benchmarks kernels [kernel-benchmark options]
     python -m benchmarks throughput [throughput-benchmark options]
     torchrun --nproc_per_node 2 -m benchmarks run --suite quick  # DistributedDataParallel (gloo on CPU)
+    python -m benchmarks run --suite nouns                      # Table 1 of Nickel & Kiela; resumable, ≈ 6 h
+    python -m benchmarks run --suite lm-long                    # the char LM at 2× and 4× the iterations
 """
 from __future__ import annotations
 
@@ -175,7 +177,9 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train and evaluate a suite; finished runs are skipped")
-    run.add_argument("--suite", default="quick", choices=["quick", "standard", "full"])
+    run.add_argument("--suite", default="quick", choices=["quick", "standard", "full", "nouns", "lm-long"],
+                     help="nouns: Nickel & Kiela's Table 1 (the WordNet noun closure); lm-long: the char LM at 2× and "
+                          "4× nanoGPT's iterations (benchmarks/README.md)")
     run.add_argument("--tasks", type=_csv, default=None, help="comma-separated (default: the suite's tasks)")
     run.add_argument("--geometries", type=_csv, default=None, help="comma-separated (default: all available)")
     run.add_argument("--seeds", default=None, help="a count (3 → seeds 0,1,2) or a list (0,1,2); default: the suite's")
@@ -191,6 +195,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=positive_int, default=None,
                      help="torch threads per process (default: the suite's; quick: 1, which on 2 shared cores is "
                           "several times faster than 2 for these small models)")
+    run.add_argument("--checkpoint-every", type=positive_int, default=None, metavar="STEPS",
+                     help="save each run's state every STEPS steps under OUT/checkpoints/, so a killed run continues "
+                          "from there (default: the suite's; nouns and lm-long checkpoint, the others do not)")
     run.add_argument("--no-report", action="store_true", help="skip writing the report after the runs")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     rep = sub.add_parser("report", help="rebuild the Markdown table, CSV and plots from a results log")
@@ -236,7 +243,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise ValueError(f"unknown task(s) {', '.join(map(repr, unknown))}; available tasks: {', '.join(TASKS)}")
-    geometries = args.geometries or geoattn.available_geometries()
+    geometries = args.geometries or suite.get("geometries") or geoattn.available_geometries()
     unknown = [g for g in geometries if g not in geoattn.available_geometries()]
     if unknown:
         raise ValueError(f"unknown geometr{'y' if len(unknown) == 1 else 'ies'} {', '.join(map(repr, unknown))}; "
@@ -256,7 +263,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     jobs = args.jobs if args.jobs is not None else suite.get("jobs", 1)
     if threads:
         torch.set_num_threads(threads)
-    specs = build_specs(args.suite, tasks, geometries, seeds, data, configs=configs)
+    specs = build_specs(args.suite, tasks, geometries, seeds, data, configs=configs,
+                        plan=None if args.seeds else suite.get("plan"))
     info = dist.init(device)
     if device.type == "cuda" and info.enabled:
         device = torch.device("cuda", info.local_rank)
@@ -265,7 +273,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     log = out / LOG_NAME
     t0 = time.perf_counter()
     try:
-        outcome = run_all(specs, log, device, info, progress=not args.quiet, jobs=jobs, threads=threads)
+        every = args.checkpoint_every if args.checkpoint_every is not None else suite.get("checkpoint_every")
+        outcome = run_all(specs, log, device, info, progress=not args.quiet, jobs=jobs, threads=threads,
+                          checkpoint_every=every)
     finally:
         dist.shutdown(info)
     if info.is_main:

@@ -48,8 +48,8 @@ class _Capture(WordNetReconstruction):
     final: dict = {}
 
     @torch.no_grad()
-    def evaluate(self, model):
-        metrics = super().evaluate(model)
+    def evaluate(self, model, queries=None):
+        metrics = super().evaluate(model, queries)
         geometry = model.geometry
         _Capture.final = dict(table=model.embedding.weight.detach().double().numpy().copy(),
                               kappa=float(geometry.curvature) if hasattr(geometry, "curvature") else 0.0,
@@ -66,6 +66,7 @@ def parents(ancestors: np.ndarray) -> np.ndarray:
 def train(geometry: str, seed: int = 0) -> dict:
     """One quick-suite reconstruction run at d = 2; returns the final table, κ, clip, MAP and mean rank."""
     cfg = dict(SUITES["quick"]["configs"]["wordnet-reconstruction"], dim=2, geometry_params=dict(GEOMETRY_PARAMS))
+    cfg = WordNetReconstruction.resolve_budget(cfg, None)                  # its epochs → steps
     TASKS[_Capture.name] = _Capture
     record = train_one(RunSpec(_Capture.name, geometry, seed, cfg), torch.device("cpu"), dist.DistInfo())
     return dict(_Capture.final, git=record.get("git_commit", ""))
@@ -75,7 +76,7 @@ def export(path: Path = NPZ) -> None:
     """Train the three 2-D models one after the other and save them to ``path``."""
     torch.set_num_threads(1)
     closure = _closure(str(WordNetReconstruction.default_data))
-    out: dict[str, np.ndarray] = {"names": np.array(closure.names), "parent": parents(closure.ancestors)}
+    out: dict[str, np.ndarray] = {"names": np.array(closure.names), "parent": parents(closure.dense())}
     for g in GEOMETRIES:
         r = train(g)
         print(f"{g}: MAP {r['map']:.4f}, mean rank {r['mean_rank']:.2f}, κ {r['kappa']:.3g}")

@@ -44,16 +44,16 @@ def attention(
     the weights are uniform over the allowed keys. Gradients flow through these results as in SDPA.
 
     Under :func:`torch.func.vmap` (and ``grad``/``vjp``) the call works on the ``dense`` and ``sdpa``
-    backends (``auto`` picks one of them); the fused ``tiled`` and ``flex`` backends refuse every
+    backends (``auto`` picks one of them); the fused backends (``native``, ``tiled``, ``flex``) refuse every
     ``torch.func`` transform with a ValueError naming ``backend='dense'``.
 
     ``geometry`` is a name from :func:`geoattn.available_geometries` (default parameters) or a
-    :class:`geoattn.Geometry`. ``backend`` is ``"auto"`` (the fastest backend that supports the call,
-    see :func:`explain_backend`), ``"sdpa"``, ``"flex"``, ``"tiled"``, ``"dense"`` or another registered
-    backend. Returns the output (..., L, Ev), or ``(output, weights)`` with ``return_weights=True``
-    (weights (..., L, S), dense backend). ``exclude_self=True`` drops key i for query i (needs L == S;
-    folded into the mask, so every backend honours it; with ``is_causal`` the first query then has no
-    key and gives zeros).
+    :class:`geoattn.Geometry`. ``backend`` is ``"auto"`` (the first row of the decision table
+    :data:`geoattn.backends.policy.RULES` that fits the call; :func:`explain_backend` says which and why) or a
+    name from :func:`geoattn.available_backends`. Returns the output (..., L, Ev), or ``(output, weights)``
+    with ``return_weights=True`` (weights (..., L, S), dense backend). ``exclude_self=True`` drops key i for
+    query i (needs L == S; folded into the mask, so every backend honours it; with ``is_causal`` the first
+    query then has no key and gives zeros).
     """
     call = prepare_call(query, key, value, geometry, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                         return_weights, exclude_self)
@@ -99,9 +99,10 @@ def explain_backend(query: Tensor, key: Tensor, value: Tensor, geometry: str | G
                     backend: str = "auto", **kwargs) -> str:
     """Which backend :func:`attention` would run these arguments on, and why (one line, nothing computed).
 
-    Takes the arguments of :func:`attention`, e.g.
-    ``geoattn.explain_backend(q, k, v, geometry="poincare")`` →
-    ``"tiled: auto: on CPU, tiled is faster than CPU flex ... [geometry 'poincare' (not affine), B·H·L·S = ...]"``.
+    Takes the arguments of :func:`attention` and returns ``"<backend>: <why> [<the call's facts>]"``, where
+    ``<why>`` is the backend named, the default set with :func:`geoattn.set_default_backend`, or the reason of
+    the row of :data:`geoattn.backends.policy.RULES` that ``auto`` took, e.g.
+    ``"native: auto: on CPU the native kernel fuses ... [geometry 'poincare' (not affine), ..., cpu float32, ...]"``.
     Where ``auto`` would have picked a backend this machine cannot run (the native kernel did not build), the
     reason says so, with the fix; ``python -m geoattn doctor`` reports the whole setup.
     """

@@ -1,17 +1,17 @@
 """Input checks for the public API: every error names the problem and the fix.
 
-The value checks (NaN/Inf in q, k, v; NaN/+inf in a float mask) cost one reduction per tensor: a sum
-is finite exactly when no element is NaN/Inf, unless it overflows, and only then (or to count the bad
-values for the error) is the elementwise scan run. Measured on one core of the shared 2-core machine
-(torch 2.13, float32, CPU): checking q, k and v takes 29 µs for (12, 4, 64, 16) inputs split from one
-projection (20 µs contiguous; 45 µs while the sum's verdict was a 0-dim ``isfinite`` op rather than a Python
-float), against 0.6-0.9 ms for the Euclidean attention call itself (the elementwise ``isfinite(t).all()`` it
-replaces: 460 µs), and 0.3-1.3 ms for (1, 8, 4096, 64), against 0.6-0.8 s for the call (was 26 ms).
+The value checks (NaN/Inf in q, k, v; query and key rows whose dot product overflows float32, :data:`MAX_GRAM`;
+NaN/+inf in a float mask) cost one reduction per tensor: a sum (for q and k, the norm of the whole tensor, which
+bounds each row's) is finite exactly when no element is NaN/Inf, unless it overflows, and only then (or to count
+the bad values for the error) is the elementwise scan run. The verdict is read as a Python float, not kept as a
+0-dim ``isfinite`` tensor op, and the scan (``isfinite(t).all()``, a pass that writes a bool per element) runs only
+on the rare failing path, so the checks stay a small fraction of the attention call they guard.
 
 On an accelerator, reading the verdict back would synchronise with the host on every call, so the
 value checks run on CPU tensors only: on a GPU a NaN or Inf in the inputs is not reported and
 propagates to the output, as in ``F.scaled_dot_product_attention``. :func:`set_validation` turns the
-checks off everywhere.
+checks off everywhere; its docstring lists what they guard and what the backends then do with such inputs (the
+native kernel can turn a NaN input into a finite output row).
 
 Under :mod:`torch.func` transforms (``vmap``, ``grad``, ``vjp``) a Python branch on a tensor's value is
 not allowed, so the value checks read the plain tensor underneath the transforms' wrappers
@@ -31,7 +31,19 @@ _ENABLED = True
 
 
 def set_validation(enabled: bool) -> None:
-    """Turn the input checks of :func:`geoattn.attention` on (default) or off (saves one pass over the inputs)."""
+    """Turn the value checks of :func:`geoattn.attention` on (default) or off (saves one pass over the inputs).
+
+    What they guard (CPU tensors; on an accelerator they are skipped, see the module docstring): NaN or Inf in
+    q, k or v; a query and a key row whose norms multiply past :data:`MAX_GRAM` (8.5e37) in a dtype computed in
+float32;
+    NaN or +inf in a float mask. Each raises a ValueError naming the tensor and the fix. Shapes, dtypes, devices,
+    the scale and dropout are checked either way.
+
+    With the checks off, such inputs are not reported and the output is unspecified: the ``dense`` and ``sdpa``
+    backends carry a NaN through to the rows it reaches, but the ``native`` kernel (what ``auto`` runs on CPU for
+    float32) does not: a NaN in a query row, or in a key of a Poincaré or stereographic call, gives finite,
+    meaningless output rows, and rows past MAX_GRAM overflow the float32 Gram. Turn the checks off only for
+    inputs known to be finite and in range."""
     global _ENABLED
     _ENABLED = bool(enabled)
 
@@ -86,16 +98,46 @@ def _sum(t: Tensor) -> Tensor:
     return t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32)
 
 
-def check_finite(name: str, t: Tensor) -> None:
+# The largest product of a query row's and a key row's norms that float32 arithmetic can score: every backend
+# computing in float32 forms ⟨q, k⟩ ≤ ‖q‖‖k‖ (the Gram), up to float32's maximum (3.4e38) with room for the terms
+# added to it. Past it the Gram overflows: NaN from some geometries, a finite wrong output from others. A long row
+# against short ones is fine (the native kernel forms norms in double; huge hyperbolic inputs are clipped).
+# float64 inputs (computed in float64) have no such bound.
+MAX_GRAM = torch.finfo(torch.float32).max / 4
+
+
+def check_finite(name: str, t: Tensor, norm: bool = False) -> float:
+    """``t`` holds no NaN or Inf. One reduction (the sum, or with ``norm`` the norm of the whole tensor, which is
+    returned: inf where it overflows float32, 0 where values are not scanned); the elementwise scan only when it
+    is not finite."""
     if not _scan_values(t):
-        return
+        return 0.0
     t = unwrapped(t)
-    if not math.isfinite(_sum(t).item()) and not torch.isfinite(t).all():  # .item(): no 0-dim isfinite op
+    wide = torch.float64 if t.dtype == torch.float64 else torch.float32
+    total = (torch.linalg.vector_norm(t, dtype=wide) if norm else _sum(t)).item()
+    if math.isfinite(total):  # .item(): no 0-dim isfinite op
+        return total
+    if not torch.isfinite(t).all():
         bad = int((~torch.isfinite(t)).sum())
         raise ValueError(
             f"{name} contains {bad} non-finite value(s) (NaN or Inf); attention cannot score them. "
             "Fix the upstream computation (e.g. a diverging loss or an overflow in fp16), or mask the "
             "positions with attn_mask instead of filling them with inf"
+        )
+    return math.inf
+
+
+def check_gram_range(query: Tensor, key: Tensor, bound: float) -> None:
+    """The largest ‖q‖·‖k‖ of a query and a key row is at most :data:`MAX_GRAM` (below float64; ``bound``: the
+    product of the tensors' norms, which bounds it, from :func:`check_finite`; the row norms only when it fails)."""
+    if query.dtype == torch.float64 or bound <= MAX_GRAM:
+        return
+    q_max, k_max = (torch.linalg.vector_norm(unwrapped(t).double(), dim=-1).max().item() for t in (query, key))
+    if q_max * k_max > MAX_GRAM:
+        raise ValueError(
+            f"query and key have rows of norm up to {q_max:.3g} and {k_max:.3g}; {query.dtype} attention computes "
+            f"their dot products in float32, which overflow past a product of norms of {MAX_GRAM:.3g}. Rescale the "
+            "inputs (e.g. normalise them, or lower the scale of the layer that makes them), or pass float64 tensors"
         )
 
 
@@ -149,8 +191,9 @@ def check_attention_inputs(query, key, value, attn_mask, is_causal: bool, dropou
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
     if attn_mask is not None:
         _check_mask(attn_mask, query, key, is_causal)
-    for name, t in (("query", query), ("key", key), ("value", value)):
-        check_finite(name, t)
+    q_norm, k_norm = check_finite("query", query, norm=True), check_finite("key", key, norm=True)
+    check_finite("value", value)
+    check_gram_range(query, key, q_norm * k_norm)
 
 
 def _check_leading(query: Tensor, key: Tensor, enable_gqa: bool) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 
 import pytest
 import torch
@@ -12,6 +13,10 @@ import torch
 import geoattn
 
 os.environ.setdefault("GEOMSTATS_BACKEND", "pytorch")
+# Hypothesis keeps its example database and a cache of module constants under .hypothesis/ in the working
+# directory, whatever pytest's own cache provider does; the seeded tests (derandomize=True) need neither, so both
+# go to the system's temporary directory, outside the working tree.
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tempfile.gettempdir(), "geoattn-hypothesis"))
 # The test models are tiny: one intra-op thread is faster than two (4x on a busy 2-core machine), and
 # keeps timings of the suite predictable. Benchmarks choose their own thread counts.
 torch.set_num_threads(1)
@@ -79,6 +84,7 @@ def pytest_runtest_setup(item):
 # Geometry configurations every contract test runs over: each registered geometry, each score and aggregation.
 GEOMETRY_CASES = {
     "euclidean": lambda d, h: geoattn.Euclidean(num_heads=h),
+    "euclidean-tau": lambda d, h: geoattn.geometry.EuclideanTau(temperature=0.7, num_heads=h),
     "poincare": lambda d, h: geoattn.Poincare(curvature=-0.7, temperature=0.8, num_heads=h),
     "poincare-midpoint": lambda d, h: geoattn.Poincare(curvature=-1.3, num_heads=h, aggregation="midpoint"),
     "l2": lambda d, h: geoattn.L2(temperature=0.8, num_heads=h),

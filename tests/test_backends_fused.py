@@ -196,17 +196,6 @@ def test_auto_explains_its_choice(caplog):
     assert "backend native for geometry 'sphere' (affine)" in caplog.text
 
 
-@pytest.mark.native
-def test_deprecated_backend_names_still_work():
-    with pytest.warns(DeprecationWarning, match="select_backend is deprecated"):
-        from geoattn.backends import select_backend as old
-    big = torch.randn(1, 8, 2048, 16)
-    assert old("auto", geoattn.Poincare(), big, False, 0.0, True).name == "native"
-    assert old("auto", geoattn.Poincare(), big, True, 0.0, False).name == "dense"
-    with pytest.warns(DeprecationWarning, match="AUTO_ORDER is deprecated"):
-        assert geoattn.backends.AUTO_ORDER == ["sdpa", "flex", "tiled", "dense"]
-
-
 def test_auto_falls_back_when_the_native_kernel_is_unavailable(monkeypatch):
     from geoattn.backends.native import build
 

@@ -23,7 +23,7 @@ OK = ((2, 4, 5, 8), (2, 4, 6, 8), (2, 4, 6, 8))
     [
         (lambda: geoattn.attention(*qkv(*OK), geometry="hyperbolic"), ValueError,
          r"unknown geometry 'hyperbolic'; available geometries: "
-         r"euclidean, l2, lorentz, metric, poincare, sphere, stereographic"),
+         r"euclidean, euclidean-tau, l2, lorentz, metric, poincare, sphere, stereographic"),
         (lambda: geoattn.make_geometry("klein"), ValueError, r"unknown geometry 'klein'.*available"),
         (lambda: geoattn.attention(*qkv(*OK), geometry=3), TypeError,
          r"geometry must be a name .* or a geoattn.Geometry"),
@@ -150,11 +150,13 @@ def test_default_backend_context_and_global_setting():
 
 
 def test_value_checks_are_exact_where_their_one_reduction_overflows():
-    """The NaN/Inf checks sum each tensor first; a sum that overflows falls back to the elementwise scan."""
+    """The NaN/Inf checks sum each tensor first (q and k: take its norm); a sum that overflows falls back to the
+    elementwise scan. Values may be as large as float32 allows (queries and keys: see test_input_range.py)."""
     q = torch.full((1, 1, 4, 2), 3e38)  # finite, but its sum is inf in float32
+    small = torch.ones(1, 1, 4, 2)
     bias = torch.full((4, 4), 3e38)
     bias[0, 1] = float("-inf")
-    geoattn.attention(q, q, q, attn_mask=bias, backend="dense")  # no error: every value is allowed
+    geoattn.attention(small, small, q, attn_mask=bias, backend="dense")  # no error: every value is allowed
     bias[2, 3] = float("inf")
     with pytest.raises(ValueError, match="float attn_mask may hold finite values and -inf only"):
         geoattn.attention(q, q, q, attn_mask=bias)

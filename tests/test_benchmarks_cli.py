@@ -12,10 +12,12 @@ from benchmarks.cli import main
 from benchmarks.log import read_log
 
 REPO = Path(__file__).resolve().parent.parent
+FOREST = [("a", "r"), ("b", "r"), ("c", "a"), ("c", "r"), ("d", "a"), ("d", "r"), ("e", "b"), ("e", "r"),  # two trees
+          ("f", "s"), ("g", "s"), ("h", "f"), ("h", "s"), ("y", "x")]                                 # and a pair
 TINY = {  # seconds-long configurations of each task
     "shakespeare-char": ["iters=4", "eval_interval=2", "eval_iters=2", "n_layers=1", "d_model=16", "block_size=16"],
     "wordnet-hierarchy": ["iters=4", "eval_interval=2", "n_train=256", "n_test=64", "head_dim=[2]", "d_model=8"],
-    "wordnet-reconstruction": ["iters=4", "eval_interval=2", "dim=[2]", "batch_size=64", "n_negatives=10"],
+    "wordnet-reconstruction": ["epochs=2", "eval_epochs=1", "dim=[2]", "batch_size=2048", "n_negatives=10"],
     "listops": ["iters=3", "eval_interval=2", "n_train=32", "n_test=16", "n_layers=1", "d_model=16",
                 "min_length=5", "max_length=30", "max_len=30"],
     "shakespeare-seq2seq": ["iters=3", "eval_interval=2", "n_layers=1", "d_model=16", "eval_pairs=16",
@@ -240,3 +242,45 @@ def test_throughput_refuses_bad_arguments(argv, match):
 
     with pytest.raises(ValueError, match=match):
         throughput.main(argv)
+
+
+def test_ddp_two_processes_agree_on_the_nouns_task(tmp_path):
+    """The wordnet-nouns task under torchrun (2 CPU processes, gloo), on a small forest closure given with --data:
+    identical parameters and metrics on both ranks (each rank evaluates half of the query rows, the sums
+    all-reduced), checkpoints written and deleted once the record is logged."""
+    forest = tmp_path / "forest.tsv"
+    forest.write_text("".join(f"{c}\t{a}\n" for c, a in FOREST))
+    sets = ["epochs=2", "eval_epochs=1", "dim=[3]", "batch_size=4", "n_negatives=3", "eval_queries=5"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "benchmarks",
+           "run", "--suite", "nouns", "--geometries", "poincare", "--seeds", "1", "--out", str(tmp_path),
+           "--quiet", "--no-report", "--threads", "1", "--data", f"wordnet-nouns={forest}", "--checkpoint-every", "2",
+           *[arg for item in sets for arg in ("--set", item)]]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (record,), _ = read_log(tmp_path / "results.jsonl")
+    ddp = record["ddp"]
+    assert record["task"] == "wordnet-nouns" and ddp["world_size"] == 2 and ddp["agree"]
+    assert ddp["rank_metric"][0] == ddp["rank_metric"][1] and record["config"]["iters"] == 6  # 13 pairs // 4 × 2
+    assert not list((tmp_path / "checkpoints").glob("*.pt"))            # deleted once the record is logged
+    assert 0 < record["metrics"]["map"] <= 1 and [p["step"] for p in record["curve"]] == [3, 6]
+
+
+def test_nouns_and_lm_long_suites_plan_their_runs():
+    """nouns: Poincaré at d = 5 and 10 × 3 seeds, every other geometry at d = 10 × 1 seed, budgets in epochs of the
+    noun closure (725 steps of 1,024 pairs); lm-long: the char LM's whole schedule at 1×, 2× and 4×."""
+    from benchmarks.suites import SUITES, build_specs
+
+    s = SUITES["nouns"]
+    specs = build_specs("nouns", s["tasks"], s["geometries"], [0, 1, 2], {}, plan=s["plan"])
+    runs = sorted((r.geometry, r.config["dim"], r.seed) for r in specs)
+    assert runs == sorted([("poincare", d, seed) for d in (5, 10) for seed in range(3)]
+                          + [(g, 10, 0) for g in ("euclidean", "euclidean-tau", "l2", "lorentz", "stereographic")])
+    assert {(r.config["iters"], r.config["eval_interval"]) for r in specs} == {(50 * 725, 10 * 725)}
+    assert all(r.data_path is None and r.task == "wordnet-nouns" for r in specs)
+    s = SUITES["lm-long"]
+    specs = build_specs("lm-long", s["tasks"], s["geometries"], [0, 1, 2], {})
+    assert len(specs) == 3 * 4 * 3
+    schedules = {(r.config["stretch"], r.config["iters"], r.config["lr_decay_iters"], r.config["warmup_iters"],
+                  r.config["eval_interval"]) for r in specs}
+    assert schedules == {(k, 2000 * k, 2000 * k, 100 * k, 250 * k) for k in (1, 2, 4)}

@@ -32,13 +32,29 @@ def test_missing_file(tmp_path):
     ("a\ta\n", "its own ancestor"),
     ("a\tb\nb\ta\n", "cycle"),
     ("a\tb\nb\tc\n", "not transitively closed"),
-    ("a\tr\nb\ts\n", "root"),
+    ("a\tb\nb\tc\nc\ta\na\tc\nb\ta\nc\tb\n", "cycle"),
     ("\n\n", "no pairs"),
 ])
 def test_malformed_closure(tmp_path, content, match):
     path = tmp_path / "bad.tsv"
     path.write_text(content)
     with pytest.raises(DataError, match=match):
+        load_closure(path)
+
+
+def test_a_forest_and_a_gzip_file_load(tmp_path):
+    """Several roots (r, s) and a lone pair are a closure like any other; a .gz file is read decompressed."""
+    import gzip
+
+    forest = [("a", "r"), ("b", "a"), ("b", "r"), ("c", "s"), ("y", "x")]
+    path = tmp_path / "forest.tsv.gz"
+    path.write_bytes(gzip.compress("".join(f"{c}\t{a}\n" for c, a in forest).encode()))
+    assert load_closure(path) == forest
+    path.write_bytes(gzip.compress(b"a\tb\nb\ta\n"))
+    with pytest.raises(DataError, match="cycle"):
+        load_closure(path)
+    path.write_bytes(b"\x1f\x8b not gzip")
+    with pytest.raises(DataError, match="does not decompress"):
         load_closure(path)
 
 

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from benchmarks.log import append_record, finished_keys, read_log, run_key
-from benchmarks.report import markdown, rows
+from benchmarks.report import markdown, persistence, persistence_markdown, rows
 from benchmarks.stats import (bh_adjust, late_improvement, mean_difference, median_interval, summarize, verdict,
                               welch)
 
@@ -208,3 +208,55 @@ def test_throughput_ratio_is_paired_per_round():
     assert paired_ratio(base, geom)[0] == pytest.approx(10 / 11)
     with pytest.raises(ValueError, match="one time per round"):
         paired_ratio([1.0, 2.0], [1.0])
+
+
+def test_report_compares_every_row_with_euclidean_and_euclidean_tau():
+    """Two baselines, two BH families: each row's difference, Welch p and adjusted p against euclidean-tau are
+    scipy's on the euclidean-tau runs, adjusted over the comparisons with euclidean-tau only."""
+    values = {"euclidean": [0.50, 0.52, 0.51], "euclidean-tau": [0.60, 0.61, 0.59],
+              "poincare": [0.70, 0.72, 0.69], "sphere": [0.605, 0.60, 0.61]}
+    recs = [_record(f"{g}{s}", geometry=g, seed=s, acc=a) for g, vals in values.items() for s, a in enumerate(vals)]
+    table = {r["geometry"]: r for r in rows(recs)}
+    assert [r["geometry"] for r in rows(recs)][:2] == ["euclidean", "euclidean-tau"]
+    assert table["euclidean"]["vs_euclidean"] == table["euclidean-tau"]["vs_euclidean_tau"] == "baseline"
+    others = ["euclidean", "poincare", "sphere"]
+    raw = [stats.ttest_ind(values[g], values["euclidean-tau"], equal_var=False).pvalue for g in others]
+    for g, p, p_adj in zip(others, raw, stats.false_discovery_control(raw, method="bh")):
+        assert table[g]["p_vs_euclidean_tau"] == pytest.approx(p)
+        assert table[g]["p_adj_tau"] == pytest.approx(p_adj)
+        assert table[g]["diff_vs_euclidean_tau"] == pytest.approx(np.mean(values[g]) - 0.60)
+    assert table["poincare"]["vs_euclidean_tau"] == "better" and table["sphere"]["vs_euclidean_tau"] == "no different"
+    assert table["sphere"]["vs_euclidean"] == "better"                  # a gain over SDPA the control explains
+    raw_e = [stats.ttest_ind(values[g], values["euclidean"], equal_var=False).pvalue
+             for g in ("euclidean-tau", "poincare", "sphere")]
+    assert [table[g]["p_adj"] for g in ("euclidean-tau", "poincare", "sphere")] == pytest.approx(
+        list(stats.false_discovery_control(raw_e, method="bh")))
+    md = markdown(list(table.values()))
+    assert "− euclidean-tau" in md and "| sphere |" in md and "no different" in md
+
+
+def test_persistence_of_a_gain_over_stretched_schedules():
+    """Val loss (lower is better) at 1×, 2×, 4×: sphere's gain over euclidean holds (persists), poincare's falls to
+    a third (shrinks), metric's is gone at 4× (vanishes), l2 never had one; against euclidean-tau nobody gains."""
+    base = {1: 2.00, 2: 1.90, 4: 1.80}
+    gains = {"sphere": {1: 0.10, 2: 0.09, 4: 0.08}, "poincare": {1: 0.12, 2: 0.08, 4: 0.04},
+             "metric": {1: 0.10, 2: 0.05, 4: 0.0}, "l2": {1: 0.0, 2: 0.0, 4: 0.0}, "euclidean-tau": {1: 0.10, 2: 0.09,
+                                                                                                   4: 0.08}}
+    noise = [0.002, -0.003, 0.001]
+    recs = []
+    for stretch, b in base.items():
+        for geometry, gain in [("euclidean", {1: 0, 2: 0, 4: 0}), *gains.items()]:
+            for s, n in enumerate(noise):
+                r = _record(f"{geometry}{stretch}{s}", task="shakespeare-char", geometry=geometry, seed=s,
+                            acc=b - gain[stretch] + n + (0.001 * s if geometry == "l2" else 0))
+                r.update(sweep="stretch", sweep_value=stretch, metric="val_loss", higher_is_better=False,
+                         metrics={"val_loss": r["metrics"]["test_acc"]}, config={"iters": 1, "stretch": stretch})
+                recs.append(r)
+    out = {(r["geometry"], r["baseline"]): r for r in persistence(rows(recs))}
+    assert {g: out[(g, "euclidean")]["verdict"] for g in gains} == {
+        "sphere": "persists", "poincare": "shrinks", "metric": "vanishes", "l2": "no gain to follow",
+        "euclidean-tau": "persists"}
+    assert out[("sphere", "euclidean-tau")]["verdict"] == "no gain to follow"
+    assert out[("poincare", "euclidean")]["stretch"] == [1, 2, 4]
+    assert out[("poincare", "euclidean")]["diff"] == pytest.approx([-0.12, -0.08, -0.04], abs=1e-9)
+    assert "shrinks" in persistence_markdown(list(out.values()))

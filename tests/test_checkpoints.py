@@ -97,10 +97,10 @@ def test_loading_a_model_of_another_geometry_fails_clearly():
         make("lorentz").load_state_dict(make("poincare").state_dict())
 
 
-def test_free_sign_curvature_is_stored_as_asinh_and_old_checkpoints_read_back_the_same_kappa():
+def test_free_sign_curvature_is_stored_as_asinh_and_reads_back_the_same_kappa():
     """κ-stereographic stores ``asinh κ`` (``asinh_curvature``): κ reads back as given at any sign and at 0,
-    ∂κ/∂r = cosh r (autograd against the closed form), and a checkpoint written when κ itself was stored (as
-    ``raw_curvature``) loads to the same κ, strictly, through torch.save."""
+    ∂κ/∂r = cosh r (autograd against the closed form), and a checkpoint loads to the same κ, strictly, through
+    torch.save."""
     given = torch.tensor([-20.0, -1.0, -1e-8, 0.0, 0.5, 3.0], dtype=torch.float64)
     g = geoattn.Stereographic(curvature=given, num_heads=6, learnable=True)
     assert [name for name, _ in g.named_parameters()] == ["log_temperature", "asinh_curvature"]
@@ -110,13 +110,10 @@ def test_free_sign_curvature_is_stored_as_asinh_and_old_checkpoints_read_back_th
     (slope,) = torch.autograd.grad(g.curvature.sum(), g.asinh_curvature)
     torch.testing.assert_close(slope, torch.cosh(torch.asinh(given)), rtol=1e-15, atol=0)
 
-    old = {"log_temperature": torch.zeros(6, dtype=torch.float64), "raw_curvature": given.flip(0)}
-    fresh = geoattn.Stereographic(num_heads=6, learnable=True)
-    fresh.load_state_dict(roundtrip(old))  # strict: the old key is converted, none is left over
-    torch.testing.assert_close(fresh.curvature.detach(), given.flip(0), rtol=1e-15, atol=1e-300)
     again = geoattn.Stereographic(num_heads=6, learnable=True)
-    again.load_state_dict(roundtrip(fresh.state_dict()))
-    assert torch.equal(again.asinh_curvature, fresh.asinh_curvature)
-    # the fixed-sign geometries keep log|κ| under its old name
+    again.load_state_dict(roundtrip(g.state_dict()))
+    assert torch.equal(again.asinh_curvature, g.asinh_curvature)
+    torch.testing.assert_close(again.curvature.detach(), given, rtol=1e-15, atol=1e-300)
+    # the fixed-sign geometries store log|κ|
     assert [name for name, _ in geoattn.Poincare(learnable=True).named_parameters()] == ["log_temperature",
                                                                                           "raw_curvature"]

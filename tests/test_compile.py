@@ -27,6 +27,7 @@ needs_native = pytest.mark.skipif(isinstance(NATIVE, str), reason=str(NATIVE))
 # label → (registered geometry, parameters), the throughput benchmark's cases
 CASES = {
     "euclidean": ("euclidean", {}),
+    "euclidean-tau": ("euclidean-tau", {}),
     "lorentz": ("lorentz", {"learnable": True}),
     "sphere": ("sphere", {"learnable": True}),
     "sphere-geodesic": ("sphere", {"score": "geodesic", "learnable": True}),
@@ -67,7 +68,7 @@ def test_decoder_compiles_without_graph_breaks_and_matches_eager(label):
     assert explained.graph_break_count == 0, [str(b.reason)[:200] for b in explained.break_reasons]
     assert explained.graph_count == 1
     code = "\n".join(_graph_code(g) for g in explained.graphs)
-    fused = label != "euclidean" and not isinstance(NATIVE, str)
+    fused = not label.startswith("euclidean") and not isinstance(NATIVE, str)  # the Euclidean ones run on SDPA
     assert ("geoattn.native_attention" in code) == fused, "the fused geometries must reach the native kernel"
 
     loss, grads = _loss_and_grads(model, x, y)

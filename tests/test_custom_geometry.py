@@ -77,12 +77,17 @@ def test_registry_check_and_defaults_by_name(cases):
     contract.test_geometry_by_name_uses_defaults("hyperspherical")
 
 
-def _closed_form_score(q, k, c: float, tau: float):
-    """``-(d²_L + ‖x̂ - ŷ‖²)/τ`` from the textbook formulas: hyperboloid point of curvature -c
-    ``(cosh(√c‖u‖)/√c, sinh(√c‖u‖) u/(√c‖u‖))``, ``d²_L = -2/c - 2⟨x, y⟩_L``; chord on the unit sphere."""
-    m = q.shape[-1] // 2
+def _closed_form_score(q, k, c: float, tau: float, clip: float = 4.0):
+    """``-√E(d²_L + ρ²‖x̂ - ŷ‖²)/(2τ)``, ``ρ² = (E - m)/E``, from the textbook formulas: hyperboloid point of
+    curvature -c ``(cosh(√c‖u‖)/√c, sinh(√c‖u‖) u/(√c‖u‖))`` of ``u = q[:m]/√E`` (shortened to ``√c‖u‖ = clip``
+    where longer), ``d²_L = -2/c - 2⟨x, y⟩_L``; chord on the unit sphere."""
+    E = q.shape[-1]
+    m = E // 2
 
-    def hyperboloid(u):
+    def hyperboloid(x):
+        u = x / E**0.5
+        r = u.norm(dim=-1, keepdim=True)
+        u = u * (clip / (c**0.5 * r)).clamp(max=1)
         r = u.norm(dim=-1, keepdim=True)
         return torch.cat([torch.cosh(c**0.5 * r) / c**0.5, torch.sinh(c**0.5 * r) * u / (c**0.5 * r)], -1)
 
@@ -92,7 +97,7 @@ def _closed_form_score(q, k, c: float, tau: float):
     xs = q[..., m:] / q[..., m:].norm(dim=-1, keepdim=True)
     ys = k[..., m:] / k[..., m:].norm(dim=-1, keepdim=True)
     chord2 = ((xs[..., :, None, :] - ys[..., None, :, :]) ** 2).sum(-1)
-    return -(d2_lorentz + chord2) / tau
+    return -E**0.5 * (d2_lorentz + (E - m) / E * chord2) / (2 * tau)
 
 
 @pytest.mark.parametrize("head_dim", [2, 5, 8])
@@ -110,6 +115,21 @@ def test_weights_match_the_product_manifold_formula(example, head_dim):
     # the constant per-query term makes the log-sum-exp energy the exact potential, not just up to a shift
     energy = geoattn.energy(q, k, geometry)
     torch.testing.assert_close(energy, torch.logsumexp(_closed_form_score(q, k, 0.6, 1.7), -1))
+
+
+def test_the_example_clips_its_hyperbolic_part_and_says_so(example):
+    """Tangent vectors past √|κ|‖u‖ = 4 are shortened to it (the closed form's clip), counted, and warned about."""
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(1, 1, 5, 6, generator=g, dtype=torch.float64)
+    q[..., 0, :3] *= 40  # √0.6·‖u[:m]‖ ≈ 40·√0.6·√(3/6) > 4: clipped
+    k = torch.randn(1, 1, 7, 6, generator=g, dtype=torch.float64)
+    geometry = example.HyperbolicSpherical(curvature=torch.tensor(-0.6, dtype=torch.float64))
+    with pytest.warns(geoattn.ClipWarning, match="'hyperspherical' geometry clipped 1 tangent"):
+        _, w = geoattn.attention(q, k, k, geometry=geometry, backend="dense", return_weights=True)
+    assert geometry.clipped == 1
+    torch.testing.assert_close(w, torch.softmax(_closed_form_score(q, k, 0.6, 1.0), -1), atol=1e-12, rtol=1e-10)
+    unclipped = torch.softmax(_closed_form_score(q, k, 0.6, 1.0, clip=1e9), -1)
+    assert not torch.allclose(w[..., 0, :], unclipped[..., 0, :], atol=1e-3)  # the clip changed that query's row
 
 
 def test_too_small_heads_are_a_clear_error(example):

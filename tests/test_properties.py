@@ -20,7 +20,7 @@ def distance_matrix(name: str, kappa: float, points: torch.Tensor) -> torch.Tens
     """Pairwise geodesic distances of (tangent) points under a geometry, in float64."""
     x = points[None, None]
     if name == "lorentz":
-        p = lorentz.expmap0(points, torch.tensor(kappa, **T64))
+        p = lorentz.expmap0(points, torch.tensor(kappa, **T64), clip=None)  # √|κ|·‖u‖ ≤ 3√DIM·√|κ|: cosh finite
         return lorentz.distance(p[:, None], p[None], kappa)
     if name == "metric":
         g = geoattn.Metric(head_dim=DIM, rank=2).double()

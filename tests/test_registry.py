@@ -1,5 +1,5 @@
 """The one geometry factory (geoattn.geometry.registry): by-name construction with head_dim for every geometry,
-declared options (checkpoint tags, the Hugging Face config round trip), and the deprecated names that moved."""
+declared options (checkpoint tags, the Hugging Face config round trip), and what register asks of a class."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +7,8 @@ import torch
 
 import geoattn
 from conftest import GEOMETRY_CASES
-from geoattn.geometry.registry import encode_tag, geometry_for_module, rebuild_options
+from geoattn.geometry.registry import geometry_for_module, rebuild_options
+from geoattn.geometry.tags import encode_tag
 
 D, H = 4, 3
 
@@ -32,15 +33,15 @@ def test_rebuild_options_round_trip(case):
     torch.testing.assert_close(geoattn.attention(q, q, q, geometry=rebuilt), geoattn.attention(q, q, q, geometry=g))
 
 
-def test_metric_epsilon_is_an_option_and_old_tags_still_load():
+def test_metric_epsilon_is_an_option_and_tags_match_exactly():
     source = geoattn.Metric(head_dim=D, epsilon=1e-3)
     assert rebuild_options(source)["epsilon"] == 1e-3
     with pytest.raises(ValueError, match=r"made with geometry 'metric\|rank=None\|epsilon=0.001'"):
         geoattn.Metric(head_dim=D).load_state_dict(source.state_dict())
-    old = {**geoattn.Metric(head_dim=D).state_dict(), "geometry_tag": encode_tag("metric|rank=None")}
-    geoattn.Metric(head_dim=D).load_state_dict(old)  # a tag written before epsilon was declared
-    with pytest.raises(ValueError, match=r"made with geometry 'metric\|rank=2'"):
-        geoattn.Metric(head_dim=D).load_state_dict({**old, "geometry_tag": encode_tag("metric|rank=2")})
+    state = geoattn.Metric(head_dim=D).state_dict()
+    geoattn.Metric(head_dim=D).load_state_dict(state)
+    with pytest.raises(ValueError, match=r"made with geometry 'metric\|rank=None' but"):  # an option left out
+        geoattn.Metric(head_dim=D).load_state_dict({**state, "geometry_tag": encode_tag("metric|rank=None")})
 
 
 def test_instances_and_sizes():
@@ -54,25 +55,8 @@ def test_instances_and_sizes():
     assert geometry_for_module("sphere", H, D, {"num_heads": 1}).num_heads == 1  # shared by the heads
 
 
-def test_moved_names_warn_and_still_work():
-    with pytest.warns(DeprecationWarning, match="resolve_geometry is deprecated"):
-        from geoattn.geometry import resolve_geometry
-    assert resolve_geometry("metric", 8).head_dim == 8
-    with pytest.raises(TypeError, match="geometry must be a name"):
-        resolve_geometry(3, 8)
-    with pytest.warns(DeprecationWarning, match="build_geometry is deprecated"):
-        from geoattn.nn import build_geometry
-    assert build_geometry("metric", 4, 8, rank=2).factor.shape == (4, 8, 2)
-    with pytest.warns(DeprecationWarning, match="functions.H is deprecated.*arcsinc_sqrt"):
-        from geoattn.math.functions import H as old_h
-    from geoattn.math.functions import arcsinc_sqrt
-
-    assert old_h is arcsinc_sqrt
-    with pytest.raises(AttributeError):
-        geoattn.geometry.no_such_name  # noqa: B018
-
-
-def test_a_geometry_without_head_dim_in_its_constructor_is_deprecated_but_built(monkeypatch):
+def test_a_geometry_whose_constructor_takes_no_head_dim_is_refused_at_registration(monkeypatch):
+    """The factory passes num_heads and head_dim to every geometry, so register says what to add."""
     from geoattn.geometry import registry
 
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
@@ -84,20 +68,25 @@ def test_a_geometry_without_head_dim_in_its_constructor_is_deprecated_but_built(
         def __init__(self, temperature=1.0, num_heads: int = 1, learnable: bool = False) -> None:
             super().__init__(temperature, num_heads, learnable)
 
-        def lift(self, q, k, scale):
-            return geoattn.Lifted(q * self.inverse_temperature(q, scale).view(-1, 1, 1), k)
-
-    with pytest.warns(DeprecationWarning, match="takes no head_dim"):
+    with pytest.raises(TypeError, match="old-style.*takes no head_dim.*add them"):
         geoattn.register(Old)
-    q = torch.randn(1, 2, 3, D)
-    assert geoattn.attention(q, q, q, geometry="old-style").shape == q.shape
+    assert "old-style" not in geoattn.available_geometries()
+
+    class WithOptions(Old):
+        name = "with-options"
+
+        def __init__(self, temperature=1.0, num_heads: int = 1, learnable: bool = False, **options) -> None:
+            super().__init__(temperature, num_heads, learnable)
+
+    assert geoattn.register(WithOptions) is WithOptions
+    assert geoattn.make_geometry("with-options", num_heads=2, head_dim=D).num_heads == 2
 
 
 def test_kernel_benchmark_cases_come_from_the_registry():
     from benchmarks.kernels import geometries
 
     cases = geometries()
-    assert sorted(cases) == ["euclidean", "l2", "lorentz", "metric", "poincare", "sphere-cosine", "sphere-geodesic",
-                            "stereographic"]
+    assert sorted(cases) == ["euclidean", "euclidean-tau", "l2", "lorentz", "metric", "poincare", "sphere-cosine",
+                            "sphere-geodesic", "stereographic"]
     assert cases["metric"](16).rank == 8 and cases["sphere-geodesic"](16).score == "geodesic"
     torch.testing.assert_close(cases["stereographic"](16).curvature, torch.tensor([-0.5], dtype=torch.float64))

@@ -51,6 +51,27 @@ class Task:
 
     vocab_size: int
 
+    STRETCHED: ClassVar[tuple[str, ...]] = ("iters", "lr_decay_iters", "warmup_iters", "eval_interval")
+
+    @classmethod
+    def resolve_budget(cls, config: dict[str, Any], data_path: str | Path | None) -> dict[str, Any]:
+        """The config with its budget in the runner's terms (``iters``, ``eval_interval``): a ``stretch`` factor
+        multiplies the steps of the whole schedule (:attr:`STRETCHED`: the same schedule, stretched); a task
+        that states its budget otherwise (``wordnet-reconstruction``: epochs of its data) converts it here."""
+        factor = config.get("stretch")
+        if factor is None:
+            return config
+        if not isinstance(factor, int) or factor < 1:
+            raise ValueError(f"stretch must be an int ≥ 1 (the factor on the schedule's steps), got {factor!r}")
+        return dict(config, **{k: config[k] * factor for k in cls.STRETCHED if k in config})
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint needs to resume this task's batch stream besides the generator (none by default)."""
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state`."""
+
     def build_model(self, geometry: str) -> nn.Module:
         raise NotImplementedError
 
@@ -63,3 +84,8 @@ class Task:
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         raise NotImplementedError
+
+    def evaluate_during(self, model: nn.Module) -> dict[str, float]:
+        """An evaluation of the learning curve before the final one (the same as :meth:`evaluate` unless the
+        task makes it cheaper)."""
+        return self.evaluate(model)

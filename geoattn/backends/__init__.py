@@ -2,15 +2,16 @@
 
 * ``dense``: the reference (O(L·S) memory), returns weights, float64-capable.
 * ``sdpa``: exact reduction to ``F.scaled_dot_product_attention`` for affine geometries.
+* ``native``: the fused C++ CPU kernel, forward and backward (O(L) memory, float32; :mod:`.native`).
 * ``flex``: any geometry's pointwise score as a FlexAttention ``score_mod`` (fused, O(L) memory;
   no backward on CPU in torch 2.13).
 * ``tiled``: query/key-block tiling with a recomputing backward (O(L) memory, any device, float64).
 
-``auto`` follows one decision table, :data:`geoattn.backends.policy.RULES`: affine → ``sdpa``;
-weights or dropout → ``dense``; small score matrices (at most :data:`DENSE_MAX_SCORES` numbers, where
-compiling a fused kernel costs more than it saves) → ``dense``; GPU → ``flex``; CPU → ``tiled``.
-:func:`geoattn.explain_backend` says what it chose and why. Override per call (``backend=...``), or
-globally with :func:`set_default_backend` / :func:`default_backend` (a context manager).
+``auto`` takes the first row of one decision table, :data:`geoattn.backends.policy.RULES`, whose condition
+holds for the call and whose backend accepts it (the last row, ``dense``, runs every call); each row gives
+its reason. :func:`geoattn.explain_backend` says what it chose and why.
+Override per call (``backend=...``), or globally with :func:`set_default_backend` / :func:`default_backend`
+(a context manager).
 """
 from __future__ import annotations
 
@@ -43,12 +44,6 @@ def default_backend(name: str) -> Iterator[None]:
         yield
     finally:
         set_default(previous)
-
-
-def __getattr__(name: str):
-    from .._deprecated import moved
-
-    return moved(__name__, name)
 
 
 __all__ = [

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
+import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
@@ -31,6 +32,41 @@ class Backend:
         Backends lift queries and keys themselves (``call.geometry.lift(call.q, call.k, call.scale)``)
         and aggregate ``call.values``."""
         raise NotImplementedError
+
+
+def rows_apart(t: Tensor) -> bool:
+    """Whether BLAS can read the rows of ``t`` (…, rows, cols) in place: a contiguous last dim and a row stride of
+    at least the row length (what BLAS requires of a leading dimension: MKL's sgemm rejects ``lda < cols`` and
+    leaves its output untouched, and PyTorch's CPU flash attention reads overlapping query rows wrongly). Other
+    strides (batch, head; 0 included) are free."""
+    cols = t.shape[-1]
+    return (cols <= 1 or t.stride(-1) == 1) and t.stride(-2) >= max(1, cols)
+
+
+def readable_rows(t: Tensor) -> Tensor:
+    """``t`` if :func:`rows_apart`, else a contiguous copy: a tensor expanded along its rows (stride 0), ``unfold``
+    (overlapping rows), a gradient with stride 0. ``clone``, not ``contiguous``: a tensor with one row counts as
+    contiguous whatever its row stride."""
+    return t if rows_apart(t) else t.clone(memory_format=torch.contiguous_format)
+
+
+def differentiable_backward(forward, inputs: tuple, dout: Tensor, needs: tuple[bool, ...],
+                            parameters: tuple = ()) -> tuple:
+    """The gradients of ``forward(*inputs)`` against ``dout`` for the ``inputs``, then the ``parameters``, that
+    ``needs`` marks (None for the others), recorded by autograd: what a fused backend's backward returns when the
+    backward itself is being differentiated (``create_graph=True``: gradient penalties, double backward).
+    ``forward`` is the fused output as plain torch operations, so the gradients are those of the dense backend,
+    at its O(L·S) memory (as for SDPA's math backend, the one SDPA backend with a double backward);
+    ``parameters``: leaves that ``forward`` reads by itself (a geometry's own parameters)."""
+    n = len(inputs)
+    with torch.enable_grad():
+        # each input through a view of its own: the gradient of each input alone, where inputs are one tensor
+        # (self-attention's q = k = v) or one is computed from another (terms from a per-head constant)
+        inputs = tuple(t.view_as(t) if need else t for t, need in zip(inputs, needs))
+        wrt = [t for t, need in zip((*inputs, *parameters), needs) if need]
+        out = forward(*inputs)
+        grads = iter(torch.autograd.grad(out, wrt, dout, create_graph=True, allow_unused=True))
+    return tuple(next(grads) if need else None for need in needs[:n + len(parameters)])
 
 
 def fused_unsupported(name: str, call: AttentionCall) -> str | None:

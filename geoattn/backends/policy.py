@@ -1,6 +1,9 @@
 """Which backend runs a call: the registry of backends, the default, and ``auto``'s decision table.
 
-``backend="auto"`` walks :data:`RULES` top to bottom and takes the first row whose condition holds.
+``backend="auto"`` walks :data:`RULES` top to bottom and takes the first row whose condition holds and whose
+backend accepts the call (its :meth:`~geoattn.backends.base.Backend.unsupported` finds nothing: e.g. a float
+mask that requires grad passes over ``tiled`` and ``native``, which do not differentiate it, to ``dense``, the
+last row, which runs every call).
 A backend named explicitly (per call, or as the default with :func:`geoattn.set_default_backend`)
 runs the call if its :meth:`~geoattn.backends.base.Backend.unsupported` finds nothing, else the call
 fails with that reason. Every choice is logged at DEBUG level on the ``"geoattn"`` logger (in eager mode:
@@ -52,10 +55,11 @@ RULES: list[Rule] = [
          f"the score matrix is small (B·H·L·S ≤ {DENSE_MAX_SCORES}): dense is faster than compiling a fused kernel"),
     Rule(lambda c: c.device.type != "cpu", "flex",
          "on an accelerator, FlexAttention fuses the score (with a backward)"),
-    # measured (benchmarks/results/kernels): on CPU the tiled forward is faster than flex (3.0× vs 5.0× SDPA at
-    # L=4096) and its memory linear, where torch 2.13's CPU flex grows 3.6× from 4096 to 8192 (and has no backward)
+    # benchmarks/results/kernels: on CPU the tiled forward is faster than flex and its memory linear, where
+    # torch 2.13's CPU flex grows faster than linearly in L (and has no backward)
     Rule(lambda c: True, "tiled",
          "on CPU, tiled is faster than CPU flex and linear in memory (measured), with a backward"),
+    Rule(lambda c: True, "dense", "no fused backend accepts this call; dense runs every call"),
 ]
 
 
@@ -75,12 +79,8 @@ _log = logging.getLogger("geoattn")
 _WARNED_FALLBACK = [False]  # the first call that falls back warns; later ones are explained, not warned about
 
 
-def register_backend(backend: Backend, auto_rank: int | None = None) -> Backend:
+def register_backend(backend: Backend) -> Backend:
     """Make ``backend`` available by name (``backend="<name>"``); ``auto`` picks it through a row of :data:`RULES`."""
-    if auto_rank is not None:
-        warnings.warn("register_backend(auto_rank=...) is deprecated and ignored: auto follows the decision table "
-                      "geoattn.backends.policy.RULES; insert a Rule(...) there for auto to pick this backend",
-                      DeprecationWarning, stacklevel=2)
     _BACKENDS[backend.name] = backend
     return backend
 
@@ -110,7 +110,7 @@ def choose(call: AttentionCall, backend: str = "auto") -> Choice:
         name, why = _DEFAULT[0], f"the default backend, set with geoattn.set_default_backend({_DEFAULT[0]!r})"
     fallback = None
     if name == "auto":
-        rule = next(rule for rule in RULES if rule.applies(call))
+        rule = next(rule for rule in RULES if rule.applies(call) and unsupported(call, rule.backend) is None)
         name, why = rule.backend, f"auto: {rule.reason}"
         missed = [(b, v) for b, v in call.verdicts.items() if isinstance(v, Unavailable) and b != name]
         if missed:

@@ -8,8 +8,55 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .base import Backend
+from .base import Backend, differentiable_backward, readable_rows
+
+
+class _TwiceDifferentiableSDPA(torch.autograd.Function):
+    """``F.scaled_dot_product_attention`` whose backward can itself be differentiated.
+
+    PyTorch's fused SDPA kernels (flash, memory-efficient) have no double backward; its math backend has one.
+    The forward runs the fused kernel and keeps its autograd graph, so an ordinary backward is the fused
+    kernel's own (nothing recomputed); a backward that autograd records (``create_graph=True``: gradient
+    penalties, meta-learning) recomputes the call on the math backend and differentiates that
+    (:func:`~geoattn.backends.base.differentiable_backward`, O(L·S) memory, like the dense backend)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, is_causal, scale):
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_(t.requires_grad) if t is not None else None for t in (q, k, v, mask)]
+            out = F.scaled_dot_product_attention(*leaves[:3], attn_mask=leaves[3], is_causal=is_causal, scale=scale)
+        ctx.inner = (out, leaves)
+        ctx.is_causal, ctx.scale = is_causal, scale
+        ctx.save_for_backward(q, k, v, mask)
+        return out.detach()
+
+    @staticmethod
+    def backward(ctx, dout):
+        out, leaves = ctx.inner  # kept: a recorded backward may reach this node again (through ∂/∂out)
+        needs = (*ctx.needs_input_grad[:4],)
+        if torch.is_grad_enabled():  # create_graph=True: differentiable gradients, from the math backend
+            def math(q, k, v, mask):
+                with sdpa_kernel(SDPBackend.MATH):
+                    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=ctx.is_causal,
+                                                          scale=ctx.scale)
+
+            return (*differentiable_backward(math, ctx.saved_tensors, dout, needs), None, None)
+        wrt = [t for t, need in zip(leaves, needs) if need]
+        grads = iter(torch.autograd.grad(out, wrt, dout, retain_graph=True))
+        return (*(next(grads) if need else None for need in needs), None, None)
+
+
+def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):
+    """``F.scaled_dot_product_attention``, twice differentiable in eager autograd (:class:`_TwiceDifferentiableSDPA`)
+    where gradients are recorded; as it is under ``torch.compile``, with dropout (a recomputation would draw
+    another mask), and without gradients."""
+    grads = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, attn_mask))
+    if not grads or dropout_p > 0 or torch.compiler.is_compiling():
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
+                                              is_causal=is_causal, scale=scale)
+    return _TwiceDifferentiableSDPA.apply(q, k, v, attn_mask, is_causal, scale)
 
 
 class SDPABackend(Backend):
@@ -47,7 +94,8 @@ class SDPABackend(Backend):
         # path, which materialises L×S); zero columns change neither q·k nor p·v.
         width = max(qa.shape[-1], ev)
         qa, ka, v = (F.pad(t, (0, width - t.shape[-1])) if t.shape[-1] < width else t for t in (qa, ka, v))
-        out = F.scaled_dot_product_attention(
+        qa, ka, v = (readable_rows(t) for t in (qa, ka, v))  # CPU flash attention misreads overlapping rows
+        out = scaled_dot_product_attention(
             qa, ka, v, attn_mask=attn_mask, dropout_p=call.dropout_p, is_causal=call.mask.is_causal, scale=s
         )
         return out[..., :ev], None

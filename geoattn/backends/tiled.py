@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ..math.vectors import squared_chords
-from .base import Backend, broadcast_heads, fused_unsupported
+from .base import Backend, broadcast_heads, differentiable_backward, fused_unsupported
 from .compile_cache import compiled
 
 _COMPILE = True
@@ -156,13 +156,21 @@ class TiledAttention(torch.autograd.Function):
                 plan.causal,
             )
         ctx.plan = plan
-        ctx.save_for_backward(q, k, v, out, lse, *terms)
+        # the mask's parts too: the backward reads them again, and autograd's version check then raises if the
+        # caller changed them in place in between
+        masks = tuple(m for m in (plan.allowed, plan.bias) if m is not None)
+        ctx.save_for_backward(q, k, v, out, lse, *masks, *terms)
+        ctx.n_masks = len(masks)
         return out
 
     @staticmethod
     def backward(ctx, dout: Tensor):
         plan: _Plan = ctx.plan
         q, k, v, out, lse, *terms = ctx.saved_tensors
+        terms = terms[ctx.n_masks:]
+        if torch.is_grad_enabled():  # create_graph=True: a backward autograd can differentiate again
+            return (None, *differentiable_backward(lambda *xs: _whole(plan, *xs), (q, k, v, *terms), dout,
+                                                   ctx.needs_input_grad[1:]))
         q_terms, k_terms, head = _split(plan, terms)
         L, S = q.shape[-2], k.shape[-2]
         q_pos = torch.arange(L, device=q.device)
@@ -202,6 +210,18 @@ class TiledAttention(torch.autograd.Function):
             for acc, g in zip(d_head, g_h):
                 acc += g.reshape(acc.shape)
         return (None, dq, dk, dv, *d_qterms, *d_kterms, *d_head)
+
+
+def _whole(plan: _Plan, q: Tensor, k: Tensor, v: Tensor, *terms: Tensor) -> Tensor:
+    """The output as one block of every query and key (what :meth:`TiledAttention.backward` differentiates under
+    ``create_graph=True``): the forward's maths with an L×S score matrix."""
+    q_terms, k_terms, head = _split(plan, terms)
+    L, S = q.shape[-2], k.shape[-2]
+    out, _ = block_forward(plan.score_fn, pairwise(q, k, plan.scale, plan.chord), v,
+                           tuple(t.unsqueeze(-1) for t in q_terms), tuple(t.unsqueeze(-2) for t in k_terms),
+                           broadcast_heads(head, 4), torch.arange(L, device=q.device), torch.arange(S, device=q.device),
+                           plan.allowed, plan.bias, plan.causal)
+    return out
 
 
 def _split(plan: _Plan, terms) -> tuple[tuple, tuple, tuple]:

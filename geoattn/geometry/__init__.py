@@ -1,6 +1,9 @@
 """Geometries: one small module each, registered by name in :mod:`geoattn.geometry.registry`."""
-from .base import AffineForm, ClipWarning, CurvedGeometry, Geometry, Lifted, TemperedGeometry
+from .base import AffineForm, Geometry, Lifted, TemperedGeometry
+from .clip import ClipWarning
+from .curved import CurvedGeometry
 from .euclidean import Euclidean
+from .euclidean_tau import EuclideanTau
 from .l2 import L2
 from .lorentz import Lorentz
 from .metric import Metric
@@ -9,14 +12,8 @@ from .sphere import Sphere
 from .stereographic import Poincare, Stereographic
 
 __all__ = [
-    "AffineForm", "ClipWarning", "CurvedGeometry", "Euclidean", "Geometry", "L2", "Lifted", "Lorentz", "Metric",
-    "Poincare", "Sphere",
+    "AffineForm", "ClipWarning", "CurvedGeometry", "Euclidean", "EuclideanTau", "Geometry", "L2", "Lifted", "Lorentz",
+    "Metric", "Poincare", "Sphere",
     "Stereographic", "TemperedGeometry", "available_geometries", "geometry_class", "geometry_for_module",
     "make_geometry", "register",
 ]
-
-
-def __getattr__(name: str):
-    from .._deprecated import moved
-
-    return moved(__name__, name)

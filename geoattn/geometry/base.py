@@ -1,4 +1,4 @@
-"""The one abstraction: a :class:`Geometry` turns queries and keys into attention scores.
+"""The one abstraction: a :class:`Geometry` turns queries and keys into attention scores; the score's forms.
 
 Every score in geoattn has the form ``score = f(x_qk, a_q, b_k, θ_h)``: a pointwise function of one
 pairwise number ``x_qk`` of *lifted* queries and keys, a few per-query terms ``a_q``, a few per-key
@@ -25,7 +25,7 @@ vectors ``u = q/√E`` (so a unit-variance activation has ``‖u‖ ≈ 1``) and
 similarity is written in units in which the model is Euclidean at the origin (``−½‖x − y‖²`` for
 squared distances, ``−d/2`` for the stereographic distance, whose metric is 4× Euclidean there,
 ``cos θ`` on the sphere), so each geometry's initial attention is as sharp as SDPA's at every head
-size (tested for E = 2 … 128 in ``tests/test_defaults.py``).
+size (the contract of every registered geometry, E = 2 … 128: ``tests/test_contract.py``).
 
 Aggregation is ``post(attend(pre(v)))``: :meth:`pre_values` maps values before the weighted sum,
 :meth:`post_values` finishes after it (midpoints, centroids, normalised means).
@@ -36,23 +36,16 @@ spherical, κ = 0 flat). Temperatures τ > 0 divide the score.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, ClassVar, Sequence
+from typing import Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from ..backends.native.spec import HeadConstants, NativeSpec
 from ..math import eps
-from ..math.vectors import clip_radius as clip_norm, robust_norm, unit
-from . import registry
-from .head import HeadConstants, curvature_from_parameter, parameter_from_curvature
-
-if TYPE_CHECKING:
-    from .metric import MetricConstants
-
-register = registry.register  # geometry modules written against geometry.base keep importing it from here
-Number = float | int
+from .arguments import check_temperature, log_param
+from .tags import Tagged
 
 
 @dataclass
@@ -98,79 +91,7 @@ class AffineForm:
         return Lifted(q, k, q_terms=bias(q_bias, q), k_terms=bias(self.k_bias, k), outer=self.outer)
 
 
-@dataclass
-class NativeSpec:
-    """What the native CPU kernel needs from a geometry (:mod:`geoattn.backends.native`): the kernel ``kind``
-    (``"stereographic"``, ``"sphere"``; ``"lorentz"``, ``"cosine"``, ``"l2"``, whose affine terms the kernel
-    computes from the token norms; ``"affine"``, which runs :meth:`Geometry.affine_form`), the per-head κ and
-    score multiplier μ as :class:`~geoattn.geometry.head.HeadConstants` (None for ``"affine"``: its terms carry
-    them; the kernel's autograd function differentiates the parameters behind them), the tangent ``clip``
-    (√|κ|·‖u‖ ≤ clip, κ < 0) and, for ``"metric"`` (whose terms the kernel computes from q, k and G), the
-    per-head metric G as :class:`~geoattn.geometry.metric.MetricConstants` (likewise without a graph)."""
-
-    kind: str
-    head: HeadConstants | None
-    clip: float
-    metric: MetricConstants | None = None  # the metric kind's G (H, E, E) and its chain rule
-
-
-class ClipWarning(UserWarning):
-    """A hyperbolic geometry shortened some tangent vectors (feature clipping); shown once per geometry."""
-
-
-def per_head(name: str, value: Number | Sequence[Number] | Tensor, num_heads: int) -> Tensor:
-    """A float64 tensor of shape ``(num_heads,)`` (or ``(1,)``, shared by all heads) from a user value."""
-    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
-        raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
-    t = _real_tensor(name, value).detach().clone().reshape(-1)
-    if t.numel() not in (1, num_heads):
-        raise ValueError(
-            f"{name} has {t.numel()} values but the geometry has num_heads={num_heads}; "
-            f"pass one value (shared by all heads) or exactly {num_heads}"
-        )
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{name} must be finite, got {t.tolist()}")
-    return t if t.numel() == num_heads else t.expand(num_heads).clone()
-
-
-def _real_tensor(name: str, value) -> Tensor:
-    """``value`` (a real number, a sequence of them, a real array or tensor) as float64; TypeError for anything
-    else (strings, bools, complex numbers), naming the argument."""
-    def bad(item) -> TypeError:
-        try:
-            fix = f"pass the number itself, e.g. {name}={float(item)!r}" if isinstance(item, (str, bytes)) else ""
-        except ValueError:
-            fix = ""
-        fix = fix or f"pass a float, or one float per head as a list (e.g. {name}=[1.0, 0.5])"
-        what = f"a {item.dtype} tensor" if isinstance(item, Tensor) else f"{type(item).__name__} {item!r}"
-        return TypeError(f"{name} must be a real number, a sequence of numbers (one per head) or a real tensor, "
-                         f"got {what}; {fix}")
-
-    items = list(value) if isinstance(value, (list, tuple)) else [value]
-    for item in items:
-        if isinstance(item, (bool, str, bytes, complex)):
-            raise bad(item)
-    try:  # Python numbers straight to float64 (no float32 rounding); arrays and tensors keep their dtype here
-        t = torch.as_tensor(value) if hasattr(value, "dtype") else torch.as_tensor(value, dtype=torch.float64)
-    except (TypeError, ValueError, RuntimeError):
-        raise bad(value) from None
-    if t.dtype == torch.bool or t.is_complex() or not (t.is_floating_point() or t.dtype in _INT_DTYPES):
-        raise bad(value)
-    return t.to(torch.float64)
-
-
-_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
-
-
-def check_temperature(temperature: Tensor) -> None:
-    if (temperature <= 0).any():
-        raise ValueError(
-            f"temperature must be > 0 (it divides the score), got {temperature.tolist()}; "
-            "use a small positive value such as 0.1 for sharper attention"
-        )
-
-
-class Geometry(nn.Module):
+class Geometry(Tagged):
     """Base class: ``score(q, k) = f(scale·⟨q̃, k̃⟩, a_q, b_k, θ_h)`` with ``(q̃, k̃, a, b, θ) = lift(q, k)``.
 
     Subclasses set ``name``, implement :meth:`lift` and, unless affine (``f = dot + a_q + b_k``, which
@@ -191,31 +112,6 @@ class Geometry(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.learnable = learnable
-        # which geometry (and options) a checkpoint was made with; checked by load_state_dict
-        self.register_buffer("geometry_tag", torch.zeros(registry.TAG_BYTES, dtype=torch.uint8))
-
-    # -- checkpoints -------------------------------------------------------------------------
-    def tag(self) -> str:
-        """The geometry's identity in checkpoints: its name and the values of its :attr:`options`."""
-        return registry.geometry_tag(self)
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        self.geometry_tag.copy_(registry.encode_tag(self.tag()))
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        saved = state_dict.get(prefix + "geometry_tag")
-        if saved is None:  # checkpoints without a tag (e.g. carried over from nn.MultiheadAttention)
-            state_dict[prefix + "geometry_tag"] = registry.encode_tag(self.tag())
-        elif not registry.tag_matches(made_with := registry.decode_tag(saved), self):
-            raise ValueError(
-                f"checkpoint at {prefix or 'the root'!r} was made with geometry {made_with!r} but this "
-                f"module uses {self.tag()!r}; build the model with the checkpoint's geometry (and options), "
-                "or load only the other weights"
-            )
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
 
     # -- parameters --------------------------------------------------------------------------
     def _parameter(self, raw: Tensor, given=None) -> nn.Parameter:
@@ -307,20 +203,6 @@ class Geometry(nn.Module):
         return f"num_heads={self.num_heads}, learnable={self.learnable}{options}"
 
 
-def check_choice(what: str, value: str, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(map(repr, choices))}")
-    return value
-
-
-def log_param(name: str, value, num_heads: int, check: Callable[[Tensor], None] | None = None) -> Tensor:
-    """``log`` of a positive per-head value (the raw parameter of temperatures and |κ|)."""
-    t = per_head(name, value, num_heads)
-    if check is not None:
-        check(t)
-    return t.log()
-
-
 def inverse_sqrt(x: int) -> float:
     return 1.0 / math.sqrt(x)
 
@@ -348,163 +230,3 @@ class TemperedGeometry(Geometry):
     def native_constants(self, ref: Tensor, scale: float | None, coef: float) -> HeadConstants:
         """κ and μ for the native kernel (:mod:`.head`): κ = 0 (unused) and ``μ = coef·scale/τ``."""
         return HeadConstants(None, self.log_temperature, ref.shape[1], coef=coef * (1.0 if scale is None else scale))
-
-
-class CurvedGeometry(TemperedGeometry):
-    """A tempered geometry with a per-head signed curvature κ, and values aggregated linearly or on the manifold.
-
-    ``curvature_sign`` fixes the sign (-1 hyperbolic, +1 spherical; stored as ``log|κ|``, parameter
-    ``raw_curvature``) or leaves it free (0; stored as ``asinh κ``, parameter ``asinh_curvature``: a learnable
-    κ crosses zero smoothly, where ``∂κ/∂r = cosh r ≈ 1``, and far from zero moves on a relative scale as
-    ``log|κ|`` does, ``∂κ/∂r ≈ |κ|``; stored as κ itself, an optimiser's step size capped its change per
-    step, so κ took thousands of steps to reach the −20 that a WordNet embedding asked for). :attr:`curvature_parameter`
-    is the parameter behind κ in either case. ``curvature`` defaults to +1 for a spherical sign, else -1.
-    ``aggregations`` names the ways values may be combined: ``"linear"`` (the weighted sum) and those the
-    geometry implements with :meth:`manifold_values` (before the weighted sum) and :meth:`manifold_output`
-    (after it).
-
-    Geometries that can be negatively curved clip their tangent vectors (feature clipping, Guo et al.,
-    "Clipped Hyperbolic Classifiers Are Super-Hyperbolic Classifiers", CVPR 2022): with ``u = x/√E`` (the
-    scale rule), ``‖u‖ ← min(‖u‖, clip_radius/√|κ|)`` where κ < 0, i.e. points stay within hyperbolic
-    radius ``radius_per_clip·clip_radius/√|κ|`` of the origin (``radius_per_clip`` = 2 for the stereographic
-    geometries, whose ``exp_o`` maps ‖u‖ to distance 2‖u‖, 1 for Lorentz; :meth:`clip_for_radius` inverts it). The
-    class sets ``default_clip``; ``clip_radius=`` overrides it. When the clip acts, :attr:`clipped` counts
-    the vectors it shortened and a :class:`ClipWarning` is shown once per geometry (counted on CPU in
-    eager mode; not under ``torch.compile`` or ``torch.func`` transforms).
-    """
-
-    curvature_sign: ClassVar[int] = 0
-    aggregations: ClassVar[tuple[str, ...]] = ("linear",)
-    default_clip: ClassVar[float | None] = None  # set by geometries that can be negatively curved
-    radius_per_clip: ClassVar[float] = 2.0  # hyperbolic radius (at |κ| = 1) per unit of clip_radius
-    options = ("aggregation",)
-
-    def __init__(self, curvature=None, temperature=1.0, num_heads: int = 1, learnable: bool = False,
-                 aggregation: str = "linear", head_dim: int | None = None, clip_radius: float | None = None) -> None:
-        super().__init__(temperature=temperature, num_heads=num_heads, learnable=learnable, head_dim=head_dim)
-        if curvature is None:
-            curvature = 1.0 if self.curvature_sign > 0 else -1.0
-        kappa = per_head("curvature", curvature, num_heads)
-        sign = self.curvature_sign
-        if sign and not (kappa * sign > 0).all():
-            want = "negative (κ < 0, hyperbolic)" if sign < 0 else "positive (κ > 0, spherical)"
-            other = "'sphere' or 'stereographic'" if sign < 0 else "'poincare', 'lorentz' or 'stereographic'"
-            raise ValueError(
-                f"{self.name} needs a {want} curvature, got {kappa.tolist()}; geoattn uses signed "
-                f"sectional curvature everywhere, so pass e.g. curvature={sign * 1.0}, or use {other}"
-            )
-        setattr(self, self._curvature_name(), self._parameter(parameter_from_curvature(kappa, sign), given=curvature))
-        self.aggregation = check_choice("aggregation", aggregation, self.aggregations)
-        self.clip_radius = self._check_clip(clip_radius)
-        self.clipped = 0            # vectors the clip shortened (CPU, eager)
-        self._clip_warned = False
-
-    def _check_clip(self, clip_radius) -> float | None:
-        if self.default_clip is None:
-            if clip_radius is not None:
-                raise ValueError(f"geometry {self.name!r} is never negatively curved, so it has no tangent clip; "
-                                 "drop clip_radius")
-            return None
-        value = self.default_clip if clip_radius is None else clip_radius
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"clip_radius must be a positive number (the bound on √|κ|·‖u‖), got {value!r}")
-        if not 0 < value < math.inf:
-            raise ValueError(f"clip_radius must be positive and finite (the bound on √|κ|·‖u‖), got {value!r}; the "
-                             f"default is {self.default_clip}")
-        return float(value)
-
-    @classmethod
-    def clip_for_radius(cls, radius: float) -> float:
-        """The ``clip_radius`` that keeps points within hyperbolic distance ``radius/√|κ|`` of the origin."""
-        return radius / cls.radius_per_clip
-
-    @classmethod
-    def _curvature_name(cls) -> str:
-        return "raw_curvature" if cls.curvature_sign else "asinh_curvature"
-
-    @property
-    def curvature_parameter(self) -> nn.Parameter:
-        """The parameter behind κ, (num_heads,): ``raw_curvature = log|κ|`` (fixed sign) or
-        ``asinh_curvature = asinh κ`` (free sign)."""
-        return self._parameters[self._curvature_name()]
-
-    @property
-    def curvature(self) -> Tensor:
-        """Signed κ per head, shape ``(num_heads,)``."""
-        return curvature_from_parameter(self.curvature_parameter, self.curvature_sign)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        """Checkpoints of a free-sign κ written before the ``asinh`` parametrisation stored κ itself as
-        ``raw_curvature``: read as ``asinh_curvature = asinh(κ)``, the same κ."""
-        old, new = prefix + "raw_curvature", prefix + self._curvature_name()
-        if not self.curvature_sign and old in state_dict and new not in state_dict:
-            state_dict[new] = parameter_from_curvature(state_dict.pop(old), 0)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def kappa(self, ref: Tensor) -> Tensor:
-        """κ per head as ``(H,)`` in ``ref``'s compute dtype."""
-        return self._head(self.curvature, ref)
-
-    def native_constants(self, ref: Tensor, scale: float | None, coef: float, power: float = 0.0,
-                         curvature: bool = True) -> HeadConstants:
-        """κ and μ for the native kernel (:mod:`.head`): κ (0 and no gradient unless ``curvature``) and
-        ``μ = coef·scale/τ·|κ|^power``."""
-        raw = self.curvature_parameter if curvature or power else None
-        return HeadConstants(raw, self.log_temperature, ref.shape[1], self.curvature_sign,
-                             coef * (1.0 if scale is None else scale), power)
-
-    # -- tangent vectors ---------------------------------------------------------------------
-    def tangent_norm(self, x: Tensor, kappa: Tensor) -> tuple[Tensor, Tensor]:
-        """``(‖x‖, a = min(‖x‖/√E, clip/√|κ|))`` of ``x`` (B, H, N, E), both (B, H, N, 1), under the scale rule
-        and the clip (counted when it acts); ``kappa`` is (H,)."""
-        norm = robust_norm(x)                                                    # (B, H, N, 1)
-        a = norm / math.sqrt(x.shape[-1])
-        if self.clip_radius is not None:
-            a, shortened = clip_norm(a, kappa.view(-1, 1, 1), self.clip_radius)
-            self.record_clip(shortened)
-        return norm, a
-
-    def radial(self, x: Tensor, kappa: Tensor, input_dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
-        """Direction and tangent norm of ``x`` (B, H, N, E) under the scale rule and the clip:
-        ``(x̂ (B, H, N, E), a (B, H, N, 1))`` (:meth:`tangent_norm`). ``input_dtype``: the dtype x came in (it
-        sets the floor under ‖x‖, see :func:`geoattn.math.vectors.unit`)."""
-        norm, a = self.tangent_norm(x, kappa)
-        return unit(x, norm, input_dtype), a
-
-    def tangent(self, x: Tensor, kappa: Tensor, input_dtype: torch.dtype | None = None) -> Tensor:
-        """The clipped tangent vector ``u = x̂·a`` of ``x`` (see :meth:`radial`), (B, H, N, E)."""
-        direction, a = self.radial(x, kappa, input_dtype)
-        return direction * a
-
-    def record_clip(self, shortened: Tensor | int) -> None:
-        """Count the vectors a clip shortened (a bool tensor, or a count from the native kernel) and warn once."""
-        if isinstance(shortened, Tensor):
-            if (shortened.device.type != "cpu" or torch.compiler.is_compiling()
-                    or torch._C._functorch.is_functorch_wrapped_tensor(shortened)):
-                return
-            shortened = int(shortened.sum())
-        if not shortened:
-            return
-        self.clipped += shortened
-        if not self._clip_warned:
-            self._clip_warned = True
-            warnings.warn(
-                f"geoattn: the {self.name!r} geometry clipped {shortened} tangent vector(s) to √|κ|·‖u‖ = "
-                f"{self.clip_radius} (u = x/√E; feature clipping, which changes their scores). Pass a larger "
-                "clip_radius= to the geometry, or scale the inputs down; geometry.clipped counts every clipped "
-                "vector (this warning is shown once per geometry)", ClipWarning, stacklevel=4)
-
-    # -- aggregation -------------------------------------------------------------------------
-    def pre_values(self, v: Tensor) -> Tensor:
-        return v if self.aggregation == "linear" else self.manifold_values(v)
-
-    def post_values(self, out: Tensor) -> Tensor:
-        return out if self.aggregation == "linear" else self.manifold_output(out)
-
-    def manifold_values(self, v: Tensor) -> Tensor:
-        """Values (B, H, S, Ev) → what the weighted sum of a manifold aggregation runs over."""
-        raise NotImplementedError
-
-    def manifold_output(self, out: Tensor) -> Tensor:
-        """The weighted sum of :meth:`manifold_values` → the aggregate (B, H, L, Ev)."""
-        raise NotImplementedError

@@ -5,8 +5,9 @@ import math
 
 from torch import Tensor
 
+from ..backends.native.spec import NativeSpec
 from ..math import eps
-from .base import AffineForm, Lifted, NativeSpec, TemperedGeometry
+from .base import AffineForm, Lifted, TemperedGeometry
 from .registry import register
 
 

@@ -6,9 +6,11 @@ import math
 import torch
 from torch import Tensor
 
+from ..backends.native.spec import NativeSpec
 from ..math import eps, lorentz
 from ..math.functions import cos_sqrt
-from .base import AffineForm, CurvedGeometry, Lifted, NativeSpec
+from .base import AffineForm, Lifted
+from .curved import CurvedGeometry
 from .registry import register
 
 

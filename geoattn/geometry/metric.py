@@ -1,99 +1,17 @@
 """A learned metric per head: Mahalanobis-distance attention with an SPD matrix by construction."""
 from __future__ import annotations
 
-import functools
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..backends.native.spec import MetricConstants, NativeSpec
 from ..math import eps
-from .base import AffineForm, Lifted, NativeSpec, TemperedGeometry
+from ..math.metric import metric_tensor
+from .base import AffineForm, Lifted, TemperedGeometry
 from .registry import register
-
-
-@functools.lru_cache(maxsize=64)
-def _scaled_identity(size: int, epsilon: float, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``εI`` (size × size), made once per size, ε, dtype and device (read only: the ``baddbmm`` input of
-    :func:`metric_tensor`; making it took two of the five torch ops of a native call's G)."""
-    return epsilon * torch.eye(size, device=device, dtype=dtype)
-
-
-def metric_tensor(factor: Tensor, raw_diagonal: Tensor | None, epsilon: float) -> Tensor:
-    """``G`` per head, shape ``(heads, E, E)``, in one ``baddbmm``: ``F Fᵀ + εI`` (full rank, ``raw_diagonal``
-    None) or ``U Uᵀ + diag(softplus(d) + ε)`` (``factor`` U (heads, E, r), ``raw_diagonal`` d (heads, E))."""
-    diagonal = (_scaled_identity(factor.shape[-2], epsilon, factor.dtype, factor.device)
-                if raw_diagonal is None else torch.diag_embed(F.softplus(raw_diagonal) + epsilon))
-    return torch.baddbmm(diagonal.expand(factor.shape[0], -1, -1), factor, factor.transpose(-1, -2))
-
-
-_G_MEMO: dict[tuple, tuple] = {}  # (id of factor, ε, heads) → (factor, raw_diagonal, G) of MetricConstants.values
-_BITS = {8: torch.int64, 4: torch.int32, 2: torch.int16}
-
-
-def _same_bits(kept: Tensor | None, t: Tensor | None) -> bool:
-    """Whether ``t`` holds exactly the bits of ``kept`` (same dtype, shape, device and values, signed zeros and
-    NaNs included), or both are None."""
-    if kept is None or t is None:
-        return kept is t
-    if kept.dtype != t.dtype or kept.shape != t.shape or kept.device != t.device or t.element_size() not in _BITS:
-        return False
-    bits = _BITS[t.element_size()]
-    return torch.equal(kept.view(bits), t.detach().view(bits))
-
-
-@dataclass
-class MetricConstants:
-    """G of ``heads`` heads for the native kernel without an autograd graph, and its chain rule, in the manner
-    of :class:`~geoattn.geometry.head.HeadConstants`: the kernel's operator
-    (:func:`geoattn.backends.native.op.native_attention`) takes ``factor`` and ``raw_diagonal`` themselves,
-    so a call is one autograd node (G's graph added four: the baddbmm, its transpose, the cast, the expand).
-    Forming G and its gradient costs ≈ 0.07–0.1 ms per call either way at the quick benchmark shape (one
-    thread, outside the C++ kernel; the whole SDPA call takes ≈ 1.4 ms): the torch ops, not the graph, are
-    the cost. With dG the gradient of the G the kernel used (not symmetrised, ``metric.h``) and
-    :func:`metric_tensor`'s form,
-
-        G = F Fᵀ + εI                    ⇒  dF = (dG + dGᵀ) F,
-        G = U Uᵀ + diag(softplus(d) + ε)  ⇒  dU = (dG + dGᵀ) U,   dd = diag(dG) ⊙ sigmoid(d),
-
-    summed over the heads that share a parameter. Checked against :func:`metric_tensor`'s autograd gradients
-    (tests/test_native.py)."""
-
-    factor: Tensor
-    raw_diagonal: Tensor | None
-    epsilon: float
-    heads: int
-
-    def values(self) -> Tensor:
-        """G, (heads, E, E) float32, contiguous, outside autograd (read only: remembered while the parameters keep
-        their bits, as over the steps of decoding, where forming G costs more than comparing them)."""
-        with torch.no_grad():
-            key = (id(self.factor), self.epsilon, self.heads)
-            found = _G_MEMO.get(key)
-            if found is not None and _same_bits(found[0], self.factor) and _same_bits(found[1], self.raw_diagonal):
-                return found[2]
-            g = metric_tensor(self.factor, self.raw_diagonal, self.epsilon).float()
-            g = g if g.shape[0] == self.heads else g.expand(self.heads, -1, -1).contiguous()
-            if len(_G_MEMO) >= 64:
-                _G_MEMO.clear()
-            diagonal = None if self.raw_diagonal is None else self.raw_diagonal.clone()
-            _G_MEMO[key] = (self.factor.clone(), diagonal, g)
-            return g
-
-    def grads(self, d_metric: Tensor) -> tuple[Tensor, Tensor | None]:
-        """The gradients of ``factor`` and ``raw_diagonal`` (None when absent) from that of G ((heads, E, E),
-        summed here over the heads that share a parameter, in the parameters' dtype)."""
-        with torch.no_grad():
-            f = self.factor
-            dg = d_metric.to(f.dtype)
-            if dg.shape[0] != f.shape[0]:  # heads that share a parameter
-                dg = dg.sum_to_size(f.shape[0], *d_metric.shape[1:])
-            d_factor = torch.bmm(dg + dg.transpose(-1, -2), f)  # what @ runs, without matmul's dispatch
-            if self.raw_diagonal is None:
-                return d_factor, None
-            return d_factor, dg.diagonal(dim1=-2, dim2=-1) * torch.sigmoid(self.raw_diagonal)
 
 
 @register

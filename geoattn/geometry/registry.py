@@ -1,4 +1,4 @@
-"""The one geometry factory: names → classes, ``make_geometry``, the per-module factory, checkpoint tags.
+"""The one geometry factory: names → classes, ``make_geometry``, the per-module factory, the options that rebuild one.
 
 Every way of getting a geometry goes through here: ``geoattn.attention(geometry="poincare")``,
 :class:`geoattn.MultiheadAttention`, the backbone's :class:`~geoattn.models.TransformerConfig`,
@@ -7,34 +7,30 @@ the benchmarks. Every geometry constructor takes ``num_heads`` and ``head_dim`` 
 not need the head size ignores it), so the factory never special-cases a geometry.
 
 A geometry's identity in checkpoints, ``geometry_tag``, is its name and the values of the options it
-declares (``options = ("score", "aggregation")``…): ``"sphere|score=cosine|aggregation=linear"``.
+declares (:mod:`geoattn.geometry.tags`); :func:`rebuild_options` gives the options that rebuild it by name.
 """
 from __future__ import annotations
 
 import copy as copying
 import inspect
-import warnings
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import torch
-from torch import Tensor
-
-if TYPE_CHECKING:
-    from .base import Geometry
+from .base import Geometry
 
 _REGISTRY: dict[str, type[Geometry]] = {}
-_WITHOUT_HEAD_DIM: set[type] = set()  # registered classes whose constructor predates ``head_dim`` (deprecated)
 
 
 def register(cls: type[Geometry]) -> type[Geometry]:
-    """Class decorator: make a geometry available under ``cls.name`` to :func:`make_geometry`."""
+    """Class decorator: make a geometry available under ``cls.name`` to :func:`make_geometry`. Its constructor
+    must take ``num_heads`` and ``head_dim`` (by name, or through ``**options``): the factory passes both."""
+    params = inspect.signature(cls.__init__).parameters
+    accepts = lambda key: key in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())  # noqa: E731
+    missing = [key for key in ("num_heads", "head_dim") if not accepts(key)]
+    if missing:
+        raise TypeError(f"geometry {cls.name!r}: its __init__ takes no {' or '.join(missing)}; geoattn passes "
+                        "num_heads and head_dim to every geometry it builds by name, so add them (e.g. "
+                        "`num_heads: int = 1, head_dim: int | None = None`, unused if the geometry does not need them)")
     _REGISTRY[cls.name] = cls
-    params = inspect.signature(cls.__init__).parameters.values()
-    if not any(p.name == "head_dim" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        warnings.warn(f"geometry {cls.name!r}: its __init__ takes no head_dim; geoattn gives head_dim to every "
-                      "geometry it builds by name, so add `head_dim: int | None = None` (or **options) to it. Until "
-                      "then it is built without head_dim", DeprecationWarning, stacklevel=2)
-        _WITHOUT_HEAD_DIM.add(cls)
     return cls
 
 
@@ -62,8 +58,6 @@ def make_geometry(geometry: str | Geometry, num_heads: int | None = None, head_d
     instance is returned as it is: it takes no ``params`` (ValueError) and, given ``num_heads``, must
     have parameters for that many heads or for one.
     """
-    from .base import Geometry
-
     if isinstance(geometry, Geometry):
         if params:
             raise ValueError(f"geometry parameters {sorted(params)} were given with a Geometry instance; "
@@ -72,7 +66,7 @@ def make_geometry(geometry: str | Geometry, num_heads: int | None = None, head_d
             geometry.check_heads(num_heads)
         return geometry
     cls = geometry_class(geometry)
-    sizes = {"num_heads": num_heads, "head_dim": None if cls in _WITHOUT_HEAD_DIM else head_dim}
+    sizes = {"num_heads": num_heads, "head_dim": head_dim}
     return cls(**{key: value for key, value in sizes.items() if value is not None}, **params)
 
 
@@ -97,33 +91,6 @@ def geometry_for_module(geometry: str | Geometry, num_heads: int, head_dim: int,
             f"{head_dim} features (embed_dim // num_heads); build it with head_dim={head_dim} or leave head_dim out"
         )
     return geom
-
-
-# -- checkpoint tags ---------------------------------------------------------------------------------
-TAG_BYTES = 64
-
-
-def geometry_tag(geometry: Geometry) -> str:
-    """``name|option=value|…`` over the options the geometry's class declares."""
-    return "|".join([geometry.name, *(f"{key}={getattr(geometry, key)}" for key in geometry.options)])
-
-
-def encode_tag(tag: str) -> Tensor:
-    raw = tag.encode()[:TAG_BYTES]
-    return torch.tensor(list(raw) + [0] * (TAG_BYTES - len(raw)), dtype=torch.uint8)
-
-
-def decode_tag(t: Tensor) -> str:
-    return bytes(int(b) for b in t.reshape(-1).tolist() if b).decode(errors="replace")
-
-
-def tag_matches(saved: str, geometry: Geometry) -> bool:
-    """A checkpoint fits ``geometry`` when the names agree and every option it records has this value
-    (so a checkpoint written before an option was declared still loads)."""
-    name, *recorded = saved.split("|")
-    return name == geometry.name and all(
-        item == f"{key}={getattr(geometry, key, None)}" for item in recorded for key in [item.partition("=")[0]]
-    )
 
 
 def rebuild_options(geometry: Geometry) -> dict[str, Any]:

@@ -6,9 +6,12 @@ import math
 import torch
 from torch import Tensor
 
+from ..backends.native.spec import NativeSpec
 from ..math import eps, sphere
 from ..math.vectors import robust_norm, unit
-from .base import AffineForm, CurvedGeometry, Lifted, NativeSpec, check_choice
+from .arguments import check_choice
+from .base import AffineForm, Lifted
+from .curved import CurvedGeometry
 from .registry import register
 
 

@@ -7,10 +7,12 @@ from torch import Tensor
 
 import torch
 
+from ..backends.native.spec import NativeSpec
 from ..math import eps
 from ..math import stereographic as stereo
 from ..math.functions import asinh, safe_sqrt
-from .base import CurvedGeometry, Lifted, NativeSpec
+from .base import Lifted
+from .curved import CurvedGeometry
 from .registry import register
 
 
@@ -28,7 +30,7 @@ class Stereographic(CurvedGeometry):
     ``s² = (a - b)² sinc_sqrt(κ(a - b)²)² + σ_a σ_b ‖q̂ - k̂‖²``, ``d = 2 s arcsinc_sqrt(κ s²)``. Tangent
     vectors are clipped to ``√|κ|·‖u‖ ≤ clip_radius`` where κ < 0 (default 10: hyperbolic radius 20/√|κ|,
     where float64 inputs still locate points to 1e-10 relative and typical activations, ``‖u‖ ≈ 1``, are
-    far inside; counted and warned about when it acts, see :class:`~geoattn.geometry.base.CurvedGeometry`).
+    far inside; counted and warned about when it acts, see :class:`~geoattn.geometry.curved.CurvedGeometry`).
 
     Aggregation ``"linear"`` (weighted sum of values) or ``"midpoint"`` (gyromidpoint of ``exp₀(v/√E)``,
     mapped back with ``√E·log₀``). Source: Bachmann, Bécigneul, Ganea, "Constant Curvature Graph

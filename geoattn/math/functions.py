@@ -7,8 +7,6 @@ With ``v = κ‖u‖²`` the trigonometric (κ > 0) and hyperbolic (κ < 0) func
 * ``sinc_sqrt(v) = sin(√v)/√v`` for v ≥ 0, ``sinh(√-v)/√-v`` for v < 0;
 * ``arcsinc_sqrt(v) = arcsin(√v)/√v`` for v > 0, ``arsinh(√-v)/√-v`` for v < 0 (the inverse of the chord).
 
-(The names ``C``, ``S``, ``H`` of earlier versions still work, with a DeprecationWarning.)
-
 Each is evaluated with a Taylor series near 0 and with ``torch.where`` over *sanitised* branch
 inputs elsewhere, so no branch ever produces a NaN that could leak into a gradient. This is written
 by hand (rather than taken from geoopt, whose ``tan_k``/``artan_k`` blow up or saturate) because it
@@ -77,9 +75,3 @@ def asinh(x: Tensor) -> Tensor:
 def safe_sqrt(x: Tensor, floor: float) -> Tensor:
     """``√max(x, floor)``: finite value and gradient when ``x`` rounds to or below zero."""
     return x.clamp(min=floor).sqrt()
-
-
-def __getattr__(name: str):
-    from .._deprecated import moved
-
-    return moved(__name__, name)

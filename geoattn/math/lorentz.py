@@ -20,9 +20,14 @@ from .functions import arcsinc_sqrt, cos_sqrt, sinc_sqrt
 from .stereographic import clip_tangent
 
 
-def expmap0(u: Tensor, kappa: Tensor, clip: float | None = eps.MAX_HYPERBOLIC_ANGLE) -> Tensor:
+def expmap0(u: Tensor, kappa: Tensor, *, clip: float | None) -> Tensor:
     """Tangent vectors at the origin (..., D) → hyperboloid points (..., D+1), time coordinate first.
-    ``clip``: :func:`~geoattn.math.stereographic.clip_tangent` first (None: u is used as given)."""
+
+    ``clip`` (required, so a clip is always a choice): ``√|κ|·‖u‖ ≤ clip`` first
+    (:func:`~geoattn.math.stereographic.clip_tangent`; ``eps.MAX_HYPERBOLIC_ANGLE`` = 15 keeps ``cosh`` far from
+    overflow in float32), or None where ``u`` is already clipped (a geometry's ``clip_radius``, counted) or is
+    known to be small. The clip here is not counted: a geometry clips with
+    :meth:`~geoattn.geometry.curved.CurvedGeometry.tangent`, which warns when it acts."""
     if clip is not None:
         u = clip_tangent(u, kappa, clip)
     v = kappa * (u * u).sum(-1, keepdim=True)

@@ -16,7 +16,7 @@ from . import eps
 
 class _WideNorm(torch.autograd.Function):
     """``‖x‖`` (keepdim) with the squares summed in float64 and the gradient ``g·x/‖x‖`` formed in x's dtype
-    (autograd of the float64 reduction would run its backward over x in float64: measured 2× slower)."""
+    (autograd of the float64 reduction would run its backward over x in float64, a second full-width pass)."""
 
     generate_vmap_rule = True
 

@@ -3,9 +3,3 @@ from .multihead import MultiheadAttention
 from .optim import riemannian_optimizer
 
 __all__ = ["MultiheadAttention", "riemannian_optimizer"]
-
-
-def __getattr__(name: str):
-    from .._deprecated import moved
-
-    return moved(__name__, name)

@@ -18,7 +18,7 @@ per element, and the tile multiplied back. Two families of kinds:
   affine form of :mod:`geoattn.math.eps`).
 
 Per-head κ and μ, and the learned metric's G, come from the geometry's parameters without an autograd
-graph (:class:`~geoattn.geometry.head.HeadConstants`, :class:`~geoattn.geometry.metric.MetricConstants`);
+graph (:class:`~.spec.HeadConstants`, :class:`~.spec.MetricConstants`);
 outputs and gradients are laid out as SDPA lays out its own, (B, L, H, E) in memory, so a transformer
 layer reshapes them without a copy.
 
@@ -29,11 +29,14 @@ runs float32 (bf16/fp16 inputs are cast up, as every geometric score is), and fl
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import torch
 
 from ..base import Backend, Unavailable, fused_unsupported
 from .build import SWITCHED_OFF, load
-from .kernel import KINDS, affine_terms, kernel_input
+from .kernel import affine_terms, kernel_input
 from .op import forward_call, native_attention
 
 __all__ = ["NativeBackend", "load"]
@@ -49,11 +52,29 @@ def _unavailable() -> str | None:
     return native if native == SWITCHED_OFF else Unavailable(native)  # switched off on purpose: no warning
 
 
+@torch.compiler.assume_constant_result
+def _kinds() -> tuple[str, ...]:
+    """The kinds the loaded library has (its ABI table; none where it is not loaded), a constant under compile."""
+    native = load()
+    return () if isinstance(native, str) else tuple(native.abi.kinds)
+
+
+def _dense_output(call, q, k, values):
+    """The dense backend's (B, H, L, Ev) output of ``call`` with these q, k and (mapped) values: what the kernel's
+    backward differentiates when autograd records it (``create_graph=True``)."""
+    from ..dense import DenseBackend  # here: geoattn.geometry imports this package's spec while loading
+
+    again = dataclasses.replace(call, q=q, k=k, v=values, verdicts={}, cache={"values": values})  # values: already
+    # mapped by the geometry's pre_values
+    return DenseBackend().run(again)[0]
+
+
 class NativeBackend(Backend):
     name = "native"
 
     def unsupported(self, call):
-        if call.geometry.native_kind not in KINDS:
+        kind = call.geometry.native_kind
+        if kind is None:
             return (f"geometry {call.geometry.name!r} has no native kernel (the stereographic, poincare, lorentz, "
                     "sphere, metric and l2 scores have one); use backend='auto'")
         if call.device.type != "cpu":
@@ -68,7 +89,13 @@ class NativeBackend(Backend):
         if bias is not None and bias.requires_grad and torch.is_grad_enabled():
             return ("the native backend does not differentiate a float attn_mask that requires grad; fold the "
                     "learnable bias into the geometry, or use backend='dense'")
-        return _unavailable()
+        reason = _unavailable()
+        if reason is not None:
+            return reason
+        if kind not in _kinds():
+            return (f"geometry {call.geometry.name!r} names native_kind={kind!r}, which the native kernel does not "
+                    f"have (it has {', '.join(_kinds())}); set native_kind = 'affine' or None")
+        return None
 
     def arguments(self, call) -> tuple:
         """The arguments of :func:`~.op.native_attention` for ``call`` (the kernel's inputs in float32, the
@@ -95,6 +122,10 @@ class NativeBackend(Backend):
         # the operator where autograd or a compiler must see the call; else its implementation, directly
         direct = not call.needs_grad and not torch.compiler.is_compiling()
         out, _, _, clipped = (forward_call if direct else native_attention)(*args)
+        if not torch.compiler.is_compiling() and out.grad_fn is not None:
+            # what the registered backward differentiates under create_graph=True (op.py); an eager call's node is
+            # the autograd context that backward receives
+            out.grad_fn.reference = functools.partial(_dense_output, call)
         geometry = call.geometry
         if spec.clip and hasattr(geometry, "record_clip") and not torch.compiler.is_compiling():  # eager only, as
             # the other backends count it

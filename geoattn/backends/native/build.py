@@ -41,22 +41,24 @@ from pathlib import Path
 
 import torch
 
+from . import abi
 from . import flags as _flags
 from .flags import Compiler, Flags, ProbeCache, Target
 
 SOURCES = [Path(__file__).with_name("kernel.cpp")]
 HEADERS = sorted(Path(__file__).parent.glob("*.h"))
-ABI = 10  # must equal geoattn_native_abi() in kernel.cpp (and the Problem layout in kernel.py)
 SWITCHED_OFF = "the native kernel is switched off (GEOATTN_NATIVE=0)"
 
 
 @dataclass
 class Native:
-    """A loaded kernel: the library, the address of the sgemm it calls, and whether it runs threads."""
+    """A loaded kernel: the library, the address of the sgemm it calls, its constants (:mod:`.abi`) and whether
+    it runs threads."""
 
     lib: ctypes.CDLL
     sgemm: int
     path: Path
+    abi: abi.Constants
     openmp: bool = True
 
 
@@ -203,13 +205,14 @@ def _load() -> Native | str:
         lib = ctypes.CDLL(str(p.library))
     except OSError as err:
         return f"the native kernel at {p.library} could not be loaded ({err}); delete the file to rebuild it"
-    if lib.geoattn_native_abi() != ABI:
-        return f"the native kernel at {p.library} has ABI {lib.geoattn_native_abi()}, expected {ABI}; delete the file"
+    constants = abi.read(lib)
+    if isinstance(constants, str):
+        return f"the native kernel at {p.library} does not match this geoattn: {constants}"
     if not p.flags.openmp:
         warnings.warn(f"geoattn: the native kernel was built without OpenMP by {p.compiler.path}, so it runs on one "
                       f"thread. Fix: {openmp_fix(p.compiler.family)}, then `python -m geoattn doctor --rebuild`.",
                       UserWarning, stacklevel=2)
-    return Native(lib, sgemm, p.library, p.flags.openmp)
+    return Native(lib, sgemm, p.library, constants, p.flags.openmp)
 
 
 def clear() -> list[Path]:

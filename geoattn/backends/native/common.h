@@ -128,7 +128,7 @@ inline float fasin(float x) {  // x in [0, 1]
 }
 
 // Double precision, vectorisable (the per-token terms are computed for all tokens of a head in one simd loop;
-// std::exp and std::expm1 are scalar library calls, ~40% of the per-token work at E = 16).
+// std::exp and std::expm1 are scalar library calls, which would keep that loop scalar).
 inline double as_double(int64_t i) { double f; std::memcpy(&f, &i, 8); return f; }
 
 // e^x (|error| ≤ 1 ulp more than the rounding of the Taylor sum): x = n ln 2 + r, |r| ≤ ln2/2 (ln 2 in two
@@ -164,8 +164,8 @@ constexpr float kSeriesX = 1e-3f;   // |κ s²| below which H uses its Taylor se
 constexpr double kSeriesSigma = 1e-4;  // |4κa²| below which σ uses its Taylor series
 constexpr float kSqrtMin = 1e-14f;  // floor under s² (finite gradient at coincident points)
 
-// Flush denormals to zero while a kernel runs (tiny probabilities and their gradients would take the
-// slow microcoded path: measured 1.7× on the backward); the caller's mode is restored.
+// Flush denormals to zero while a kernel runs (tiny probabilities and their gradients would otherwise take
+// the processor's slow microcoded path for denormal operands); the caller's mode is restored.
 struct FlushDenormals {
 #if defined(__SSE__)
   unsigned int saved = _mm_getcsr();
@@ -202,8 +202,8 @@ inline float* row_ptr_mut(const View& t, int64_t n, int64_t H, int64_t r) {
   return t.data + (n / H) * t.sb + (n % H) * t.sh + r * t.sr;
 }
 
-// Row buffers and accumulators are spaced by a non-power-of-two stride: arrays 4 KiB apart alias in
-// the store-forwarding logic (measured 2.5× on the backward).
+// Row buffers and accumulators are spaced by a non-power-of-two stride: arrays a multiple of 4 KiB apart alias
+// in the store-forwarding logic ("4K aliasing"), and each such load waits for an unrelated store.
 inline int64_t padded(int64_t S) { return S + 80; }
 
 // ---------------------------------------------------------------------------------------------
@@ -233,9 +233,9 @@ constexpr int64_t kLanes = 16;
 inline int64_t lanes_up(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }
 
 // W per-lane partial results of a loop run in blocks of W (`for j0 …; omp simd for j in [j0, j0 + W)`, into
-// v[j − j0]), combined by halves at the end: log2(W) dependent vector ops. `omp simd reduction` ends the loop
-// with the lanes added one after another, 16 dependent scalar adds per sum and row (GCC 12, masked epilogues):
-// at 64 keys a third of the exp pass, and the max of a row the same.
+// v[j − j0]), combined by halves at the end: log2(W) dependent vector ops. An `omp simd reduction` may end the
+// loop with the lanes added one after another (16 dependent scalar adds per sum and row, a large share of a
+// short row's work), and its order of additions is the compiler's; here it is fixed, so results are too.
 template <class T, int W>
 struct Partials {
   T v[W] = {};
@@ -256,8 +256,8 @@ using Lanes = Partials<float, kLanes>;  // a row's sums and maxima
 
 #if defined(__AVX512F__)
 // The same halving in registers, pair for pair (v[t] with v[t + w], w = 8, 4, 2, 1 for floats; 4, 2, 1 for
-// doubles), so the same bits: GCC 12 kept the generic loops' array on the stack, a store and a reload per step
-// (a quarter of exp_row's samples at the quick shape). MAXPS(a, b) is a > b ? a : b, as the generic max.
+// doubles), so the same bits, with the partials in registers (a compiler may keep the generic loops' array on
+// the stack, a store and a reload per step). MAXPS(a, b) is a > b ? a : b, as the generic max.
 // v[0..15] combined by halves with op: its 256- and 128-bit vector forms, and its scalar form for the last pair
 template <class Op256, class Op128, class Op1>
 inline float halves16(const float* v, Op256 op256, Op128 op128, Op1 op1) {
@@ -390,8 +390,8 @@ void exp_rows2(const float* sa, float ma, float* pa, int64_t ja, const float* sb
   sumb = lb.sum();
 }
 
-// max of s[0, n), n a multiple of kLanes (GCC 12 does not vectorise a float max reduction, and the scalar one is
-// latency-bound at ~4 cycles per element)
+// max of s[0, n), n a multiple of kLanes, in kLanes partial maxima (compilers do not vectorise a float max
+// reduction without -ffast-math, and a scalar one is a chain of dependent compares)
 inline float row_max(const float* s, int64_t n) {
   Lanes m;
   for (int t = 0; t < kLanes; ++t) m.v[t] = kNegInf;

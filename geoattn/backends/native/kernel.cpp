@@ -13,7 +13,7 @@
 // Why by hand: the score chain (gap → distance → softmax) runs in one vectorised pass per element, and
 // nearly parallel pairs need a data-dependent exact recomputation that neither SDPA nor a compiled torch
 // graph can express; and an affine score with per-key and outer terms runs at the head dim E, where SDPA
-// needs one or two more columns (E + 1 costs its CPU kernel ~17% at E = 64). geoattn's dense float64
+// needs one or two more columns (E + 1, off the vector widths its CPU kernel is fast at). geoattn's dense float64
 // backend is the oracle this file is tested against (tests/test_native.py).
 //
 // Distances never cancel. With u = q/√E the tangent vector (clipped to √|κ|‖u‖ ≤ clip for κ < 0),
@@ -33,6 +33,7 @@
 #include "stereographic.h"
 
 #ifdef _OPENMP
+#include <cstddef>
 #include <omp.h>
 #endif
 
@@ -319,6 +320,13 @@ int64_t side_terms(const Problem& P, double kappa, bool key, const double* norms
   return clipped;
 }
 
+// fn(key, rows, x) for a head's queries (key = false, rows = L, x = q), then its keys (true, S, k)
+template <class Fn>
+inline void for_each_side(const Problem& P, Fn&& fn) {
+  fn(false, P.L, P.q);
+  fn(true, P.S, P.k);
+}
+
 // Fill the caller's term buffers (forward only; the backward reads them back).
 void compute_terms(const Problem& P) {
   const int64_t N = P.B * P.H;
@@ -326,16 +334,13 @@ void compute_terms(const Problem& P) {
 #pragma omp parallel for schedule(static) num_threads(P.nthreads) reduction(+ : clipped)
   for (int64_t n = 0; n < N; ++n) {
     const double kappa = head_kappa(P, n);
-    for (int side = 0; side < 2; ++side) {
-      const bool key = side == 1;
-      const int64_t rows = key ? P.S : P.L;
-      const View& x = key ? P.k : P.q;
+    for_each_side(P, [&](bool key, int64_t rows, const View& x) {
       const int64_t stride = key ? key_stride(P) : rows;  // of a term's row
       float* out = (key ? P.kterms : P.qterms) + n * kTerms * stride;
       double* norms = (key ? P.knorm : P.qnorm) + n * rows;
       for (int64_t r = 0; r < rows; ++r) norms[r] = row_norm(row_ptr(x, n, P.H, r), P.D);
       clipped += side_terms(P, kappa, key, norms, rows, out, stride);
-    }
+    });
   }
   if (P.clipped) *P.clipped = clipped;
 }
@@ -388,10 +393,7 @@ void token_chain(const Problem& P, const Terms& T, const Grads& Gr) {
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < N; ++n) {
       const double kappa = head_kappa(P, n);
-      for (int side = 0; side < 2; ++side) {
-        const bool key = side == 1;
-        const int64_t rows = key ? P.S : P.L;
-        const View& x = key ? P.k : P.q;
+      for_each_side(P, [&](bool key, int64_t rows, const View& x) {
         const View& dx = key ? P.dk : P.dq;
         const float* g = (key ? Gr.k.data() : Gr.q.data()) + n * 3 * rows;
         const double* norms = (key ? T.kn : T.qn) + n * rows;
@@ -403,7 +405,7 @@ void token_chain(const Problem& P, const Terms& T, const Grads& Gr) {
           const float f = fac[r];
           for (int64_t d = 0; d < P.D; ++d) dr[d] += f * xr[d];
         }
-      }
+      });
     }
 #pragma omp critical(geoattn_token_chain)
     for (int64_t h = 0; h < P.H; ++h) gk[h] += mine[h];
@@ -446,7 +448,39 @@ using namespace geoattn_native;
 
 extern "C" {
 
-int geoattn_native_abi() { return 10; }
+// The layout of View and Problem and the constants Python passes on, by name, for abi.py to check its ctypes
+// mirror against when it loads the library (sizes and offsets in bytes).
+#define FIELD(T, f) {#T "." #f, (int64_t)offsetof(T, f)},
+struct LayoutEntry {
+  const char* name;
+  int64_t value;
+};
+const LayoutEntry kLayout[] = {
+    {"sizeof View", (int64_t)sizeof(View)}, {"sizeof Problem", (int64_t)sizeof(Problem)},
+    FIELD(View, data) FIELD(View, sb) FIELD(View, sh) FIELD(View, sr) FIELD(Problem, B) FIELD(Problem, H)
+    FIELD(Problem, L) FIELD(Problem, S) FIELD(Problem, D) FIELD(Problem, Ev) FIELD(Problem, bq) FIELD(Problem, kind)
+    FIELD(Problem, causal) FIELD(Problem, nthreads) FIELD(Problem, chunk) FIELD(Problem, q) FIELD(Problem, k)
+    FIELD(Problem, v) FIELD(Problem, out) FIELD(Problem, lse) FIELD(Problem, kappa) FIELD(Problem, mu)
+    FIELD(Problem, inv_sqrt_e) FIELD(Problem, clip) FIELD(Problem, eta) FIELD(Problem, want_dkappa)
+    FIELD(Problem, allowed) FIELD(Problem, am_b) FIELD(Problem, am_h) FIELD(Problem, am_i) FIELD(Problem, am_j)
+    FIELD(Problem, bias) FIELD(Problem, bm_b) FIELD(Problem, bm_h) FIELD(Problem, bm_i) FIELD(Problem, bm_j)
+    FIELD(Problem, clipped) FIELD(Problem, qterms) FIELD(Problem, kterms) FIELD(Problem, qnorm) FIELD(Problem, knorm)
+    FIELD(Problem, dout) FIELD(Problem, dq) FIELD(Problem, dk) FIELD(Problem, dv) FIELD(Problem, dkappa)
+    FIELD(Problem, dmu) FIELD(Problem, dkbias) FIELD(Problem, dqouter) FIELD(Problem, dkouter)
+    FIELD(Problem, dqfactor) FIELD(Problem, dkfactor) FIELD(Problem, outer) FIELD(Problem, pad3_)
+    FIELD(Problem, sgemm) FIELD(Problem, metric) FIELD(Problem, ktilde) FIELD(Problem, dmetric)
+    {"kind.stereographic", kStereographic}, {"kind.sphere", kSphere}, {"kind.affine", kAffine},
+    {"kind.lorentz", kLorentz}, {"kind.cosine", kCosine}, {"kind.l2", kL2}, {"kind.metric", kMetric},
+    {"kTerms", kTerms}, {"kLanes", kLanes},
+};
+#undef FIELD
+
+// Writes up to `cap` entries of the table into names and values; returns the table's length.
+int64_t geoattn_native_layout(const char** names, int64_t* values, int64_t cap) {
+  const int64_t n = sizeof(kLayout) / sizeof(kLayout[0]);
+  for (int64_t i = 0; i < std::min(n, cap); ++i) names[i] = kLayout[i].name, values[i] = kLayout[i].value;
+  return n;
+}
 
 void geoattn_forward(const Problem* P) {
   FlushDenormals ftz;

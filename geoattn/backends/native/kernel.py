@@ -18,40 +18,24 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ...geometry.head import HeadConstants
-from ...geometry.metric import MetricConstants
+from ..base import readable_rows, rows_apart
+from .abi import Constants, Problem as _Problem, View as _View
 from .build import Native
+from .spec import HeadConstants, MetricConstants
 
-KINDS = {"stereographic": 0, "sphere": 1, "affine": 2, "lorentz": 3, "cosine": 4, "l2": 5, "metric": 6}
-TERMS = 5  # per-token terms of kernel.cpp (kTerms)
-LANES = 16  # the kernel's vector width in floats (common.h, kLanes)
 ETA = 1.0 / 32  # gaps below this (nearly parallel pairs) are recomputed from the vectors in double precision
 TILE_ELEMENTS = 1 << 17  # bq·chunk of a work item's score tile (512 KiB in float32: it stays in L2)
 CHUNK = 512  # keys per tile (FlashAttention's key blocks; PyTorch's CPU flash kernel uses 256 × 512 tiles)
 
-_P, _I64, _I32, _F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_float
-
-
-class _View(ctypes.Structure):
-    _fields_ = [("data", _P), ("sb", _I64), ("sh", _I64), ("sr", _I64)]
-
-
-class _Problem(ctypes.Structure):  # the layout of ``struct Problem`` in kernel.cpp
-    _fields_ = [
-        ("B", _I64), ("H", _I64), ("L", _I64), ("S", _I64), ("D", _I64), ("Ev", _I64), ("bq", _I64),
-        ("kind", _I32), ("causal", _I32), ("nthreads", _I32), ("chunk", _I32),
-        ("q", _View), ("k", _View), ("v", _View), ("out", _View), ("lse", _P), ("kappa", _P), ("mu", _P),
-        ("inv_sqrt_e", _F32), ("clip", _F32), ("eta", _F32), ("want_dkappa", _I32),
-        ("allowed", _P), ("am_b", _I64), ("am_h", _I64), ("am_i", _I64), ("am_j", _I64),
-        ("bias", _P), ("bm_b", _I64), ("bm_h", _I64), ("bm_i", _I64), ("bm_j", _I64),
-        ("clipped", _P), ("qterms", _P), ("kterms", _P), ("qnorm", _P), ("knorm", _P),
-        ("dout", _View), ("dq", _View), ("dk", _View), ("dv", _View), ("dkappa", _P), ("dmu", _P), ("dkbias", _P),
-        ("dqouter", _P), ("dkouter", _P), ("dqfactor", _P), ("dkfactor", _P), ("outer", _I32), ("pad3_", _I32),
-        ("sgemm", _P), ("metric", _P), ("ktilde", _P), ("dmetric", _P),
-    ]
+_F32 = ctypes.c_float
 
 
 def _view(t: Tensor) -> _View:
+    """Where a tensor of rows becomes a pointer: q, k, v, dO and the outputs. Refuses a layout BLAS cannot read
+    (:func:`kernel_input` makes every tensor readable first)."""
+    if t.dtype != torch.float32 or not rows_apart(t):
+        raise RuntimeError(f"geoattn native kernel: a {tuple(t.shape)} tensor with strides {t.stride()} and dtype "
+                           f"{t.dtype} reached the kernel without kernel_input(); this is a bug in geoattn")
     return _View(t.data_ptr(), *t.stride()[:3])
 
 
@@ -81,13 +65,17 @@ def _problem(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: ctypes.Array, m
     chunk = max(1, min(S, CHUNK))
     qterms, kterms, qnorm, knorm = terms
     p = _Problem(B=B, H=H, L=L, S=S, D=D, Ev=v.shape[-1], bq=max(16, min(256, TILE_ELEMENTS // chunk)),
-                 kind=KINDS[plan.kind], causal=int(plan.causal), nthreads=torch.get_num_threads(), chunk=chunk,
+                 kind=plan.native.abi.kinds[plan.kind], causal=int(plan.causal), nthreads=torch.get_num_threads(),
+                 chunk=chunk,
                  q=_view(q), k=_view(k), v=_view(v), kappa=ctypes.addressof(kappa), mu=ctypes.addressof(mu),
                  inv_sqrt_e=1 / math.sqrt(D), clip=plan.clip, eta=ETA, sgemm=plan.native.sgemm,
                  outer=int(plan.kind == "lorentz"),  # its time coordinates; the "affine" kind's callers set it
                  qterms=qterms, kterms=kterms, qnorm=qnorm, knorm=knorm)
-    for part, prefix in ((plan.allowed, "am"), (plan.bias, "bm")):
-        if part is not None:
+    for part, prefix, dtype in ((plan.allowed, "am", torch.bool), (plan.bias, "bm", torch.float32)):
+        if part is not None:  # read element by element through its strides (common.h): any layout, 0 included
+            if part.dtype != dtype:
+                raise RuntimeError(f"geoattn native kernel: a {part.dtype} mask part where {dtype} is read; this is "
+                                   "a bug in geoattn")
             full = part.expand(B, H, L, S)  # a view: broadcast dims get stride 0
             setattr(p, "allowed" if prefix == "am" else "bias", full.data_ptr())
             for name, stride in zip("bhij", full.stride()):
@@ -100,33 +88,35 @@ def _heads_last(like: Tensor, rows: int, cols: int) -> Tensor:
     outputs and gradients: what a transformer layer makes of them (``out.transpose(1, 2).reshape(B, T, H·E)``,
     the gradients of q, k, v split from one projection) is then a view, not a copy."""
     B, H = like.shape[:2]
-    return torch.empty_strided((B, H, rows, cols), (rows * H * cols, cols, H * cols, 1), dtype=like.dtype,
+    width = max(cols, 1)  # a row stride of at least 1 also without columns (BLAS's leading dimension)
+    return torch.empty_strided((B, H, rows, cols), (rows * H * width, width, H * width, 1), dtype=like.dtype,
                                device=like.device)
 
 
-def _layout(B: int, H: int, L: int, S: int) -> tuple[int, int, int, int]:
-    """Offsets (in floats) in :func:`_buffers`' allocation: the lse, the q terms, the k terms, and its size."""
-    N, Sp = B * H, -(-S // LANES) * LANES
+def _layout(B: int, H: int, L: int, S: int, abi: Constants) -> tuple[int, int, int, int]:
+    """Offsets (in floats) in :func:`_buffers`' allocation: the lse, the q terms, the k terms, and its size
+    (``abi``: the library's per-token term count and vector width)."""
+    N, Sp = B * H, -(-S // abi.lanes) * abi.lanes
     # key-term rows padded with zeros to whole vectors: the kernel's row loops read up to one past S (Row)
     start = 2 * N * (L + S)  # floats taken by the norms
     q_at = start + N * L  # floats before the q terms (norms, lse), then before the k terms
-    k_at = q_at + N * TERMS * L
-    return start, q_at, k_at, k_at + N * TERMS * Sp
+    k_at = q_at + N * abi.terms * L
+    return start, q_at, k_at, k_at + N * abi.terms * Sp
 
 
-def _buffers(q: Tensor, k: Tensor, affine: AffineTerms | None) -> Tensor:
+def _buffers(q: Tensor, k: Tensor, affine: AffineTerms | None, abi: Constants) -> Tensor:
     """The forward's small outputs in one zeroed float32 allocation, kept until the backward: the norms (B·H, L),
-    (B·H, S) in double (first, so they are aligned), the lse (B·H, L) and the per-token term buffers (B·H, 5, L),
-    (B·H, 5, S padded). The kernel fills them (forward) for its own kinds; the affine kind's terms are written
+    (B·H, S) in double (first, so they are aligned), the lse (B·H, L) and the per-token term buffers (B·H, kTerms, L),
+    (B·H, kTerms, S padded). The kernel fills them (forward) for its own kinds; the affine kind's terms are written
     here (affine.h). The kernel reaches them only through the struct (:func:`_addresses`)."""
     B, H, L, _ = q.shape
     S = k.shape[2]
-    _, q_at, k_at, size = _layout(B, H, L, S)
+    _, q_at, k_at, size = _layout(B, H, L, S, abi)
     buf = q.new_zeros(size)
     if affine is not None:
-        Sp = -(-S // LANES) * LANES
-        qt = buf.as_strided((B, H, TERMS, L), (H * TERMS * L, TERMS * L, L, 1), q_at)
-        kt = buf.as_strided((B, H, TERMS, S), (H * TERMS * Sp, TERMS * Sp, Sp, 1), k_at)
+        T, Sp = abi.terms, -(-S // abi.lanes) * abi.lanes
+        qt = buf.as_strided((B, H, T, L), (H * T * L, T * L, L, 1), q_at)
+        kt = buf.as_strided((B, H, T, S), (H * T * Sp, T * Sp, Sp, 1), k_at)
         qt[:, :, 1].copy_(affine.q_factor)
         kt[:, :, 0].copy_(affine.k_bias)
         kt[:, :, 2].copy_(affine.k_factor)
@@ -136,10 +126,10 @@ def _buffers(q: Tensor, k: Tensor, affine: AffineTerms | None) -> Tensor:
     return buf
 
 
-def _addresses(buf: Tensor, q: Tensor, k: Tensor) -> tuple[int, tuple[int, int, int, int]]:
+def _addresses(buf: Tensor, q: Tensor, k: Tensor, abi: Constants) -> tuple[int, tuple[int, int, int, int]]:
     """The lse's address in :func:`_buffers`' allocation and the terms' (q terms, k terms, q norms, k norms)."""
     B, H, L, _ = q.shape
-    start, q_at, k_at, _ = _layout(B, H, L, k.shape[2])
+    start, q_at, k_at, _ = _layout(B, H, L, k.shape[2], abi)
     base, size = buf.data_ptr(), buf.element_size()
     return base + size * start, (base + size * q_at, base + size * k_at, base, base + 2 * size * B * H * L)
 
@@ -162,8 +152,8 @@ def forward(plan: Plan, q: Tensor, k: Tensor, v: Tensor, affine: AffineTerms | N
     B, H, L, _ = q.shape
     out = _heads_last(q, L, v.shape[-1])
     clipped = torch.zeros((), dtype=torch.int64)
-    buf = _buffers(q, k, affine)
-    lse, terms = _addresses(buf, q, k)
+    buf = _buffers(q, k, affine, plan.native.abi)
+    lse, terms = _addresses(buf, q, k, plan.native.abi)
     kappa, mu = _constants(plan, H)
     p = _problem(plan, q, k, v, kappa, mu, terms)
     p.out, p.lse, p.clipped = _view(out), lse, clipped.data_ptr()
@@ -185,13 +175,13 @@ def backward(plan: Plan, q: Tensor, k: Tensor, v: Tensor, out: Tensor, buf: Tens
     accumulated in double), the gradients of the affine kind's terms as an :class:`AffineTerms`, of G (H, E, E)
     for the metric kind, None for the other kinds). ``outer``: the affine kind's score has the outer term (None:
     not the affine kind)."""
-    dout = dout if dout.stride(-1) == 1 else dout.contiguous()
+    dout = kernel_input(dout)  # e.g. stride 0 along L: the gradient of out.sum(dim=-2)
     B, H, L, _ = q.shape
     S = k.shape[2]
     dq = _heads_last(q, L, q.shape[-1])
     dk, dv = _heads_last(k, S, k.shape[-1]), _heads_last(v, S, v.shape[-1])
     dhead = (ctypes.c_double * (2 * H))()  # dκ, dμ (zeros)
-    lse, terms = _addresses(buf, q, k)
+    lse, terms = _addresses(buf, q, k, plan.native.abi)
     kappa, mu = _constants(plan, H)
     clipped = ctypes.c_int64(0)  # the forward's count; the backward writes none
     p = _problem(plan, q, k, v, kappa, mu, terms)
@@ -240,8 +230,9 @@ class AffineTerms:
 
 
 def kernel_input(t: Tensor) -> Tensor:
-    """``t`` as the kernel reads it: float32 with a contiguous last dim (other strides pass through)."""
-    return t.float() if t.stride(-1) == 1 else t.float().contiguous()
+    """``t`` as the kernel reads it: float32 with a contiguous last dim and rows apart (:func:`rows_apart`; other
+    strides pass through, so transposed views cost no copy), else a copy."""
+    return readable_rows(t.float())
 
 
 def affine_terms(form) -> tuple[Tensor, Tensor, AffineTerms]:

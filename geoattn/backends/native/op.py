@@ -8,8 +8,8 @@ only, so everything the ctypes layer (:mod:`.kernel`) needs is passed as such an
 is rebuilt in each call:
 
 * the geometry's parameters behind the per-head κ and μ (``raw``, ``log_t``, with ``sign``, ``coef``,
-  ``power``: :class:`~geoattn.geometry.head.HeadConstants`) and behind the metric kind's G (``factor``,
-  ``diagonal``, ``epsilon``: :class:`~geoattn.geometry.metric.MetricConstants`); their gradients come from the
+  ``power``: :class:`~.spec.HeadConstants`) and behind the metric kind's G (``factor``,
+  ``diagonal``, ``epsilon``: :class:`~.spec.MetricConstants`); their gradients come from the
   kernel's dκ, dμ, dG through the chain rules written there, with no autograd graph for the constants;
 * the affine kind's per-token terms (``q_factor``, ``k_factor``, ``k_bias``, ``alpha``, ``gamma``), whose
   gradients autograd carries on to whatever made them;
@@ -18,6 +18,13 @@ is rebuilt in each call:
 The forward returns the output, the allocation of O(L) numbers the backward reads (norms, lse, terms), the
 metric kind's k̃ (else empty) and the count of clipped vectors; the backward operator takes them back with q, k,
 v and the output and returns every gradient (an empty tensor where an input is absent).
+
+Under ``create_graph=True`` (double backward, gradient penalties) the registered backward does not call the
+backward operator, whose gradients autograd cannot differentiate: it recomputes the output as torch operations
+and returns their gradients, which autograd records (:func:`~geoattn.backends.base.differentiable_backward`): the
+dense backend's output for the kinds with per-token terms in the kernel (the eager call leaves it on the autograd
+node as ``reference``, see :class:`~geoattn.backends.native.NativeBackend`), :func:`_affine_output` for the affine
+kind.
 """
 from __future__ import annotations
 
@@ -26,10 +33,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ...geometry.head import HeadConstants
-from ...geometry.metric import MetricConstants
+from ...masks import causal_allowed, masked_softmax
+from ..base import differentiable_backward
 from .build import load
 from .kernel import AffineTerms, Plan, _heads_last, _layout, backward, forward
+from .spec import HeadConstants, MetricConstants
 
 _NONE = 9  # positions 3 .. 11 of the operator's arguments: the optional parameter and term tensors
 
@@ -69,7 +77,7 @@ def _(q, k, v, raw, log_t, factor, diagonal, q_factor, k_factor, k_bias, alpha, 
     B, H, L, E = q.shape
     S = k.shape[2]
     ktilde = q.new_empty(H, B, S, E) if kind == "metric" else q.new_empty(0)
-    return (_heads_last(q, L, v.shape[-1]), q.new_empty(_layout(B, H, L, S)[3]), ktilde,
+    return (_heads_last(q, L, v.shape[-1]), q.new_empty(_layout(B, H, L, S, load().abi)[3]), ktilde,
             q.new_empty((), dtype=torch.int64))
 
 
@@ -109,10 +117,28 @@ def _(dout, q, k, v, out, buf, ktilde, raw, log_t, factor, diagonal, allowed, bi
     return [_heads_last(q, L, E), _heads_last(k, S, E), _heads_last(v, S, v.shape[-1]), *like, *terms]
 
 
+def _affine_output(q: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, beta: Tensor, alpha: Optional[Tensor],
+                   gamma: Optional[Tensor], allowed: Optional[Tensor], bias: Optional[Tensor], causal: bool) -> Tensor:
+    """``softmax(aᵢ bⱼ ⟨qᵢ, kⱼ⟩ + βⱼ + αᵢγⱼ + mask) · v`` (affine.h with μ = 1) as torch operations, L×S: what the
+    affine kind's backward differentiates under ``create_graph=True``."""
+    s = a.unsqueeze(-1) * b.unsqueeze(-2) * (q @ k.transpose(-1, -2)) + beta.unsqueeze(-2)
+    if alpha is not None:
+        s = s + alpha.unsqueeze(-1) * gamma.unsqueeze(-2)
+    if bias is not None:
+        s = s + bias
+    if causal:
+        mask = causal_allowed(q.shape[-2], k.shape[-2], q.device)
+        allowed = mask if allowed is None else allowed & mask
+    return masked_softmax(s, allowed) @ v
+
+
 def _setup_context(ctx, inputs, output) -> None:
-    q, k, v, raw, log_t, factor, diagonal, q_factor, _, _, alpha, _, allowed, bias, *options = inputs
+    q, k, v, raw, log_t, factor, diagonal, q_factor, k_factor, k_bias, alpha, gamma, allowed, bias, *options = inputs
     out, buf, ktilde, _ = output
-    ctx.save_for_backward(q, k, v, out, buf, ktilde, raw, log_t, factor, diagonal, allowed, bias)
+    # the mask parts saved too: autograd's version check raises if the caller changes them in place before the
+    # backward, which reads them again
+    ctx.save_for_backward(q, k, v, out, buf, ktilde, raw, log_t, factor, diagonal, allowed, bias, q_factor, k_factor,
+                          k_bias, alpha, gamma)
     ctx.present = [t is not None for t in inputs[3:3 + _NONE]]
     ctx.affine, ctx.outer, ctx.options = q_factor is not None, alpha is not None, options
     ctx.mark_non_differentiable(buf, ktilde)
@@ -122,8 +148,19 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward(ctx, dout, *_):
     if dout is None:  # the output took no part in the loss
         return (None,) * 21
-    q, k, v, out, buf, ktilde, raw, log_t, factor, diagonal, allowed, bias = ctx.saved_tensors
+    q, k, v, out, buf, ktilde, raw, log_t, factor, diagonal, allowed, bias, *terms = ctx.saved_tensors
     need = ctx.needs_input_grad
+    if torch.is_grad_enabled():  # create_graph=True
+        if ctx.affine:
+            grads = differentiable_backward(
+                lambda q, k, v, *t: _affine_output(q, k, v, *t, allowed, bias, ctx.options[1]), (q, k, v, *terms),
+                dout, need[:3] + need[7:12])
+            return (*grads[:3], None, None, None, None, *grads[3:], None, None, *[None] * 7)
+        reference = getattr(ctx, "reference", None)
+        if reference is not None:
+            grads = differentiable_backward(reference, (q, k, v), dout, need[:7], (raw, log_t, factor, diagonal))
+            return (*grads, *[None] * 14)
+        # no recomputation recorded (a compiled graph, which has no double backward): the operator's gradients
     grads = native_attention_backward(dout, q, k, v, out, buf, ktilde, raw, log_t, factor, diagonal, allowed, bias,
                                       ctx.affine, ctx.outer, need[3], *ctx.options)
     mine = [g if need[i] else None for i, g in enumerate(grads[:3])]

@@ -51,21 +51,15 @@ int64_t lorentz_terms(const double* norms, int64_t rows, double kappa, double in
                       int64_t stride) {
   const double c = -kappa, s = std::sqrt(c);
   float *o0 = out, *o1 = out + stride, *o2 = out + 2 * stride;
-  int64_t clipped = 0;
-#pragma omp simd reduction(+ : clipped)
-  for (int64_t r = 0; r < rows; ++r) {
-    const double n = norms[r];
-    bool cl;
-    const double t = tangent_norm(n, kappa, inv_sqrt_e, clip, cl);
+  return sum_tokens<int64_t>(norms, rows, kappa, inv_sqrt_e, clip, [&](int64_t r, double n, double t, bool cl) {
     double sig, m, p;
     lorentz_radial(t, c, s, sig, m, p);
     const double f = n > 0 ? sig / n : inv_sqrt_e;
     o0[r] = KEY ? 0.0f : (float)-(1.0 + m);
     o1[r] = KEY ? (float)p : (float)f;
     if (KEY) o2[r] = (float)f;
-    clipped += cl ? 1 : 0;
-  }
-  return clipped;
+    return (int64_t)(cl ? 1 : 0);
+  });
 }
 
 // radial_chain of the Lorentz kind for the `rows` tokens of one head and side at once: fac[r] = (∂L/∂n)/n
@@ -79,12 +73,7 @@ template <bool KEY>
 double lorentz_chain(const double* norms, int64_t rows, double kappa, double inv_sqrt_e, double clip, const float* g,
                      float* fac) {
   const double c = -kappa, s = std::sqrt(c);
-  double g_kappa = 0.0;
-#pragma omp simd reduction(+ : g_kappa)
-  for (int64_t r = 0; r < rows; ++r) {
-    const double n = norms[r];
-    bool cl;
-    const double t = tangent_norm(n, kappa, inv_sqrt_e, clip, cl);
+  return sum_tokens<double>(norms, rows, kappa, inv_sqrt_e, clip, [&](int64_t r, double n, double t, bool cl) {
     double sig, m, p;
     lorentz_radial(t, c, s, sig, m, p);
     const double ch = 1.0 + m, y2 = c * t * t, t2 = t * t;
@@ -104,10 +93,9 @@ double lorentz_chain(const double* norms, int64_t rows, double kappa, double inv
     const double g_norm = pos ? g_f * df_dn + g_o * do_dt * dt_dn : 0.0;
     const double dt_dc = cl ? -t / (2.0 * c) : 0.0;  // t = clip/√c
     const double df_dc = pos ? (dsig_dc + ch * dt_dc) / nn : 0.0;
-    g_kappa += -(g_f * df_dc + g_o * (do_dc + do_dt * dt_dc));
     fac[r] = (float)(g_norm / nn);
-  }
-  return g_kappa;
+    return -(g_f * df_dc + g_o * (do_dc + do_dt * dt_dc));
+  });
 }
 
 // ∂L/∂n of one cosine or l2 token from the gradients g of its slots

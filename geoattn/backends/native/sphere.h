@@ -11,7 +11,12 @@ inline float sphere_angle(float gap, float& dtheta_dgap) {
   const float h = far ? 2.0f - gap : gap;
   const float y = std::sqrt(std::max(0.5f * h, 1e-30f));
   const float a = 2.0f * fasin(y);
-  dtheta_dgap = 1.0f / std::sqrt(std::max(h * (2.0f - h), 1e-30f));  // 1/sin θ
+  // 1/sin θ. At θ = 0 or π (parallel or antipodal directions: a token scored against itself, any pair at head
+  // dim 1) θ is not differentiable and the subgradient 0 is taken, as the dense path's chord norm does. A gap below
+  // kFlatGap is rounding (θ < 1.4e-6, finer than float32 directions resolve): there 1/sin θ would multiply the
+  // rounding of the gradient's two cancelling parts (through the Gram and through the norms) into garbage.
+  constexpr float kFlatGap = 1e-12f;
+  dtheta_dgap = h > kFlatGap ? 1.0f / std::sqrt(h * (2.0f - h)) : 0.0f;
   return far ? 3.14159265358979323846f - a : a;
 }
 

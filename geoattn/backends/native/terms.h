@@ -35,6 +35,23 @@ inline double tangent_norm(double n, double kappa, double inv_sqrt_e, double cli
   return clipped ? clip / sc : a;
 }
 
+// Σ body(r, n, t, clipped) over the `rows` tokens of one head and side in one simd loop, for the per-token terms
+// and chain rules computed for all of a head's tokens at once: n = norms[r] the token's raw norm, t its tangent
+// norm (tangent_norm, clipped says whether the clip shortened it). body writes the token's outputs and returns
+// its share of the sum (a count, or ∂L/∂κ).
+template <class T, class Body>
+inline T sum_tokens(const double* norms, int64_t rows, double kappa, double inv_sqrt_e, double clip, Body&& body) {
+  T sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t r = 0; r < rows; ++r) {
+    const double n = norms[r];
+    bool cl;
+    const double t = tangent_norm(n, kappa, inv_sqrt_e, clip, cl);
+    sum += body(r, n, t, cl);
+  }
+  return sum;
+}
+
 // κ-stereographic terms of a token of raw norm n where κ ≥ 0 (one sincos); key: β-style factors. κ < 0:
 // stereo_terms_hyperbolic, for all of a head's tokens at once.
 inline TokenTerms stereo_token(double n, double kappa, double inv_sqrt_e, double clip, bool key) {
@@ -75,13 +92,8 @@ inline void sigma_grads(double a, double kappa, double& dsig_da, double& dsig_dk
 template <bool KEY>
 int64_t stereo_terms_hyperbolic(const double* norms, int64_t rows, double kappa, double inv_sqrt_e, double clip,
                                 float* out, int64_t stride) {
-  const double c = -kappa, sc = std::sqrt(c);
-  int64_t clipped = 0;
-#pragma omp simd reduction(+ : clipped)
-  for (int64_t r = 0; r < rows; ++r) {
-    const double n = norms[r];
-    bool cl;
-    const double a = tangent_norm(n, kappa, inv_sqrt_e, clip, cl);
+  const double sc = std::sqrt(-kappa);
+  return sum_tokens<int64_t>(norms, rows, kappa, inv_sqrt_e, clip, [&](int64_t r, double n, double a, bool cl) {
     const double v = 4.0 * kappa * a * a;
     const double e = dexp(sc * a), ie = 1.0 / e;
     const double sig = std::fabs(v) < kSeriesSigma ? a * (1.0 - v / 6.0 + v * v / 120.0) : (e * e - ie * ie) / (4.0 * sc);
@@ -90,9 +102,8 @@ int64_t stereo_terms_hyperbolic(const double* norms, int64_t rows, double kappa,
     out[2 * stride + r] = (float)(n > 0 ? 1.0 / (n > 0 ? n : 1.0) : 0.0);
     out[3 * stride + r] = (float)(KEY ? ie / 2 : e);
     out[4 * stride + r] = (float)(KEY ? e / 2 : ie);
-    clipped += cl ? 1 : 0;
-  }
-  return clipped;
+    return (int64_t)(cl ? 1 : 0);
+  });
 }
 
 // token_chain's stereographic step for the `rows` tokens of one head and side at once where κ < 0: fac[r] =
@@ -100,12 +111,7 @@ int64_t stereo_terms_hyperbolic(const double* norms, int64_t rows, double kappa,
 inline double stereo_chain_hyperbolic(const double* norms, int64_t rows, double kappa, double inv_sqrt_e, double clip,
                                       const float* g, float* fac) {
   const double c = -kappa, sc = std::sqrt(c);
-  double g_kappa = 0.0;
-#pragma omp simd reduction(+ : g_kappa)
-  for (int64_t r = 0; r < rows; ++r) {
-    const double n = norms[r];
-    bool cl;
-    const double a = tangent_norm(n, kappa, inv_sqrt_e, clip, cl);
+  return sum_tokens<double>(norms, rows, kappa, inv_sqrt_e, clip, [&](int64_t r, double n, double a, bool cl) {
     const bool pos = n > 0;
     const double nn = pos ? n : 1.0;
     const double v = 4.0 * kappa * a * a;
@@ -118,10 +124,9 @@ inline double stereo_chain_hyperbolic(const double* norms, int64_t rows, double 
     const double g_a = (double)g[r] + (double)g[rows + r] * dsa;
     const double gk = (double)g[rows + r] * dsk + (cl ? g_a * a / (2.0 * c) : 0.0);
     const double g_norm = (cl ? 0.0 : g_a * inv_sqrt_e) - (double)g[2 * rows + r] / (nn * nn);
-    g_kappa += pos ? gk : 0.0;
     fac[r] = pos ? (float)(g_norm / nn) : 0.0f;
-  }
-  return g_kappa;
+    return pos ? gk : 0.0;
+  });
 }
 
 inline double row_norm(const float* x, int64_t D) { return std::sqrt(dot_double(x, x, D)); }
