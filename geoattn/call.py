@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -45,6 +44,9 @@ class AttentionCall:
     num_scores: int = 0         # B·H·L·S
     lead: tuple = ()            # the query's leading dims, restored by :meth:`finish`
     verdicts: dict = field(default_factory=dict, repr=False)  # backend → its unsupported() answer (policy)
+    # what the properties below computed once (a plain dict, not functools.cached_property, whose lock breaks
+    # torch.compile's graph)
+    cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def L(self) -> int:
@@ -64,18 +66,22 @@ class AttentionCall:
         features (E = 0). :func:`geoattn.attention` answers such a call itself, before any backend runs."""
         return self.num_scores == 0 or self.E == 0
 
-    @cached_property
+    @property
     def under_vmap(self) -> bool:
         """Whether the call runs under :func:`torch.func.vmap` (any of q, k, v or the mask is batched by it, at
         any level of nested transforms). Backends without a batching rule refuse such calls in their
         ``unsupported`` and ``auto`` sends them to ``dense``."""
-        return under_vmap(self.q, self.k, self.v, self.mask.tensor)
+        if "under_vmap" not in self.cache:
+            self.cache["under_vmap"] = under_vmap(self.q, self.k, self.v, self.mask.tensor)
+        return self.cache["under_vmap"]
 
-    @cached_property
+    @property
     def under_transform(self) -> bool:
         """Whether the call runs under any :mod:`torch.func` transform (``vmap``, ``grad``, ``vjp``, ``jacrev``,
         ...); the fused backends' ``torch.autograd.Function`` and compiled kernels support none of them."""
-        return under_transform(self.q, self.k, self.v, self.mask.tensor)
+        if "under_transform" not in self.cache:
+            self.cache["under_transform"] = under_transform(self.q, self.k, self.v, self.mask.tensor)
+        return self.cache["under_transform"]
 
     @property
     def device(self) -> torch.device:
@@ -85,11 +91,13 @@ class AttentionCall:
     def dtype(self) -> torch.dtype:
         return self.q.dtype
 
-    @cached_property
+    @property
     def values(self) -> Tensor:
         """The values the weighted sum runs over: ``geometry.pre_values(v)``, (B, H, S, Ev'), computed once.
         Values without features (Ev = 0) stay as they are: the output has no feature to aggregate."""
-        return self.v if self.v.shape[-1] == 0 else self.geometry.pre_values(self.v)
+        if "values" not in self.cache:
+            self.cache["values"] = self.v if self.v.shape[-1] == 0 else self.geometry.pre_values(self.v)
+        return self.cache["values"]
 
     def post_values(self, out: Tensor) -> Tensor:
         """The weighted sum of :attr:`values` → the output: ``geometry.post_values(out)`` (nothing for Ev = 0)."""

@@ -90,8 +90,9 @@ def compute_precision(call: AttentionCall) -> contextlib.AbstractContextManager:
     """Geometric scores are computed in float32 or wider, also under bf16/fp16 autocast (which stays on
     for the Euclidean geometry, as for SDPA)."""
     device = call.device.type
-    curved = not isinstance(call.geometry, Euclidean)
-    return torch.autocast(device, enabled=torch.is_autocast_enabled(device) and not curved)
+    if not torch.is_autocast_enabled(device) or isinstance(call.geometry, Euclidean):
+        return contextlib.nullcontext()  # nothing to change (and no autocast region in compiled or exported graphs)
+    return torch.autocast(device, enabled=False)
 
 
 def explain_backend(query: Tensor, key: Tensor, value: Tensor, geometry: str | Geometry = "euclidean",

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -50,20 +49,25 @@ class Mask:
     device: torch.device | str | None = None
     boolean: Tensor | None = field(init=False)   # the bool tensor part (no causal triangle), or None
     bias: Tensor | None = field(init=False)      # the additive float part, or None
+    # :attr:`allowed`, built once (a plain attribute, not functools.cached_property, whose lock breaks
+    # torch.compile's graph); a one-element list until then
+    _allowed: list = field(init=False, default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         t = self.tensor
         self.boolean = t if t is not None and t.dtype == torch.bool else None
         self.bias = t if t is not None and t.is_floating_point() else None
 
-    @cached_property
+    @property
     def allowed(self) -> Tensor | None:
         """Boolean part including the causal triangle, broadcastable to (B, H, L, S), or None (built once)."""
         if not self.is_causal:
             return self.boolean
-        device = self.device if self.device is not None else getattr(self.tensor, "device", None)
-        causal = causal_allowed(self.L, self.S, device)
-        return causal if self.boolean is None else self.boolean & causal
+        if not self._allowed:
+            device = self.device if self.device is not None else getattr(self.tensor, "device", None)
+            causal = causal_allowed(self.L, self.S, device)
+            self._allowed.append(causal if self.boolean is None else self.boolean & causal)
+        return self._allowed[0]
 
 
 def mask_to_4d(mask: Tensor | None, lead: torch.Size, L: int, S: int) -> Tensor | None:

@@ -209,6 +209,41 @@ def test_parallel_workers_match_sequential(tmp_path):
     assert len(par) == 2
 
 
+def test_throughput_decode_mode_writes_paired_rows(tmp_path, monkeypatch):
+    """``throughput --mode decode`` on a tiny shape: one row per batch and geometry, Euclidean's ratio exactly 1,
+    tokens per second consistent with the time per token, and generation through the KV cache (the rows'
+    backend is the one a one-row decoding call gets)."""
+    import csv
+
+    from benchmarks import throughput
+
+    monkeypatch.setitem(throughput.DECODE_SHAPES, "d128", dict(n_layers=1, d_model=16, n_heads=2, prompt=4,
+                                                              new_tokens=3))
+    rows = throughput.main(["--mode", "decode", "--shapes", "d128", "--threads", "1", "--batch", "1", "2",
+                            "--rounds", "2", "--geometries", "euclidean", "poincare", "--out", str(tmp_path)])
+    assert [(r["batch"], r["geometry"]) for r in rows] == [(1, "euclidean"), (1, "poincare"), (2, "euclidean"),
+                                                          (2, "poincare")]
+    for r in rows:
+        assert r["tokens_per_s"] == pytest.approx(r["batch"] * 1000 / r["ms_per_token"])
+        assert r["new_tokens"] == 3 and r["rounds"] == 2
+    assert all(r["vs_euclidean"] == 1.0 for r in rows if r["geometry"] == "euclidean")
+    with open(tmp_path / "decode.csv") as f:
+        assert len(list(csv.DictReader(f))) == 4
+    assert "vs euclidean" in (tmp_path / "decode.md").read_text()
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--mode", "decode", "--compile"], "--compile times training steps"),
+    (["--mode", "decode", "--shapes", "quick"], "takes the shapes"),
+    (["--geometries", "poincare"], "must include euclidean"),
+])
+def test_throughput_refuses_bad_arguments(argv, match):
+    from benchmarks import throughput
+
+    with pytest.raises(ValueError, match=match):
+        throughput.main(argv)
+
+
 def test_ddp_two_processes_agree_on_the_nouns_task(tmp_path):
     """The wordnet-nouns task under torchrun (2 CPU processes, gloo), on a small forest closure given with --data:
     identical parameters and metrics on both ranks (each rank evaluates half of the query rows, the sums

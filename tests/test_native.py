@@ -22,7 +22,7 @@ pytestmark = pytest.mark.native
 H, D = 2, 8
 class AffineFormMetric(geoattn.Metric):
     """The learned metric through the generic ``affine`` native kind (the terms of its ``affine_form`` computed
-    in torch, ``AffineAttention``): the path of a new affine geometry that has no kernel kind of its own."""
+    in torch, the operator's affine kind): the path of a new affine geometry that has no kernel kind of its own."""
 
     native_kind = "affine"
     native_spec = geoattn.Geometry.native_spec

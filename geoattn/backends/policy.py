@@ -6,10 +6,11 @@ mask that requires grad passes over ``tiled`` and ``native``, which do not diffe
 last row, which runs every call).
 A backend named explicitly (per call, or as the default with :func:`geoattn.set_default_backend`)
 runs the call if its :meth:`~geoattn.backends.base.Backend.unsupported` finds nothing, else the call
-fails with that reason. Every choice is logged at DEBUG level on the ``"geoattn"`` logger, and
-:func:`geoattn.explain_backend` returns it as text. Where ``auto`` passes over a backend this machine
-cannot run (an :class:`~geoattn.backends.base.Unavailable` reason: the native kernel did not build), the
-reason says so and the first such call in a process warns. A new backend is a :func:`register_backend` call
+fails with that reason. Every choice is logged at DEBUG level on the ``"geoattn"`` logger (in eager mode:
+under ``torch.compile`` a logging call would break the graph), and :func:`geoattn.explain_backend` returns it
+as text. Where ``auto`` passes over a backend this machine cannot run (an
+:class:`~geoattn.backends.base.Unavailable` reason: the native kernel did not build), the reason says so and
+the first such call in a process warns. A new backend is a :func:`register_backend` call
 plus, for ``auto`` to pick it, one row inserted into :data:`RULES`.
 """
 from __future__ import annotations
@@ -18,6 +19,8 @@ import logging
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
+
+import torch
 
 from .base import Backend, Unavailable
 
@@ -116,7 +119,7 @@ def choose(call: AttentionCall, backend: str = "auto") -> Choice:
     reason = unsupported(call, name)
     if reason is not None:
         raise ValueError(f"backend {name!r} cannot run this call: {reason}")
-    if _log.isEnabledFor(logging.DEBUG):
+    if not torch.compiler.is_compiling() and _log.isEnabledFor(logging.DEBUG):  # a logging call breaks the graph
         _log.debug("backend %s for %s: %s", name, describe(call), why)
     return Choice(name, why, fallback)
 
@@ -134,11 +137,20 @@ def backend_for(call: AttentionCall, backend: str = "auto") -> Backend:
     runs on a slower backend because a faster one is unavailable here warns, with the reason and the fix."""
     choice = choose(call, backend)
     if choice.fallback is not None and not _WARNED_FALLBACK[0]:
-        _WARNED_FALLBACK[0] = True
-        warnings.warn(f"geoattn: backend='auto' runs {call.geometry.name!r} on {choice.backend!r}, a slower path, "
-                      f"because {choice.fallback} (warned once; geoattn.explain_backend(...) and "
-                      "`python -m geoattn doctor` say more)", UserWarning, stacklevel=3)
+        _warn_fallback(f"geoattn: backend='auto' runs {call.geometry.name!r} on {choice.backend!r}, a slower path, "
+                       f"because {choice.fallback} (warned once; geoattn.explain_backend(...) and "
+                       "`python -m geoattn doctor` say more)")
     return _BACKENDS[choice.backend]
+
+
+@torch.compiler.assume_constant_result
+def _warn_fallback(message: str) -> bool:
+    """Warn once per process; under ``torch.compile`` this runs while the graph is traced, outside it (a warning
+    call inside it would break the graph)."""
+    if not _WARNED_FALLBACK[0]:
+        _WARNED_FALLBACK[0] = True
+        warnings.warn(message, UserWarning, stacklevel=4)
+    return True
 
 
 def describe(call: AttentionCall) -> str:

@@ -51,9 +51,12 @@ class _TwiceDifferentiableSDPA(torch.autograd.Function):
 def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):
     """``F.scaled_dot_product_attention``, twice differentiable in eager autograd (:class:`_TwiceDifferentiableSDPA`)
     where gradients are recorded; as it is under ``torch.compile``, with dropout (a recomputation would draw
-    another mask), and without gradients."""
-    grads = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, attn_mask))
-    if not grads or dropout_p > 0 or torch.compiler.is_compiling():
+    another mask), without gradients, and under torch.func transforms (vmap, grad: an autograd.Function without
+    ``setup_context`` cannot run under them, and SDPA has their rules)."""
+    tensors = [t for t in (q, k, v, attn_mask) if t is not None]
+    grads = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    if (not grads or dropout_p > 0 or torch.compiler.is_compiling()
+            or any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
                                               is_causal=is_causal, scale=scale)
     return _TwiceDifferentiableSDPA.apply(q, k, v, attn_mask, is_causal, scale)

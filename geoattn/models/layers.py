@@ -70,7 +70,9 @@ class Embedder(nn.Module):
     def forward(self, idx: Tensor, start: int = 0, positions: Tensor | None = None) -> Tensor:
         """``idx`` (B, T) at positions ``start ..``, or at per-token ``positions`` (B, T) → (B, T, d_model)."""
         T = idx.shape[1]
-        end = start + T if positions is None else (int(positions.max()) + 1 if positions.numel() else 0)
+        end = start + T
+        if positions is not None:  # reading the largest position back is a graph break: eager only
+            end = 0 if torch.compiler.is_compiling() or not positions.numel() else int(positions.max()) + 1
         if end > self.max_len:
             raise ValueError(f"sequence reaches position {end} but the model's max_len is {self.max_len}; "
                              "shorten the input, raise TransformerConfig.max_len, or pass sliding_window=True "

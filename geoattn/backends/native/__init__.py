@@ -18,7 +18,7 @@ per element, and the tile multiplied back. Two families of kinds:
   affine form of :mod:`geoattn.math.eps`).
 
 Per-head κ and μ, and the learned metric's G, come from the geometry's parameters without an autograd
-graph (:class:`~geoattn.backends.native.spec.HeadConstants`, :class:`~geoattn.backends.native.spec.MetricConstants`);
+graph (:class:`~.spec.HeadConstants`, :class:`~.spec.MetricConstants`);
 outputs and gradients are laid out as SDPA lays out its own, (B, L, H, E) in memory, so a transformer
 layer reshapes them without a copy.
 
@@ -36,15 +36,27 @@ import torch
 
 from ..base import Backend, Unavailable, fused_unsupported
 from .build import SWITCHED_OFF, load
-from .kernel import AffineAttention, NativeAttention, Plan, affine_terms, kernel_input
+from .kernel import affine_terms, kernel_input
+from .op import forward_call, native_attention
 
 __all__ = ["NativeBackend", "load"]
 
 
-def _plain_cpu_call(call) -> bool:
-    """CPU, float32 compute (any input dtype but float64), eager autograd: what the C++ functions run."""
-    return (call.device.type == "cpu" and call.dtype != torch.float64 and not torch.compiler.is_compiling()
-            and not torch._C._functorch.is_functorch_wrapped_tensor(call.q))
+@torch.compiler.assume_constant_result
+def _unavailable() -> str | None:
+    """Why the native kernel cannot run here (None: it can); under ``torch.compile`` a constant of the graph (the
+    build's lock and file checks run once, outside it)."""
+    native = load()
+    if not isinstance(native, str):
+        return None
+    return native if native == SWITCHED_OFF else Unavailable(native)  # switched off on purpose: no warning
+
+
+@torch.compiler.assume_constant_result
+def _kinds() -> tuple[str, ...]:
+    """The kinds the loaded library has (its ABI table; none where it is not loaded), a constant under compile."""
+    native = load()
+    return () if isinstance(native, str) else tuple(native.abi.kinds)
 
 
 def _dense_output(call, q, k, values):
@@ -52,8 +64,8 @@ def _dense_output(call, q, k, values):
     backward differentiates when autograd records it (``create_graph=True``)."""
     from ..dense import DenseBackend  # here: geoattn.geometry imports this package's spec while loading
 
-    again = dataclasses.replace(call, q=q, k=k, v=values, verdicts={})
-    again.__dict__["values"] = values  # already mapped by the geometry's pre_values
+    again = dataclasses.replace(call, q=q, k=k, v=values, verdicts={}, cache={"values": values})  # values: already
+    # mapped by the geometry's pre_values
     return DenseBackend().run(again)[0]
 
 
@@ -70,9 +82,6 @@ class NativeBackend(Backend):
         if call.dtype == torch.float64:
             return ("the native kernel computes in float32; float64 calls run on backend='dense' or 'tiled' "
                     "(what 'auto' picks)")
-        if not _plain_cpu_call(call):
-            return ("torch.func transforms (vmap, grad) and torch.compile do not reach the native kernel; use "
-                    "backend='dense'")
         fused = fused_unsupported(self.name, call)
         if fused is not None:
             return fused
@@ -80,29 +89,45 @@ class NativeBackend(Backend):
         if bias is not None and bias.requires_grad and torch.is_grad_enabled():
             return ("the native backend does not differentiate a float attn_mask that requires grad; fold the "
                     "learnable bias into the geometry, or use backend='dense'")
-        native = load()
-        if isinstance(native, str):
-            return native if native == SWITCHED_OFF else Unavailable(native)  # switched off on purpose: no warning
-        if kind not in native.abi.kinds:
+        reason = _unavailable()
+        if reason is not None:
+            return reason
+        if kind not in _kinds():
             return (f"geometry {call.geometry.name!r} names native_kind={kind!r}, which the native kernel does not "
-                    f"have (it has {', '.join(native.abi.kinds)}); set native_kind = 'affine' or None")
+                    f"have (it has {', '.join(_kinds())}); set native_kind = 'affine' or None")
         return None
 
-    def run(self, call):
-        native = load()
+    def arguments(self, call) -> tuple:
+        """The arguments of :func:`~.op.native_attention` for ``call`` (the kernel's inputs in float32, the
+        geometry's parameters, the affine kind's terms, the mask) and the geometry's :class:`NativeSpec`."""
         geometry = call.geometry
         spec = geometry.native_spec(call.q, call.scale)
         q, k, v = (kernel_input(t) for t in (call.q, call.k, call.values))
         mask = call.mask
         bias = None if mask.bias is None else mask.bias.float()
-        plan = Plan(native, spec.kind, mask.is_causal, spec.clip, allowed=mask.boolean, bias=bias, head=spec.head,
-                    metric=spec.metric, reference=functools.partial(_dense_output, call))
+        head, metric = spec.head, spec.metric
+        terms = [None] * 5
         if spec.kind == "affine":
-            qa, ka, t = affine_terms(geometry.affine_form(q, k, call.scale))
-            return AffineAttention.apply(qa, ka, v, plan, t.q_factor, t.k_factor, t.k_bias, t.alpha, t.gamma), None
-        metric = spec.metric
-        factor, diagonal = (None, None) if metric is None else (metric.factor, metric.raw_diagonal)
-        out = NativeAttention.apply(q, k, v, spec.head.raw, spec.head.log_t, factor, diagonal, plan)
-        if plan.clipped and hasattr(geometry, "record_clip"):
-            geometry.record_clip(plan.clipped)
+            q, k, t = affine_terms(geometry.affine_form(q, k, call.scale))
+            terms = [t.q_factor, t.k_factor, t.k_bias, t.alpha, t.gamma]
+        raw, log_t, sign, coef, power = ((None,) * 2 + (0, 1.0, 0.0) if head is None else
+                                         (head.raw, head.log_t, head.sign, float(head.coef), float(head.power)))
+        factor, diagonal, epsilon = (None, None, 0.0) if metric is None else (metric.factor, metric.raw_diagonal,
+                                                                                metric.epsilon)
+        return (q, k, v, raw, log_t, factor, diagonal, *terms, mask.boolean, bias, spec.kind, mask.is_causal,
+                float(spec.clip), sign, coef, power, epsilon), spec
+
+    def run(self, call):
+        args, spec = self.arguments(call)
+        # the operator where autograd or a compiler must see the call; else its implementation, directly
+        direct = not call.needs_grad and not torch.compiler.is_compiling()
+        out, _, _, clipped = (forward_call if direct else native_attention)(*args)
+        if not torch.compiler.is_compiling() and out.grad_fn is not None:
+            # what the registered backward differentiates under create_graph=True (op.py); an eager call's node is
+            # the autograd context that backward receives
+            out.grad_fn.reference = functools.partial(_dense_output, call)
+        geometry = call.geometry
+        if spec.clip and hasattr(geometry, "record_clip") and not torch.compiler.is_compiling():  # eager only, as
+            # the other backends count it
+            geometry.record_clip(int(clipped))
         return out, None

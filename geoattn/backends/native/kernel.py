@@ -1,26 +1,24 @@
-"""The native kernel's autograd function: one call forward, one call backward, everything else in C++.
+"""The native kernel's ctypes layer: one C++ call forward, one backward, on a struct of pointers.
 
-``NativeAttention.apply(q, k, v, raw, log_t, factor, diagonal, plan)``: q (B, H, L, E), k (B, H, S, E), v
-(B, H, S, Ev) in float32 with a contiguous last dim (other strides are passed through, so transposed views
-cost no copy); ``raw`` and ``log_t`` the geometry's parameters behind the per-head κ and μ (``plan.head``),
-``factor`` and ``diagonal`` the learned metric's parameters behind its G (``plan.metric``; None for the other
-kinds). The kernel computes the per-token terms itself (norms, clipped tangent radii, radial factors, in
-double precision), so autograd sees one node whose backward returns dq, dk, dv and the parameters'
-gradients; nothing but the output, one log-sum-exp per row and O(L) terms is saved.
-``AffineAttention`` runs the generic ``affine`` kind, whose terms come from the geometry's ``affine_form``.
+:func:`forward` and :func:`backward` take the call's tensors and a :class:`Plan` (the kind, the mask, the per-head
+constants) and fill ``struct Problem`` (kernel.cpp) from them in :func:`_problem`, the one place where tensors
+become pointers. q (B, H, L, E), k (B, H, S, E), v (B, H, S, Ev) are float32 with a contiguous last dim (other
+strides are passed through, so transposed views cost no copy). The kernel computes the per-token terms itself
+(norms, clipped tangent radii, radial factors, in double precision); what the backward needs besides q, k, v and
+the output is one allocation of O(L) numbers (the norms, one log-sum-exp per row and the per-token terms,
+:func:`_buffers`) and, for the metric kind, k̃ = G k: the backward rebuilds the struct from those tensors, so
+both calls are functions of tensors alone (the operator of :mod:`.op` wraps them for autograd and compile).
 """
 from __future__ import annotations
 
 import ctypes
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
 
-from ...masks import causal_allowed, masked_softmax
-from ..base import differentiable_backward, readable_rows, rows_apart
+from ..base import readable_rows, rows_apart
 from .abi import Constants, Problem as _Problem, View as _View
 from .build import Native
 from .spec import HeadConstants, MetricConstants
@@ -48,7 +46,7 @@ def _floats(values: list[float]) -> ctypes.Array:
 
 @dataclass
 class Plan:
-    """The non-tensor arguments of one call."""
+    """The non-tensor arguments of one call, and its mask."""
 
     native: Native
     kind: str
@@ -56,17 +54,8 @@ class Plan:
     clip: float
     allowed: Tensor | None = None   # bool (B|1, H|1, L|1, S|1), True = take part
     bias: Tensor | None = None      # float, same broadcasting
-    clipped: int = 0                # out: vectors the clip shortened (forward)
     head: HeadConstants | None = None  # κ and μ (the kinds with per-token terms in the kernel)
     metric: MetricConstants | None = None  # the metric kind's G and its chain rule
-    problem: _Problem | None = None  # the forward's arguments, completed by the backward (one struct per call)
-    keep: tuple = ()                # tensors only the struct points to (kept alive until the backward)
-    reference: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None  # (q, k, v) → the dense backend's output
-
-    def masks(self) -> tuple[Tensor, ...]:
-        """The mask's parts, which the backward reads again: saved for it (``save_for_backward``), so that autograd's
-        version check raises if the caller changes them in place in between, as for any saved tensor."""
-        return tuple(m for m in (self.allowed, self.bias) if m is not None)
 
 
 def _problem(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: ctypes.Array, mu: ctypes.Array,
@@ -104,77 +93,99 @@ def _heads_last(like: Tensor, rows: int, cols: int) -> Tensor:
                                device=like.device)
 
 
-def _buffers(q: Tensor, k: Tensor, affine: "AffineTerms | None",
-             abi: Constants) -> tuple[Tensor, int, tuple[int, int, int, int]]:
-    """The forward's small outputs in one zeroed float32 allocation, kept by the caller until the backward:
-    the norms (B·H, L), (B·H, S) in double (first, so they are aligned), the lse (B·H, L) and the per-token term
-    buffers (B·H, kTerms, L), (B·H, kTerms, S padded). Returns the allocation, the lse's address and the terms'
-    addresses (q terms, k terms, q norms, k norms): the kernel reaches them only through the struct, so no view
-    of them is made. The kernel fills them (forward) for its own kinds; the affine kind's terms are written
-    here (affine.h)."""
-    B, H, L, _ = q.shape
-    S = k.shape[2]
+def _layout(B: int, H: int, L: int, S: int, abi: Constants) -> tuple[int, int, int, int]:
+    """Offsets (in floats) in :func:`_buffers`' allocation: the lse, the q terms, the k terms, and its size
+    (``abi``: the library's per-token term count and vector width)."""
     N, Sp = B * H, -(-S // abi.lanes) * abi.lanes
     # key-term rows padded with zeros to whole vectors: the kernel's row loops read up to one past S (Row)
     start = 2 * N * (L + S)  # floats taken by the norms
-    buf = q.new_zeros(start + N * (L + abi.terms * (L + Sp)))
     q_at = start + N * L  # floats before the q terms (norms, lse), then before the k terms
     k_at = q_at + N * abi.terms * L
+    return start, q_at, k_at, k_at + N * abi.terms * Sp
+
+
+def _buffers(q: Tensor, k: Tensor, affine: AffineTerms | None, abi: Constants) -> Tensor:
+    """The forward's small outputs in one zeroed float32 allocation, kept until the backward: the norms (B·H, L),
+    (B·H, S) in double (first, so they are aligned), the lse (B·H, L) and the per-token term buffers (B·H, kTerms, L),
+    (B·H, kTerms, S padded). The kernel fills them (forward) for its own kinds; the affine kind's terms are written
+    here (affine.h). The kernel reaches them only through the struct (:func:`_addresses`)."""
+    B, H, L, _ = q.shape
+    S = k.shape[2]
+    _, q_at, k_at, size = _layout(B, H, L, S, abi)
+    buf = q.new_zeros(size)
     if affine is not None:
-        qt = buf.as_strided((B, H, abi.terms, L), (H * abi.terms * L, abi.terms * L, L, 1), q_at)
-        kt = buf.as_strided((B, H, abi.terms, S), (H * abi.terms * Sp, abi.terms * Sp, Sp, 1), k_at)
+        T, Sp = abi.terms, -(-S // abi.lanes) * abi.lanes
+        qt = buf.as_strided((B, H, T, L), (H * T * L, T * L, L, 1), q_at)
+        kt = buf.as_strided((B, H, T, S), (H * T * Sp, T * Sp, Sp, 1), k_at)
         qt[:, :, 1].copy_(affine.q_factor)
         kt[:, :, 0].copy_(affine.k_bias)
         kt[:, :, 2].copy_(affine.k_factor)
         if affine.outer:
             qt[:, :, 0].copy_(affine.alpha)
             kt[:, :, 1].copy_(affine.gamma)
+    return buf
+
+
+def _addresses(buf: Tensor, q: Tensor, k: Tensor, abi: Constants) -> tuple[int, tuple[int, int, int, int]]:
+    """The lse's address in :func:`_buffers`' allocation and the terms' (q terms, k terms, q norms, k norms)."""
+    B, H, L, _ = q.shape
+    start, q_at, k_at, _ = _layout(B, H, L, k.shape[2], abi)
     base, size = buf.data_ptr(), buf.element_size()
-    return buf, base + size * start, (base + size * q_at, base + size * k_at, base, base + 2 * size * N * L)
+    return base + size * start, (base + size * q_at, base + size * k_at, base, base + 2 * size * B * H * L)
 
 
-def _forward(plan: Plan, q: Tensor, k: Tensor, v: Tensor, kappa: list[float], mu: list[float],
-             affine: AffineTerms | None = None, metric: Tensor | None = None) -> Tensor:
-    """One forward call: the output (B, H, L, Ev). The filled struct stays on ``plan`` for the backward, which
-    adds its own fields, and with it (``plan.keep``) what only the struct points to: the lse and per-token
-    terms (:func:`_buffers`), the per-head constants, the metric kind's G and k̃. ``kappa``, ``mu``: one float
-    per head; ``metric``: the metric kind's G (H, E, E) float32, contiguous."""
+def _constants(plan: Plan, heads: int) -> tuple[ctypes.Array, ctypes.Array]:
+    """κ and μ per head as the kernel reads them (float32): the geometry's (:class:`HeadConstants`, in double, so the
+    backward's are the forward's bit for bit), or for the affine kind κ unread and μ = 1 (terms in score units)."""
+    if plan.head is None:
+        return _floats([0.0] * heads), _floats([1.0] * heads)
+    kappa, mu = plan.head.values()
+    return _floats(kappa), _floats(mu)
+
+
+def forward(plan: Plan, q: Tensor, k: Tensor, v: Tensor, affine: AffineTerms | None = None
+            ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One forward call: ``(out (B, H, L, Ev), buf, k̃, clipped)``: the output, laid out as SDPA lays out its own
+    ((B, L, H, Ev) in memory, :func:`_heads_last`); the allocation of :func:`_buffers`; the metric kind's k̃ = G k
+    (H, B, S, E), head-major (metric.h), or an empty tensor; the count of vectors the clip shortened (int64, 0-d).
+    ``affine``: the affine kind's terms."""
     B, H, L, _ = q.shape
     out = _heads_last(q, L, v.shape[-1])
-    clipped = ctypes.c_int64(0)
-    buf, lse, terms = _buffers(q, k, affine, plan.native.abi)
-    kappa, mu = _floats(kappa), _floats(mu)
+    clipped = torch.zeros((), dtype=torch.int64)
+    buf = _buffers(q, k, affine, plan.native.abi)
+    lse, terms = _addresses(buf, q, k, plan.native.abi)
+    kappa, mu = _constants(plan, H)
     p = _problem(plan, q, k, v, kappa, mu, terms)
-    p.out, p.lse, p.clipped = _view(out), lse, ctypes.addressof(clipped)
-    keep = (buf, kappa, mu)
+    p.out, p.lse, p.clipped = _view(out), lse, clipped.data_ptr()
     if affine is not None:
         p.outer = int(affine.outer)
-    if metric is not None:  # k̃ = G k, written here and read by the backward (as is G)
-        metric = metric.float().contiguous()  # read as (H, E, E) rows of E
-        ktilde = q.new_empty(H, B, k.shape[2], k.shape[3])  # head-major (metric.h)
+    ktilde = q.new_empty(0)
+    if plan.metric is not None:  # k̃ = G k, written here and read by the backward (as is G)
+        metric = plan.metric.values()
+        ktilde = q.new_empty(H, B, k.shape[2], k.shape[3])
         p.metric, p.ktilde = metric.data_ptr(), ktilde.data_ptr()
-        keep = (*keep, metric, ktilde)
     plan.native.lib.geoattn_forward(ctypes.byref(p))
-    plan.clipped = clipped.value
-    plan.problem, plan.keep = p, keep
-    return out
+    return out, buf, ktilde, clipped
 
 
-def _backward(plan: Plan, q: Tensor, k: Tensor, v: Tensor, dout: Tensor, want_dkappa: bool = True,
-              outer: bool | None = None):
-    """One backward call, on the forward's struct (q, k, v are the forward's tensors, kept by autograd with its
-    output; the struct points to them and to ``plan.keep``): (dq, dk, dv, dκ (zeros unless ``want_dkappa``)
-    and dμ (one float per head each, accumulated in double), the gradients of the affine kind's terms as an
-    :class:`AffineTerms`, of G (H, E, E) for the metric kind, None for the other kinds). ``outer``: the affine
-    kind's score has the outer term (None: not the affine kind)."""
+def backward(plan: Plan, q: Tensor, k: Tensor, v: Tensor, out: Tensor, buf: Tensor, ktilde: Tensor, dout: Tensor,
+             want_dkappa: bool = True, outer: bool | None = None):
+    """One backward call on the forward's tensors (q, k, v, its output, ``buf`` and ``ktilde`` of :func:`forward`),
+    its struct rebuilt from them: (dq, dk, dv, dκ (zeros unless ``want_dkappa``) and dμ (one float per head each,
+    accumulated in double), the gradients of the affine kind's terms as an :class:`AffineTerms`, of G (H, E, E)
+    for the metric kind, None for the other kinds). ``outer``: the affine kind's score has the outer term (None:
+    not the affine kind)."""
     dout = kernel_input(dout)  # e.g. stride 0 along L: the gradient of out.sum(dim=-2)
     B, H, L, _ = q.shape
     S = k.shape[2]
     dq = _heads_last(q, L, q.shape[-1])
     dk, dv = _heads_last(k, S, k.shape[-1]), _heads_last(v, S, v.shape[-1])
     dhead = (ctypes.c_double * (2 * H))()  # dκ, dμ (zeros)
-    p = plan.problem
-    p.nthreads = torch.get_num_threads()
+    lse, terms = _addresses(buf, q, k, plan.native.abi)
+    kappa, mu = _constants(plan, H)
+    clipped = ctypes.c_int64(0)  # the forward's count; the backward writes none
+    p = _problem(plan, q, k, v, kappa, mu, terms)
+    p.out, p.lse, p.clipped = _view(out), lse, ctypes.addressof(clipped)
     p.dout, p.dq, p.dk, p.dv = _view(dout), _view(dq), _view(dk), _view(dv)
     p.dkappa = ctypes.addressof(dhead)
     p.dmu = p.dkappa + H * ctypes.sizeof(ctypes.c_double)
@@ -182,8 +193,7 @@ def _backward(plan: Plan, q: Tensor, k: Tensor, v: Tensor, dout: Tensor, want_dk
     grads = None
     if outer is not None:
         sizes = (L, S, S, *((L, S) if outer else ()))  # a, b, β (, α, γ)
-        flat = q.new_empty(B * H * sum(sizes))
-        parts = [part.view(B, H, n) for part, n in zip(flat.split([B * H * n for n in sizes]), sizes)]
+        parts = [q.new_empty(B, H, n) for n in sizes]  # apart: an operator's outputs may not share memory
         grads = AffineTerms(*parts, *((None, None) if not outer else ()))
         p.dqfactor, p.dkfactor, p.dkbias = (t.data_ptr() for t in (grads.q_factor, grads.k_factor, grads.k_bias))
         p.outer = int(outer)
@@ -191,6 +201,8 @@ def _backward(plan: Plan, q: Tensor, k: Tensor, v: Tensor, dout: Tensor, want_dk
             p.dqouter, p.dkouter = grads.alpha.data_ptr(), grads.gamma.data_ptr()
     dmetric = None
     if plan.metric is not None:
+        metric = plan.metric.values()
+        p.metric, p.ktilde = metric.data_ptr(), ktilde.data_ptr()
         dmetric = q.new_empty(B, H, k.shape[-1], k.shape[-1])
         p.dmetric = dmetric.data_ptr()
     plan.native.lib.geoattn_backward(ctypes.byref(p))
@@ -198,41 +210,6 @@ def _backward(plan: Plan, q: Tensor, k: Tensor, v: Tensor, dout: Tensor, want_dk
     if dmetric is not None:  # per batch element → per head
         grads = dmetric.sum(0)
     return dq, dk, dv, dkappa, dmu, grads
-
-
-class NativeAttention(torch.autograd.Function):
-    """``softmax(score(q, k) + mask) · v`` for the kinds with per-token terms computed in the kernel
-    (stereographic, sphere, lorentz, cosine, l2, metric); see the module docstring. ``raw`` and ``log_t`` are
-    the geometry's parameters behind κ and μ (``plan.head``, :class:`~geoattn.backends.native.spec.HeadConstants`),
-    ``factor`` and ``diagonal`` the learned metric's behind G (``plan.metric``,
-    :class:`~geoattn.backends.native.spec.MetricConstants`): their gradients come from the kernel's dκ, dμ, dG
-    through the chain rules written there, with no autograd graph for the per-head constants."""
-
-    @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, raw: Tensor | None, log_t: Tensor, factor: Tensor | None,
-                diagonal: Tensor | None, plan: Plan) -> Tensor:
-        kappa, mu = plan.head.values()
-        metric = None if plan.metric is None else plan.metric.values()
-        out = _forward(plan, q, k, v, kappa, mu, metric=metric)
-        ctx.save_for_backward(q, k, v, out, *plan.masks())
-        ctx.plan = plan
-        return out
-
-    @staticmethod
-    def backward(ctx, dout: Tensor):
-        q, k, v = ctx.saved_tensors[:3]  # the output and the mask: the backward reads them through the struct
-        need = ctx.needs_input_grad
-        plan = ctx.plan
-        if torch.is_grad_enabled():  # create_graph=True: the dense backend's gradients, which autograd records
-            head, metric = plan.head, plan.metric
-            parameters = (head.raw, head.log_t, *((None, None) if metric is None else
-                                                  (metric.factor, metric.raw_diagonal)))
-            return (*differentiable_backward(plan.reference, (q, k, v), dout, need[:7], parameters), None)
-        dq, dk, dv, dkappa, dmu, dmetric = _backward(ctx.plan, q, k, v, dout, need[3])
-        d_raw, d_logt = ctx.plan.head.grads(dkappa, dmu)
-        d_factor, d_diagonal = (None, None) if dmetric is None else ctx.plan.metric.grads(dmetric)
-        return (dq, dk, dv, d_raw if need[3] else None, d_logt if need[4] else None,
-                d_factor if need[5] else None, d_diagonal if need[6] else None, None)
 
 
 @dataclass
@@ -250,51 +227,6 @@ class AffineTerms:
     @property
     def outer(self) -> bool:
         return self.alpha is not None
-
-
-class AffineAttention(torch.autograd.Function):
-    """``softmax(aᵢ bⱼ ⟨qᵢ, kⱼ⟩ + βⱼ + αᵢγⱼ + mask) · v`` (a geometry's :class:`~geoattn.geometry.AffineForm`,
-    through :func:`affine_terms`): the kernel runs at the head dim of q and k and returns the gradients of
-    the per-token terms, which autograd carries on to whatever made them (norms, curvature, temperature).
-    What it keeps for the backward is what SDPA keeps (q, k, v, the output, one lse per row) and the terms
-    (O(L))."""
-
-    @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, plan: Plan, q_factor: Tensor, k_factor: Tensor,
-                k_bias: Tensor, alpha: Tensor | None, gamma: Tensor | None) -> Tensor:
-        affine = AffineTerms(q_factor, k_factor, k_bias, alpha, gamma)
-        unused, one = [0.0] * q.shape[1], [1.0] * q.shape[1]  # κ (unread), μ = 1: terms in score units
-        out = _forward(plan, q, k, v, unused, one, affine)
-        ctx.save_for_backward(q, k, v, q_factor, k_factor, k_bias, alpha, gamma, out, *plan.masks())
-        ctx.plan, ctx.outer = plan, affine.outer
-        return out
-
-    @staticmethod
-    def backward(ctx, dout: Tensor):
-        q, k, v, *terms = ctx.saved_tensors[:8]
-        if torch.is_grad_enabled():  # create_graph=True: the same gradients as torch operations autograd records
-            need = ctx.needs_input_grad
-            grads = differentiable_backward(lambda q, k, v, *t: _affine_output(ctx.plan, q, k, v, *t),
-                                            (q, k, v, *terms), dout, need[:3] + need[4:])
-            return (*grads[:3], None, *grads[3:])
-        dq, dk, dv, _, _, g = _backward(ctx.plan, q, k, v, dout, False, ctx.outer)
-        return dq, dk, dv, None, g.q_factor, g.k_factor, g.k_bias, g.alpha, g.gamma
-
-
-def _affine_output(plan: Plan, q: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, beta: Tensor,
-                   alpha: Tensor | None, gamma: Tensor | None) -> Tensor:
-    """``softmax(aᵢ bⱼ ⟨qᵢ, kⱼ⟩ + βⱼ + αᵢγⱼ + mask) · v`` (affine.h with μ = 1) as torch operations, L×S: what
-    :class:`AffineAttention` differentiates under ``create_graph=True``."""
-    s = a.unsqueeze(-1) * b.unsqueeze(-2) * (q @ k.transpose(-1, -2)) + beta.unsqueeze(-2)
-    if alpha is not None:
-        s = s + alpha.unsqueeze(-1) * gamma.unsqueeze(-2)
-    if plan.bias is not None:
-        s = s + plan.bias
-    allowed = plan.allowed
-    if plan.causal:
-        causal = causal_allowed(q.shape[-2], k.shape[-2], q.device)
-        allowed = causal if allowed is None else allowed & causal
-    return masked_softmax(s, allowed) @ v
 
 
 def kernel_input(t: Tensor) -> Tensor:

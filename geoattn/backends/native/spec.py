@@ -7,8 +7,8 @@ forward and as many autograd nodes backward, each paying torch's per-op dispatch
 cost comparable to the small kernels themselves. A :class:`HeadConstants` therefore takes one torch ``exp``
 (``sinh``, ``cosh``) per parameter (the transcendental, so the bits are torch's) and does the rest of the
 arithmetic on Python floats (IEEE double: the same products, quotients and square roots as torch's float64
-kernels, bit for bit), and the kernel's autograd function (:class:`geoattn.backends.native.kernel.NativeAttention`)
-takes the parameters themselves and applies the derivatives written out here:
+kernels, bit for bit), and the kernel's operator (:func:`geoattn.backends.native.op.native_attention`) takes the
+parameters themselves and applies the derivatives written out here:
 
     κ = s·e^r (s = ±1, r = log|κ|) or κ = sinh r (free sign, s = 0),      μ = c·e^{−log τ}·|κ|^p,
     ∂μ/∂log τ = −μ,   ∂μ/∂κ = p·μ/κ,   ∂κ/∂r = κ (s = ±1) or cosh r,
@@ -50,6 +50,10 @@ def _to_parameter(values: list[float], like: Tensor) -> Tensor:
     return grad.reshape(like.shape) if grad.numel() == like.numel() else grad.sum_to_size(like.shape)
 
 
+_MEMO: dict[tuple, tuple] = {}  # the parameters' values (and dtypes) and the options → (κ, μ) of _doubles
+_MEMO_SIZE = 1024
+
+
 @dataclass
 class HeadConstants:
     """κ and μ of ``heads`` heads from the parameters ``raw`` (the curvature parameter, ``log|κ|`` when
@@ -65,7 +69,20 @@ class HeadConstants:
     _at: tuple | None = field(default=None, init=False, repr=False)  # (κ, μ) per head in double, of values()
 
     def _doubles(self) -> tuple[list[float] | None, list[float]]:
-        """(κ or None, μ), one float per head in double precision."""
+        """(κ or None, μ), one float per head in double precision; remembered by the parameters' values (a decoding
+        step calls with the same parameters every time: reading them costs two ``tolist``, computing κ and μ
+        five torch ops)."""
+        raw, log_t = None if self.raw is None else self.raw.detach(), self.log_t.detach()
+        key = (None if raw is None else (raw.dtype, *raw.tolist()), log_t.dtype, *log_t.tolist(), self.heads,
+               self.sign, self.coef, self.power)
+        found = _MEMO.get(key)
+        if found is None:
+            if len(_MEMO) >= _MEMO_SIZE:
+                _MEMO.clear()
+            found = _MEMO[key] = self._compute()
+        return found
+
+    def _compute(self) -> tuple[list[float] | None, list[float]]:
         kappa = None
         if self.raw is not None:
             kappa = _per_head(curvature_from_parameter(self.raw.detach(), self.sign).tolist(), self.heads)
@@ -97,11 +114,26 @@ class HeadConstants:
         return _to_parameter(d_raw, self.raw), d_logt
 
 
+_G_MEMO: dict[tuple, tuple] = {}  # (id of factor, ε, heads) → (factor, raw_diagonal, G) of MetricConstants.values
+_BITS = {8: torch.int64, 4: torch.int32, 2: torch.int16}
+
+
+def _same_bits(kept: Tensor | None, t: Tensor | None) -> bool:
+    """Whether ``t`` holds exactly the bits of ``kept`` (same dtype, shape, device and values, signed zeros and
+    NaNs included), or both are None."""
+    if kept is None or t is None:
+        return kept is t
+    if kept.dtype != t.dtype or kept.shape != t.shape or kept.device != t.device or t.element_size() not in _BITS:
+        return False
+    bits = _BITS[t.element_size()]
+    return torch.equal(kept.view(bits), t.detach().view(bits))
+
+
 @dataclass
 class MetricConstants:
     """G of ``heads`` heads for the native kernel without an autograd graph, and its chain rule, in the manner
-    of :class:`HeadConstants`: the kernel's autograd function
-    (:class:`geoattn.backends.native.kernel.NativeAttention`) takes ``factor`` and ``raw_diagonal`` themselves,
+    of :class:`HeadConstants`: the kernel's operator
+    (:func:`geoattn.backends.native.op.native_attention`) takes ``factor`` and ``raw_diagonal`` themselves,
     so a call is one autograd node (G's graph would add four: the baddbmm, its transpose, the cast, the expand).
     With dG the gradient of the G the kernel used (not symmetrised, ``metric.h``) and
     :func:`metric_tensor`'s form,
@@ -118,10 +150,20 @@ class MetricConstants:
     heads: int
 
     def values(self) -> Tensor:
-        """G, (heads, E, E) float32, contiguous, outside autograd."""
+        """G, (heads, E, E) float32, contiguous, outside autograd (read only: remembered while the parameters keep
+        their bits, as over the steps of decoding, where forming G costs more than comparing them)."""
         with torch.no_grad():
+            key = (id(self.factor), self.epsilon, self.heads)
+            found = _G_MEMO.get(key)
+            if found is not None and _same_bits(found[0], self.factor) and _same_bits(found[1], self.raw_diagonal):
+                return found[2]
             g = metric_tensor(self.factor, self.raw_diagonal, self.epsilon).float()
-            return g if g.shape[0] == self.heads else g.expand(self.heads, -1, -1).contiguous()
+            g = g if g.shape[0] == self.heads else g.expand(self.heads, -1, -1).contiguous()
+            if len(_G_MEMO) >= 64:
+                _G_MEMO.clear()
+            diagonal = None if self.raw_diagonal is None else self.raw_diagonal.clone()
+            _G_MEMO[key] = (self.factor.clone(), diagonal, g)
+            return g
 
     def grads(self, d_metric: Tensor) -> tuple[Tensor, Tensor | None]:
         """The gradients of ``factor`` and ``raw_diagonal`` (None when absent) from that of G ((heads, E, E),
@@ -144,7 +186,7 @@ class NativeSpec:
     (``"stereographic"``, ``"sphere"``; ``"lorentz"``, ``"cosine"``, ``"l2"``, whose affine terms the kernel
     computes from the token norms; ``"affine"``, which runs :meth:`Geometry.affine_form`), the per-head κ and
     score multiplier μ as :class:`HeadConstants` (None for ``"affine"``: its terms carry
-    them; the kernel's autograd function differentiates the parameters behind them), the tangent ``clip``
+    them; the kernel's operator differentiates the parameters behind them), the tangent ``clip``
     (√|κ|·‖u‖ ≤ clip, κ < 0) and, for ``"metric"`` (whose terms the kernel computes from q, k and G), the
     per-head metric G as :class:`MetricConstants` (likewise without a graph)."""
 
