@@ -70,10 +70,12 @@ def _default_dtype_guard():
 
 def pytest_runtest_setup(item):
     """The markers' skips, in one place: ``gpu`` without a CUDA device; ``native`` where the native kernel is
-    unavailable (switched off with GEOATTN_NATIVE=0, no compiler, a failed build), with the reason."""
+    unavailable (switched off with GEOATTN_NATIVE=0, no compiler, a failed build), with the reason; a case
+    parametrized with ``backend="native"`` counts as marked."""
     if item.get_closest_marker("gpu") is not None and not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
-    if item.get_closest_marker("native") is not None:
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    if item.get_closest_marker("native") is not None or params.get("backend") == "native":
         from geoattn.backends.native import load
 
         native = load()

@@ -65,6 +65,7 @@ def test_self_attention_gradient_penalty_matches_dense(name, backend):
         assert (g.double() - r).abs().max().item() < 2e-4 * (r.abs().max().item() + 1), name
 
 
+@pytest.mark.native
 def test_first_order_gradients_are_unchanged_by_create_graph():
     """create_graph=True gives the first-order gradients of the fused backward (to float32 rounding)."""
     geometry = geoattn.Poincare(curvature=-0.7, learnable=True)

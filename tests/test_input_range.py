@@ -73,6 +73,7 @@ def test_rows_just_below_the_bound_match_dense(name, backend):
         geoattn.set_tiled_compile(True)
 
 
+@pytest.mark.native
 def test_validation_off_is_documented_and_dense_carries_nan():
     doc = geoattn.set_validation.__doc__
     assert "native" in doc and "NaN" in doc and "MAX_GRAM" in doc

@@ -38,6 +38,7 @@ def test_mask_changed_in_place_before_backward_raises(geometry, backend, kind):
         out.square().sum().backward()
 
 
+@pytest.mark.native
 @pytest.mark.parametrize("kind", ["bool", "float"])
 def test_unchanged_mask_gradients_match_dense(kind):
     """The saved mask costs nothing else: the native gradients with a mask still equal dense float64's."""

@@ -286,6 +286,7 @@ def lorentz_score_bound(q, k, kappa: float, tau: float, clip: float = 4.0) -> fl
     return EPS32 * math.sqrt(E) / tau * terms.amax().item()
 
 
+@pytest.mark.native
 @SETTINGS
 @given(exponent=st.floats(min_value=-8.0, max_value=1.0) | st.sampled_from([-8.0, 1.0]),
        tau=st.floats(min_value=-0.3, max_value=0.3).map(lambda e: 10.0 ** e),
@@ -348,6 +349,7 @@ def test_metric_float32_matches_dense_float64_at_every_scale_of_g(scale, rank, r
     assert_within(errors, 1e-5, 1e-5, 1e-4, f"metric scale {scale}, rank {rank}, {backend}")
 
 
+@pytest.mark.native
 @SETTINGS
 @given(exponent=st.floats(min_value=-4.0, max_value=0.25), rank=st.sampled_from([None, 1, 4]),
        raw_diagonal=st.floats(min_value=-30.0, max_value=2.0), tau=st.floats(min_value=-0.3, max_value=0.3),
