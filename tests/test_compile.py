@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import geoattn
+from benchmarks.throughput import CASES as THROUGHPUT_CASES
 from geoattn.backends.native import NativeBackend, load
 from geoattn.backends.native.op import native_attention
 from geoattn.call import prepare_call
@@ -24,18 +25,8 @@ from geoattn.models import DecoderLM, TransformerConfig
 NATIVE = load()
 needs_native = pytest.mark.skipif(isinstance(NATIVE, str), reason=str(NATIVE))
 
-# label → (registered geometry, parameters), the throughput benchmark's cases
-CASES = {
-    "euclidean": ("euclidean", {}),
-    "euclidean-tau": ("euclidean-tau", {}),
-    "lorentz": ("lorentz", {"learnable": True}),
-    "sphere": ("sphere", {"learnable": True}),
-    "sphere-geodesic": ("sphere", {"score": "geodesic", "learnable": True}),
-    "metric": ("metric", {"learnable": True}),
-    "l2": ("l2", {"learnable": True}),
-    "poincare": ("poincare", {"learnable": True}),
-    "stereographic": ("stereographic", {"learnable": True}),
-}
+# label → (registered geometry, parameters): the throughput benchmark's cases, and the euclidean-tau baseline
+CASES = {**THROUGHPUT_CASES, "euclidean-tau": ("euclidean-tau", {})}
 
 
 def _model(label: str, seed: int = 0) -> tuple[DecoderLM, torch.Tensor, torch.Tensor]:
